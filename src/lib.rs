@@ -1,0 +1,177 @@
+//! Parlor: a small self-hosted real-time chat server.
+//!
+//! # Layout
+//!
+//! - [`protocol`]: the JSON frames of the wire protocol and the validation of names and text.
+//! - [`store`]: the only user of SQLite — opening the file, schema, typed queries.
+//! - [`hub`]: the one thread that owns the store, rooms, presence, sessions and rate limits.
+//! - [`ws`]: the WebSocket listener and each connection's reader and writer threads.
+//! - [`http`]: tiny_http serving the embedded page and `/healthz`.
+//! - `random`: session tokens and CSP nonces from the operating system's generator.
+//!
+//! Threads talk only through crossbeam channels: connections send [`hub::Event`]s
+//! to the hub, the hub sends encoded frames back through each connection's
+//! bounded outbox. Nothing shares chat state behind a lock.
+
+#![forbid(unsafe_code)]
+
+pub mod http;
+pub mod hub;
+pub mod protocol;
+mod random;
+pub mod store;
+pub mod ws;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Everything `parlor` can be told on its command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address of the HTTP listener that serves the page.
+    pub http_addr: String,
+    /// Address of the WebSocket listener.
+    pub ws_addr: String,
+    /// The SQLite database file.
+    pub db_path: PathBuf,
+    /// Most distinct users online at once.
+    pub max_users: usize,
+    /// Most messages one user may send in any one-second window.
+    pub messages_per_second: u32,
+    /// Most joins into another room one user may make in any 60 s window.
+    pub room_switches_per_minute: u32,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            http_addr: "127.0.0.1:8080".into(),
+            ws_addr: "127.0.0.1:8081".into(),
+            db_path: PathBuf::from("parlor.db"),
+            max_users: 10,
+            messages_per_second: 10,
+            room_switches_per_minute: 5,
+        }
+    }
+}
+
+/// Errors that stop Parlor from starting, or end a connection.
+#[derive(Debug)]
+pub enum Error {
+    /// A listener could not be bound. Ends start-up.
+    Bind { addr: String, message: String },
+    /// The database file could not be opened or is not Parlor's. Ends
+    /// start-up; the file is left untouched.
+    Database { path: PathBuf, message: String },
+    /// A thread could not be started. Ends start-up.
+    Io(std::io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Bind { addr, message } => write!(f, "cannot listen on {addr}: {message}"),
+            Error::Database { path, message } => {
+                write!(f, "database {}: {message}", path.display())
+            }
+            Error::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Error {
+        Error::Io(e)
+    }
+}
+
+/// A running Parlor. Dropping it without [`Server::shutdown`] leaves the
+/// threads running until the process exits.
+pub struct Server {
+    http: http::HttpServer,
+    ws: ws::Listener,
+    hub_tx: crossbeam_channel::Sender<hub::Event>,
+    hub_thread: JoinHandle<()>,
+}
+
+/// Opens the database, binds both listeners and starts every thread. Returns
+/// once the listeners are bound, so port 0 works and the addresses are known.
+pub fn start(config: Config) -> Result<Server, Error> {
+    let store = store::Store::open(&config.db_path)?;
+    let ws_listener = std::net::TcpListener::bind(&config.ws_addr).map_err(|e| Error::Bind {
+        addr: config.ws_addr.clone(),
+        message: e.to_string(),
+    })?;
+    let ws_addr = ws_listener.local_addr()?;
+    let http = http::HttpServer::start(&config.http_addr, ws_addr.port())?;
+
+    // The hub's one inbox: every connection thread holds a sender; the hub
+    // exits on `Event::Shutdown` (or when every sender is gone).
+    let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
+    let hub = hub::Hub::new(store, &config).map_err(|e| Error::Database {
+        path: config.db_path.clone(),
+        message: e.to_string(),
+    })?;
+    let hub_thread = std::thread::Builder::new()
+        .name("hub".into())
+        .spawn(move || hub.run(hub_rx))?;
+    let ws = ws::Listener::start(ws_listener, hub_tx.clone())?;
+    log::info!(
+        "parlor {} listening: page http://{} , websocket ws://{} , database {}",
+        env!("CARGO_PKG_VERSION"),
+        http.addr(),
+        ws_addr,
+        config.db_path.display()
+    );
+    Ok(Server {
+        http,
+        ws,
+        hub_tx,
+        hub_thread,
+    })
+}
+
+impl Server {
+    /// Where the page is served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.addr()
+    }
+
+    /// Where WebSocket clients connect.
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws.addr()
+    }
+
+    /// The URL a person opens in a browser.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.http_addr())
+    }
+
+    /// Stops accepting, commits what is in flight, closes every WebSocket
+    /// with 1001 and waits for the hub to finish. The ports are free when
+    /// this returns.
+    pub fn shutdown(self) {
+        self.ws.stop();
+        self.http.stop();
+        // The hub may already be gone if it panicked; there is nothing left
+        // to tell it then.
+        let _ = self.hub_tx.send(hub::Event::Shutdown);
+        if self.hub_thread.join().is_err() {
+            log::error!("hub thread panicked");
+        }
+        log::info!("parlor stopped");
+    }
+}
+
+/// Milliseconds since the Unix epoch on the server's clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,510 @@
+//! The wire protocol: every JSON frame a client may send or receive, and the
+//! validation rules for the names and text inside them.
+//!
+//! Parsing happens on the connection's reader thread, so the hub only ever sees
+//! well-formed [`Request`]s; the rules that need no state (name shapes, text
+//! length, control characters) live here too, as pure functions.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest message text, in Unicode scalar values.
+pub const MAX_TEXT_CHARS: usize = 4000;
+/// Longest username, in Unicode scalar values.
+pub const MAX_USERNAME_CHARS: usize = 32;
+/// Longest room name, in Unicode scalar values.
+pub const MAX_ROOM_CHARS: usize = 64;
+/// Longest client message id, in Unicode scalar values.
+pub const MAX_CLIENT_ID_CHARS: usize = 64;
+/// Longest `req` correlation string a client may attach.
+pub const MAX_REQ_CHARS: usize = 128;
+/// The page sizes a history request may ask for; the first is the default.
+pub const PAGE_SIZES: [u32; 4] = [50, 100, 200, 500];
+/// Largest WebSocket message (and frame) accepted; larger ones close the
+/// connection with 1009.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// A frame's position in a room's `(ts, seq)` order, used as a page cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub ts: i64,
+    pub seq: i64,
+}
+
+/// One client request, parsed and shape-checked.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Hello {
+        username: String,
+        #[serde(default)]
+        resume: Option<String>,
+    },
+    CreateRoom {
+        room: String,
+    },
+    DeleteRoom {
+        room: String,
+    },
+    Join {
+        room: String,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    Leave,
+    Send {
+        id: String,
+        text: String,
+        #[serde(default)]
+        ts: Option<i64>,
+    },
+    History {
+        room: String,
+        #[serde(default)]
+        limit: Option<u32>,
+        #[serde(default)]
+        before: Option<Cursor>,
+        #[serde(default)]
+        after: Option<Cursor>,
+        #[serde(default)]
+        since_seq: Option<i64>,
+    },
+    Ping,
+}
+
+/// A client frame together with its optional `req` correlation string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub req: Option<String>,
+    pub frame: ClientFrame,
+}
+
+/// Why a text frame could not be turned into a [`Request`]; answered with a
+/// `bad_request` error that echoes `req` when it could be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRequest {
+    pub req: Option<String>,
+    pub message: String,
+}
+
+/// Parses one text frame. Unknown extra fields are ignored, so clients may add
+/// their own bookkeeping; missing or mistyped fields are errors.
+pub fn parse_request(text: &str) -> Result<Request, BadRequest> {
+    let bad = |req: Option<String>, message: String| BadRequest { req, message };
+    let mut value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| bad(None, format!("The frame is not valid JSON: {e}.")))?;
+    let Some(object) = value.as_object_mut() else {
+        return Err(bad(None, "A frame must be a JSON object.".into()));
+    };
+    let req = match object.remove("req") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) if s.chars().count() <= MAX_REQ_CHARS => Some(s),
+        Some(_) => {
+            return Err(bad(
+                None,
+                format!("\"req\" must be a string of at most {MAX_REQ_CHARS} characters."),
+            ));
+        }
+    };
+    let kind = match object.get("type") {
+        Some(serde_json::Value::String(kind)) => kind.clone(),
+        Some(_) => return Err(bad(req, "\"type\" must be a string.".into())),
+        None => return Err(bad(req, "The frame has no \"type\".".into())),
+    };
+    match serde_json::from_value::<ClientFrame>(value) {
+        Ok(frame) => Ok(Request { req, frame }),
+        Err(e) if e.to_string().starts_with("unknown variant") => {
+            Err(bad(req, format!("Unknown frame type \"{kind}\".")))
+        }
+        Err(e) => Err(bad(req, format!("Invalid \"{kind}\" frame: {e}."))),
+    }
+}
+
+/// Everything the server sends. Serialized once per event and shared between
+/// all recipients.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Welcome {
+        username: String,
+        session: String,
+        room: Option<String>,
+        rooms: Vec<RoomInfo>,
+        limits: Limits,
+    },
+    Joined {
+        room: String,
+        members: Vec<String>,
+        history: Page,
+    },
+    Left {
+        room: String,
+    },
+    Ack {
+        id: String,
+        room: String,
+        seq: i64,
+        ts: i64,
+    },
+    Message(ChatMessage),
+    History(Page),
+    Presence {
+        room: String,
+        user: String,
+        state: PresenceState,
+    },
+    Rooms {
+        rooms: Vec<RoomInfo>,
+    },
+    RoomDeleted {
+        room: String,
+    },
+    Pong,
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+}
+
+impl ServerFrame {
+    /// An error frame without a retry hint.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> ServerFrame {
+        ServerFrame::Error {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+
+    /// Encodes the frame, adding `req` (as `ref` on errors) when the request
+    /// carried one.
+    pub fn encode(&self, req: Option<&str>) -> String {
+        let Some(req) = req else {
+            return serde_json::to_string(self).expect("BUG: server frames always serialize");
+        };
+        let mut value = serde_json::to_value(self).expect("BUG: server frames always serialize");
+        if let Some(object) = value.as_object_mut() {
+            let key = if matches!(self, ServerFrame::Error { .. }) {
+                "ref"
+            } else {
+                "req"
+            };
+            object.insert(key.into(), req.into());
+        }
+        value.to_string()
+    }
+}
+
+/// One stored chat message, as broadcast and as listed in history pages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChatMessage {
+    pub room: String,
+    pub seq: i64,
+    pub id: String,
+    pub from: String,
+    pub text: String,
+    pub ts: i64,
+}
+
+/// One message inside a history page: the fields of a `message` frame,
+/// `type` included, so clients can treat both the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageMessage(pub ChatMessage);
+
+impl Serialize for PageMessage {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let m = &self.0;
+        let mut s = serializer.serialize_struct("message", 7)?;
+        s.serialize_field("type", "message")?;
+        s.serialize_field("room", &m.room)?;
+        s.serialize_field("seq", &m.seq)?;
+        s.serialize_field("id", &m.id)?;
+        s.serialize_field("from", &m.from)?;
+        s.serialize_field("text", &m.text)?;
+        s.serialize_field("ts", &m.ts)?;
+        s.end()
+    }
+}
+
+/// A page of a room's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Page {
+    pub room: String,
+    pub messages: Vec<PageMessage>,
+    pub has_older: bool,
+    pub has_newer: bool,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoomInfo {
+    pub name: String,
+    pub created_at: i64,
+    pub created_by: Option<String>,
+    pub members: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    pub max_text_chars: usize,
+    pub page_sizes: [u32; 4],
+    pub messages_per_second: u32,
+    pub room_switches_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceState {
+    Joined,
+    Left,
+}
+
+/// The stable error codes of `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    NotLoggedIn,
+    InvalidUsername,
+    UsernameTaken,
+    ServerFull,
+    InvalidRoomName,
+    RoomExists,
+    NoSuchRoom,
+    NotInRoom,
+    InvalidMessage,
+    RateLimited,
+    StorageError,
+}
+
+/// The case-insensitive identity of a username or room name.
+pub fn fold_case(name: &str) -> String {
+    name.to_lowercase()
+}
+
+/// Checks a username: trimmed, 1–32 characters, each a letter, a digit, `_`,
+/// `-` or `.`. Returns the trimmed name.
+pub fn validate_username(raw: &str) -> Result<String, String> {
+    let name = raw.trim();
+    let len = name.chars().count();
+    if len == 0 || len > MAX_USERNAME_CHARS {
+        return Err(format!(
+            "A username must be 1 to {MAX_USERNAME_CHARS} characters long."
+        ));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err("A username may contain only letters, digits, \"_\", \"-\" and \".\".".into());
+    }
+    Ok(name.to_string())
+}
+
+/// Checks a room name: trimmed, 1–64 characters, no control characters.
+/// Returns the trimmed name.
+pub fn validate_room_name(raw: &str) -> Result<String, String> {
+    let name = raw.trim();
+    let len = name.chars().count();
+    if len == 0 || len > MAX_ROOM_CHARS {
+        return Err(format!(
+            "A room name must be 1 to {MAX_ROOM_CHARS} characters long."
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("A room name may not contain control characters.".into());
+    }
+    Ok(name.to_string())
+}
+
+/// Checks a client message id: 1–64 characters, no control characters.
+pub fn validate_client_id(id: &str) -> Result<(), String> {
+    let len = id.chars().count();
+    if len == 0 || len > MAX_CLIENT_ID_CHARS {
+        return Err(format!(
+            "A message id must be 1 to {MAX_CLIENT_ID_CHARS} characters long."
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err("A message id may not contain control characters.".into());
+    }
+    Ok(())
+}
+
+/// Normalizes and checks message text: `\r\n` becomes `\n`; then 1–4000
+/// characters, not only white space, and no control characters other than
+/// `\n` and `\t`.
+pub fn validate_text(raw: &str) -> Result<String, String> {
+    let text = raw.replace("\r\n", "\n");
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(
+            "Messages may not contain control characters other than line breaks and tabs.".into(),
+        );
+    }
+    let len = text.chars().count();
+    if len > MAX_TEXT_CHARS {
+        return Err(format!(
+            "A message may be at most {MAX_TEXT_CHARS} characters long."
+        ));
+    }
+    if text.trim().is_empty() {
+        return Err("A message may not be empty or only white space.".into());
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_client_frame() {
+        let hello = parse_request(r#"{"type":"hello","username":"alice","req":"r1"}"#).unwrap();
+        assert_eq!(hello.req.as_deref(), Some("r1"));
+        assert_eq!(
+            hello.frame,
+            ClientFrame::Hello {
+                username: "alice".into(),
+                resume: None
+            }
+        );
+        let send = parse_request(r#"{"type":"send","id":"c-1","text":"hi","ts":17}"#).unwrap();
+        assert_eq!(
+            send.frame,
+            ClientFrame::Send {
+                id: "c-1".into(),
+                text: "hi".into(),
+                ts: Some(17)
+            }
+        );
+        let history = parse_request(
+            r#"{"type":"history","room":"general","limit":100,"before":{"ts":5,"seq":9}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            history.frame,
+            ClientFrame::History {
+                room: "general".into(),
+                limit: Some(100),
+                before: Some(Cursor { ts: 5, seq: 9 }),
+                after: None,
+                since_seq: None
+            }
+        );
+        assert_eq!(
+            parse_request(r#"{"type":"leave","extra":1}"#)
+                .unwrap()
+                .frame,
+            ClientFrame::Leave
+        );
+        assert_eq!(
+            parse_request(r#"{"type":"ping"}"#).unwrap().frame,
+            ClientFrame::Ping
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_frames_with_a_reason_and_the_req() {
+        let err = parse_request("not json").unwrap_err();
+        assert!(err.message.contains("not valid JSON"));
+        assert!(
+            parse_request("[1,2]")
+                .unwrap_err()
+                .message
+                .contains("object")
+        );
+        let err = parse_request(r#"{"type":"dance","req":"r9"}"#).unwrap_err();
+        assert_eq!(err.req.as_deref(), Some("r9"));
+        assert!(err.message.contains("Unknown frame type \"dance\""));
+        let err = parse_request(r#"{"type":"join","req":"r2"}"#).unwrap_err();
+        assert_eq!(err.req.as_deref(), Some("r2"));
+        assert!(err.message.contains("room"), "{}", err.message);
+        assert!(parse_request(r#"{"type":"send","id":"a","text":5}"#).is_err());
+        assert!(parse_request(r#"{"username":"a"}"#).is_err());
+        assert!(parse_request(r#"{"type":"ping","req":7}"#).is_err());
+        assert!(parse_request(r#"{"type":"history","room":"g","limit":-1}"#).is_err());
+    }
+
+    #[test]
+    fn encodes_frames_with_req_and_ref() {
+        let pong = ServerFrame::Pong.encode(Some("p1"));
+        assert_eq!(pong, r#"{"req":"p1","type":"pong"}"#);
+        let error = ServerFrame::error(ErrorCode::NoSuchRoom, "No.").encode(Some("j1"));
+        let value: serde_json::Value = serde_json::from_str(&error).unwrap();
+        assert_eq!(value["type"], "error");
+        assert_eq!(value["code"], "no_such_room");
+        assert_eq!(value["ref"], "j1");
+        assert!(value.get("retry_after_ms").is_none());
+        let page = ServerFrame::History(Page {
+            room: "general".into(),
+            messages: vec![PageMessage(ChatMessage {
+                room: "general".into(),
+                seq: 1,
+                id: "c".into(),
+                from: "a".into(),
+                text: "t".into(),
+                ts: 2,
+            })],
+            has_older: false,
+            has_newer: true,
+            total: 1,
+        });
+        let value: serde_json::Value = serde_json::from_str(&page.encode(None)).unwrap();
+        assert_eq!(value["type"], "history");
+        assert_eq!(value["messages"][0]["type"], "message");
+        assert_eq!(value["messages"][0]["from"], "a");
+        assert_eq!(value["has_newer"], true);
+    }
+
+    #[test]
+    fn usernames() {
+        assert_eq!(validate_username("  Alice_1.x-y ").unwrap(), "Alice_1.x-y");
+        assert_eq!(validate_username("Jürgen").unwrap(), "Jürgen");
+        assert!(validate_username("").is_err());
+        assert!(validate_username("   ").is_err());
+        assert!(validate_username("a b").is_err());
+        assert!(validate_username("<script>").is_err());
+        assert!(validate_username(&"x".repeat(32)).is_ok());
+        assert!(validate_username(&"x".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn room_names() {
+        assert_eq!(validate_room_name(" Design ").unwrap(), "Design");
+        assert_eq!(
+            validate_room_name("Ünïcode & more!").unwrap(),
+            "Ünïcode & more!"
+        );
+        assert!(validate_room_name("").is_err());
+        assert!(validate_room_name("bad\nname").is_err());
+        assert!(validate_room_name(&"r".repeat(64)).is_ok());
+        assert!(validate_room_name(&"r".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn message_text() {
+        assert_eq!(validate_text("a\r\nb\tc").unwrap(), "a\nb\tc");
+        assert!(validate_text("").is_err());
+        assert!(validate_text(" \n\t ").is_err());
+        assert!(validate_text("bell\u{7}").is_err());
+        assert!(validate_text("lone\rcr").is_err());
+        assert!(validate_text(&"é".repeat(4000)).is_ok());
+        assert!(validate_text(&"é".repeat(4001)).is_err());
+        assert_eq!(
+            validate_text("<img src=x onerror=alert(1)>").unwrap(),
+            "<img src=x onerror=alert(1)>"
+        );
+    }
+
+    #[test]
+    fn client_ids() {
+        assert!(validate_client_id("c-1").is_ok());
+        assert!(validate_client_id("").is_err());
+        assert!(validate_client_id(&"i".repeat(65)).is_err());
+    }
+}

@@ -1,0 +1,655 @@
+//! The one user of SQLite: opening the database file safely, the schema and
+//! its migrations, and typed queries for users, rooms and messages.
+//!
+//! Durability comes from `journal_mode=WAL` with `synchronous=FULL`: a
+//! committed transaction has been fsynced, so an acked message survives a
+//! crash. Pages use keyset pagination on `(room_id, ts, seq)`, never OFFSET,
+//! so a page deep in a large room costs the same as the newest one.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
+
+use crate::Error;
+use crate::protocol::{ChatMessage, Cursor, PageMessage, fold_case};
+
+/// `PRAGMA application_id` of a Parlor database ("PRLR").
+const APPLICATION_ID: i64 = 0x5052_4c52;
+/// The schema version this code writes; older files are migrated forward.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    name_key TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL
+);
+CREATE TABLE rooms (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    name_key TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    created_by INTEGER REFERENCES users(id),
+    deleted_at INTEGER,
+    message_count INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX rooms_live_name ON rooms(name_key) WHERE deleted_at IS NULL;
+CREATE TABLE messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    room_id INTEGER NOT NULL REFERENCES rooms(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    client_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    UNIQUE (user_id, client_id)
+);
+CREATE INDEX messages_room_ts ON messages(room_id, ts, seq);
+CREATE INDEX messages_room_seq ON messages(room_id, seq);
+";
+
+/// A live room as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRecord {
+    pub id: i64,
+    pub name: String,
+    pub created_at: i64,
+    pub created_by: Option<String>,
+    pub message_count: u64,
+}
+
+/// A user as stored; `name` keeps the casing first used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: i64,
+    pub name: String,
+}
+
+/// Where an already-stored message went, to repeat its ack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentRecord {
+    pub seq: i64,
+    pub room: String,
+    pub ts: i64,
+}
+
+/// A message about to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub room_id: i64,
+    pub user_id: i64,
+    pub client_id: String,
+    pub text: String,
+    pub ts: i64,
+    pub received_at: i64,
+}
+
+/// Which slice of a room's history to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageQuery {
+    Newest,
+    Before(Cursor),
+    After(Cursor),
+    SinceSeq(i64),
+}
+
+/// A slice of history, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRows {
+    pub messages: Vec<PageMessage>,
+    pub has_older: bool,
+    pub has_newer: bool,
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (or creates, mode 0600) the database at `path`. A file that is
+    /// not SQLite, or is SQLite but not Parlor's, is refused and left
+    /// untouched.
+    pub fn open(path: &Path) -> Result<Store, Error> {
+        let fail = |message: String| Error::Database {
+            path: path.to_path_buf(),
+            message,
+        };
+        prepare_file(path).map_err(|e| fail(e.to_string()))?;
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| fail(format!("cannot open it: {e}")))?;
+        // Read before writing anything: a file that is not a database fails
+        // here, while it is still byte-for-byte what it was.
+        let (tables, app_id, version) = read_identity(&conn).map_err(|e| {
+            fail(format!(
+                "it is not a readable SQLite database ({e}); move it away or pass another --db"
+            ))
+        })?;
+        if app_id != APPLICATION_ID && !(app_id == 0 && tables == 0) {
+            return Err(fail(
+                "it is a SQLite database but not a Parlor one; pass another --db".into(),
+            ));
+        }
+        if version > SCHEMA_VERSION {
+            return Err(fail(format!(
+                "its schema version {version} is newer than this Parlor understands ({SCHEMA_VERSION}); run a newer Parlor"
+            )));
+        }
+        let store = Store { conn };
+        store
+            .configure()
+            .and_then(|()| store.migrate(version))
+            .map_err(|e| fail(e.to_string()))?;
+        tighten_permissions(path);
+        Ok(store)
+    }
+
+    fn configure(&self) -> rusqlite::Result<()> {
+        let mode: String =
+            self.conn
+                .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            log::warn!("database: journal_mode is {mode}, not WAL");
+        }
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        self.conn.pragma_update(None, "foreign_keys", true)?;
+        self.conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(())
+    }
+
+    fn migrate(&self, from: i64) -> rusqlite::Result<()> {
+        if from >= SCHEMA_VERSION {
+            return Ok(());
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        if from < 1 {
+            tx.execute_batch(SCHEMA_V1)?;
+            tx.execute(
+                "INSERT INTO rooms (name, name_key, created_at) VALUES ('general', 'general', ?1)",
+                [crate::now_ms()],
+            )?;
+            tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()
+    }
+
+    /// All rooms that have not been deleted.
+    pub fn live_rooms(&self) -> rusqlite::Result<Vec<RoomRecord>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT r.id, r.name, r.created_at, u.name, r.message_count
+             FROM rooms r LEFT JOIN users u ON u.id = r.created_by
+             WHERE r.deleted_at IS NULL ORDER BY r.id",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok(RoomRecord {
+                id: row.get(0)?,
+                name: row.get(1)?,
+                created_at: row.get(2)?,
+                created_by: row.get(3)?,
+                message_count: row.get::<_, i64>(4)?.max(0) as u64,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Records a login: creates the user on first use (keeping that casing)
+    /// and updates `last_seen`.
+    pub fn login_user(&self, name: &str, now: i64) -> rusqlite::Result<UserRecord> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO users (name, name_key, created_at, last_seen) VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT (name_key) DO UPDATE SET last_seen = excluded.last_seen
+                 RETURNING id, name",
+            )?
+            .query_row(params![name, fold_case(name), now], |row| {
+                Ok(UserRecord {
+                    id: row.get(0)?,
+                    name: row.get(1)?,
+                })
+            })
+    }
+
+    pub fn touch_user(&self, user_id: i64, now: i64) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached("UPDATE users SET last_seen = ?2 WHERE id = ?1")?
+            .execute(params![user_id, now])?;
+        Ok(())
+    }
+
+    pub fn create_room(&self, name: &str, created_by: i64, now: i64) -> rusqlite::Result<i64> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO rooms (name, name_key, created_at, created_by) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![name, fold_case(name), now, created_by])?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Marks a room deleted. Its messages stay in the file but are no longer
+    /// reachable through any live room.
+    pub fn delete_room(&self, room_id: i64, now: i64) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached("UPDATE rooms SET deleted_at = ?2 WHERE id = ?1")?
+            .execute(params![room_id, now])?;
+        Ok(())
+    }
+
+    /// The message this user already sent with this client id, if any.
+    pub fn find_sent(&self, user_id: i64, client_id: &str) -> rusqlite::Result<Option<SentRecord>> {
+        self.conn
+            .prepare_cached(
+                "SELECT m.seq, r.name, m.ts FROM messages m JOIN rooms r ON r.id = m.room_id
+                 WHERE m.user_id = ?1 AND m.client_id = ?2",
+            )?
+            .query_row(params![user_id, client_id], |row| {
+                Ok(SentRecord {
+                    seq: row.get(0)?,
+                    room: row.get(1)?,
+                    ts: row.get(2)?,
+                })
+            })
+            .optional()
+    }
+
+    /// Stores a batch in one transaction and returns each message's seq, in
+    /// order. Either all of them are durable when this returns Ok, or none.
+    pub fn insert_messages(&mut self, batch: &[NewMessage]) -> rusqlite::Result<Vec<i64>> {
+        let tx = self.conn.transaction()?;
+        let mut seqs = Vec::with_capacity(batch.len());
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO messages (room_id, user_id, client_id, text, ts, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            let mut count = tx.prepare_cached(
+                "UPDATE rooms SET message_count = message_count + 1 WHERE id = ?1",
+            )?;
+            for m in batch {
+                insert.execute(params![
+                    m.room_id,
+                    m.user_id,
+                    m.client_id,
+                    m.text,
+                    m.ts,
+                    m.received_at
+                ])?;
+                seqs.push(tx.last_insert_rowid());
+                count.execute([m.room_id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(seqs)
+    }
+
+    /// Reads one page of a room's history, oldest first.
+    pub fn page(
+        &self,
+        room_id: i64,
+        room: &str,
+        query: PageQuery,
+        limit: u32,
+    ) -> rusqlite::Result<PageRows> {
+        const COLUMNS: &str = "SELECT m.seq, m.client_id, u.name, m.text, m.ts
+             FROM messages m JOIN users u ON u.id = m.user_id WHERE m.room_id = ?1";
+        let fetch = i64::from(limit) + 1;
+        let (filter, order, cursor): (&str, &str, &[i64]) = match &query {
+            PageQuery::Newest => ("", "m.ts DESC, m.seq DESC", &[]),
+            PageQuery::Before(c) => (
+                "AND (m.ts, m.seq) < (?3, ?4)",
+                "m.ts DESC, m.seq DESC",
+                &[c.ts, c.seq],
+            ),
+            PageQuery::After(c) => (
+                "AND (m.ts, m.seq) > (?3, ?4)",
+                "m.ts, m.seq",
+                &[c.ts, c.seq],
+            ),
+            PageQuery::SinceSeq(s) => ("AND m.seq > ?3", "m.seq", std::slice::from_ref(s)),
+        };
+        let sql = format!("{COLUMNS} {filter} ORDER BY {order} LIMIT ?2");
+        let args = [room_id, fetch].into_iter().chain(cursor.iter().copied());
+        let mut messages = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_map(params_from_iter(args), |row| {
+                Ok(PageMessage(ChatMessage {
+                    room: room.to_string(),
+                    seq: row.get(0)?,
+                    id: row.get(1)?,
+                    from: row.get(2)?,
+                    text: row.get(3)?,
+                    ts: row.get(4)?,
+                }))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let more = messages.len() > limit as usize;
+        messages.truncate(limit as usize);
+        if order.contains("DESC") {
+            messages.reverse();
+        }
+        // The page holds everything between its cursor and its far end, so
+        // "is there anything on the cursor's side" is one indexed probe.
+        let (has_older, has_newer) = match query {
+            PageQuery::Newest => (more, false),
+            PageQuery::Before(c) => (
+                more,
+                self.exists(room_id, "(ts, seq) >= (?2, ?3)", &[c.ts, c.seq])?,
+            ),
+            PageQuery::After(c) => (
+                self.exists(room_id, "(ts, seq) <= (?2, ?3)", &[c.ts, c.seq])?,
+                more,
+            ),
+            PageQuery::SinceSeq(s) => (self.exists(room_id, "seq <= ?2", &[s])?, more),
+        };
+        Ok(PageRows {
+            messages,
+            has_older,
+            has_newer,
+        })
+    }
+
+    fn exists(&self, room_id: i64, condition: &str, args: &[i64]) -> rusqlite::Result<bool> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT EXISTS (SELECT 1 FROM messages WHERE room_id = ?1 AND {condition})"
+            ))?
+            .query_row(
+                params_from_iter(std::iter::once(room_id).chain(args.iter().copied())),
+                |row| row.get(0),
+            )
+    }
+}
+
+/// Creates the file with mode 0600 if it does not exist, so the database is
+/// never readable by others, not even for a moment.
+fn prepare_file(path: &Path) -> std::io::Result<()> {
+    match fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(std::io::Error::other("it is not a regular file")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut options = fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            options
+                .open(path)
+                .map(drop)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot create it: {e}")))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Restricts the database and its WAL files to the owner, warning when they
+/// were readable by others.
+fn tighten_permissions(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut files = vec![path.to_path_buf()];
+        for suffix in ["-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            files.push(PathBuf::from(name));
+        }
+        for file in files {
+            let Ok(meta) = fs::metadata(&file) else {
+                continue;
+            };
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                log::warn!(
+                    "database: {} was readable by others (mode {mode:o}); restricting it to 0600",
+                    file.display()
+                );
+                if let Err(e) = fs::set_permissions(&file, fs::Permissions::from_mode(0o600)) {
+                    log::error!("database: cannot restrict {}: {e}", file.display());
+                }
+            }
+        }
+    }
+}
+
+fn read_identity(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
+    let tables = conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))?;
+    let app_id = conn.query_row("PRAGMA application_id", [], |row| row.get(0))?;
+    let version = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    Ok((tables, app_id, version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_store() -> (tempdir::TempDir, Store) {
+        let dir = tempdir::TempDir::new();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        (dir, store)
+    }
+
+    /// A self-removing directory for store tests.
+    mod tempdir {
+        use std::path::{Path, PathBuf};
+
+        pub struct TempDir(PathBuf);
+
+        impl TempDir {
+            pub fn new() -> TempDir {
+                let path = std::env::temp_dir().join(format!(
+                    "parlor-store-{}-{}",
+                    std::process::id(),
+                    crate::random::token()
+                ));
+                std::fs::create_dir_all(&path).unwrap();
+                TempDir(path)
+            }
+
+            pub fn path(&self) -> &Path {
+                &self.0
+            }
+        }
+
+        impl Drop for TempDir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    fn message(room_id: i64, user_id: i64, id: &str, ts: i64) -> NewMessage {
+        NewMessage {
+            room_id,
+            user_id,
+            client_id: id.into(),
+            text: format!("text {id}"),
+            ts,
+            received_at: ts,
+        }
+    }
+
+    #[test]
+    fn new_database_has_general_and_private_permissions() {
+        let (dir, store) = temp_store();
+        let rooms = store.live_rooms().unwrap();
+        assert_eq!(rooms.len(), 1);
+        assert_eq!(rooms[0].name, "general");
+        assert_eq!(rooms[0].created_by, None);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.path().join("t.db"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn refuses_files_that_are_not_parlor_databases_and_leaves_them_untouched() {
+        let dir = tempdir::TempDir::new();
+        let junk = dir.path().join("junk.db");
+        let bytes = b"this is a text file, not a database, at least 100 bytes long so SQLite reads its header fully.....".to_vec();
+        fs::write(&junk, &bytes).unwrap();
+        let err = Store::open(&junk)
+            .err()
+            .expect("junk must be refused")
+            .to_string();
+        assert!(err.contains("junk.db"), "{err}");
+        assert_eq!(fs::read(&junk).unwrap(), bytes);
+
+        let other = dir.path().join("other.db");
+        Connection::open(&other)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        let before = fs::read(&other).unwrap();
+        let err = Store::open(&other)
+            .err()
+            .expect("foreign db must be refused")
+            .to_string();
+        assert!(err.contains("not a Parlor"), "{err}");
+        assert_eq!(fs::read(&other).unwrap(), before);
+    }
+
+    #[test]
+    fn users_keep_their_first_casing() {
+        let (_dir, store) = temp_store();
+        let first = store.login_user("Alice", 1).unwrap();
+        let again = store.login_user("ALICE", 2).unwrap();
+        assert_eq!(first, again);
+        assert_eq!(again.name, "Alice");
+    }
+
+    #[test]
+    fn deleted_room_names_can_be_reused_and_start_empty() {
+        let (_dir, mut store) = temp_store();
+        let user = store.login_user("bob", 1).unwrap();
+        let design = store.create_room("Design", user.id, 5).unwrap();
+        assert!(store.create_room("design", user.id, 6).is_err());
+        store
+            .insert_messages(&[message(design, user.id, "a", 10)])
+            .unwrap();
+        store.delete_room(design, 11).unwrap();
+        let again = store.create_room("DESIGN", user.id, 12).unwrap();
+        assert_ne!(design, again);
+        let page = store.page(again, "DESIGN", PageQuery::Newest, 50).unwrap();
+        assert!(page.messages.is_empty());
+        let live = store.live_rooms().unwrap();
+        let room = live.iter().find(|r| r.id == again).unwrap();
+        assert_eq!(room.created_by.as_deref(), Some("bob"));
+        assert_eq!(room.message_count, 0);
+    }
+
+    #[test]
+    fn duplicate_client_ids_are_refused_and_found() {
+        let (_dir, mut store) = temp_store();
+        let user = store.login_user("carol", 1).unwrap();
+        let seqs = store
+            .insert_messages(&[message(1, user.id, "x", 10)])
+            .unwrap();
+        assert!(
+            store
+                .insert_messages(&[message(1, user.id, "x", 11)])
+                .is_err()
+        );
+        let sent = store.find_sent(user.id, "x").unwrap().unwrap();
+        assert_eq!(
+            sent,
+            SentRecord {
+                seq: seqs[0],
+                room: "general".into(),
+                ts: 10
+            }
+        );
+        assert_eq!(store.find_sent(user.id, "y").unwrap(), None);
+        assert_eq!(store.live_rooms().unwrap()[0].message_count, 1);
+    }
+
+    #[test]
+    fn pages_follow_ts_then_seq_in_every_direction() {
+        let (_dir, mut store) = temp_store();
+        let user = store.login_user("dan", 1).unwrap();
+        // ts goes backwards for some messages: order is by (ts, seq), not seq.
+        let batch: Vec<_> = (0..25)
+            .map(|i| message(1, user.id, &format!("m{i}"), 1000 + (i % 5) * 10 - i))
+            .collect();
+        store.insert_messages(&batch).unwrap();
+        let mut all: Vec<(i64, i64)> = store
+            .page(1, "general", PageQuery::SinceSeq(0), 500)
+            .unwrap()
+            .messages
+            .iter()
+            .map(|m| (m.0.ts, m.0.seq))
+            .collect();
+        assert_eq!(all.len(), 25);
+        all.sort();
+        let keys = |rows: &PageRows| -> Vec<(i64, i64)> {
+            rows.messages.iter().map(|m| (m.0.ts, m.0.seq)).collect()
+        };
+
+        let newest = store.page(1, "general", PageQuery::Newest, 10).unwrap();
+        assert_eq!(keys(&newest), all[15..]);
+        assert!(newest.has_older && !newest.has_newer);
+
+        let c = Cursor {
+            ts: all[15].0,
+            seq: all[15].1,
+        };
+        let before = store.page(1, "general", PageQuery::Before(c), 10).unwrap();
+        assert_eq!(keys(&before), all[5..15]);
+        assert!(before.has_older && before.has_newer);
+
+        let c = Cursor {
+            ts: all[5].0,
+            seq: all[5].1,
+        };
+        let oldest = store.page(1, "general", PageQuery::Before(c), 10).unwrap();
+        assert_eq!(keys(&oldest), all[..5]);
+        assert!(!oldest.has_older && oldest.has_newer);
+
+        let c = Cursor {
+            ts: all[4].0,
+            seq: all[4].1,
+        };
+        let after = store.page(1, "general", PageQuery::After(c), 10).unwrap();
+        assert_eq!(keys(&after), all[5..15]);
+        assert!(after.has_older && after.has_newer);
+
+        let since = store
+            .page(1, "general", PageQuery::SinceSeq(20), 10)
+            .unwrap();
+        let seqs: Vec<i64> = since.messages.iter().map(|m| m.0.seq).collect();
+        let first = since.messages[0].0.seq;
+        assert_eq!(seqs, (first..first + 5).collect::<Vec<_>>());
+        assert!(since.has_older && !since.has_newer);
+    }
+
+    #[test]
+    fn restart_keeps_everything() {
+        let dir = tempdir::TempDir::new();
+        let path = dir.path().join("r.db");
+        {
+            let mut store = Store::open(&path).unwrap();
+            let user = store.login_user("eve", 1).unwrap();
+            let room = store.create_room("Ops", user.id, 2).unwrap();
+            store
+                .insert_messages(&[message(room, user.id, "a", 3)])
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let rooms = store.live_rooms().unwrap();
+        assert_eq!(rooms.len(), 2);
+        let ops = rooms.iter().find(|r| r.name == "Ops").unwrap();
+        assert_eq!(ops.message_count, 1);
+        let page = store.page(ops.id, "Ops", PageQuery::Newest, 50).unwrap();
+        assert_eq!(page.messages[0].0.from, "eve");
+        assert_eq!(page.messages[0].0.text, "text a");
+    }
+}

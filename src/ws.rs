@@ -1,0 +1,370 @@
+//! The WebSocket side: the accept loop, the handshake, and each connection's
+//! reader and writer threads.
+//!
+//! tungstenite's `WebSocket` is one `&mut` state machine, so it cannot be read
+//! on one thread while written on another. Each connection therefore has two:
+//! the reader owns a `WebSocket` over [`ReadHalf`], whose writes go nowhere,
+//! and forwards pings and closes to the writer; the writer owns a server-role
+//! `WebSocketContext` over a clone of the socket and is the only thread that
+//! ever writes to it. The hub reaches a connection only through its channels.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, select};
+use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+use tungstenite::{Bytes, Message, Utf8Bytes, WebSocket};
+
+use crate::hub::{Command, ConnId, Event};
+use crate::protocol::{BadRequest, MAX_FRAME_BYTES, parse_request};
+
+/// Frames queued for one connection before it counts as too slow and is
+/// disconnected.
+pub const OUTBOX_FRAMES: usize = 1024;
+/// Time allowed for the opening HTTP handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After this long without hearing from a client the server pings it.
+const PING_AFTER: Duration = Duration::from_secs(15);
+/// A client that sends nothing (not even a pong) for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A write blocked this long means the client stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connection threads need little stack: frames live on the heap.
+const CONN_STACK: usize = 256 * 1024;
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+}
+
+/// The running accept loop.
+pub struct Listener {
+    addr: SocketAddr,
+    stopping: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Listener {
+    /// Starts the `ws-accept` thread on a bound listener.
+    pub fn start(listener: TcpListener, hub_tx: Sender<Event>) -> io::Result<Listener> {
+        let addr = listener.local_addr()?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let flag = stopping.clone();
+        let thread = std::thread::Builder::new()
+            .name("ws-accept".into())
+            .spawn(move || accept_loop(listener, hub_tx, flag))?;
+        Ok(Listener {
+            addr,
+            stopping,
+            thread,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and frees the port. A blocked `accept` is woken by
+    /// connecting to it once.
+    pub fn stop(self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        if self.thread.join().is_err() {
+            log::error!("ws-accept thread panicked");
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, hub_tx: Sender<Event>, stopping: Arc<AtomicBool>) {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    for stream in listener.incoming() {
+        if stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                log::warn!("ws: accept failed: {e}");
+                // Out of file descriptors and the like: do not spin.
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let conn = ConnId(NEXT_ID.fetch_add(1, Ordering::Relaxed));
+        let hub_tx = hub_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("conn-{}-rx", conn.0))
+            .stack_size(CONN_STACK)
+            .spawn(move || serve(conn, stream, hub_tx));
+        if let Err(e) = spawned {
+            log::error!("{conn}: cannot start its thread: {e}");
+        }
+    }
+}
+
+/// The socket as the reader's `WebSocket` sees it: reads come from the
+/// socket; writes reach it only during the handshake and are discarded after,
+/// because the writer thread sends every reply (pongs and closes included).
+struct ReadHalf {
+    stream: TcpStream,
+    discard_writes: bool,
+}
+
+impl Read for ReadHalf {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+impl Write for ReadHalf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.discard_writes {
+            Ok(buf.len())
+        } else {
+            self.stream.write(buf)
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.discard_writes {
+            Ok(())
+        } else {
+            self.stream.flush()
+        }
+    }
+}
+
+/// What the reader asks of its writer.
+enum Control {
+    Pong(Bytes),
+    Ping,
+    /// Send a close frame (a reply to the client's, or a protocol error) and
+    /// stop.
+    Close(CloseCode, &'static str),
+}
+
+/// Runs a connection: the handshake, then the reader loop on this thread
+/// and the writer on a `conn-N-tx` thread.
+fn serve(conn: ConnId, stream: TcpStream, hub_tx: Sender<Event>) {
+    let peer = match stream.peer_addr() {
+        Ok(peer) => peer,
+        Err(_) => return,
+    };
+    let setup = stream
+        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
+        .and_then(|()| stream.set_nodelay(true))
+        .and_then(|()| stream.try_clone());
+    let write_stream = match setup {
+        Ok(clone) => clone,
+        Err(e) => return log::warn!("{conn}: socket setup failed: {e}"),
+    };
+    let read_half = ReadHalf {
+        stream,
+        discard_writes: false,
+    };
+    let mut ws = match tungstenite::accept_with_config(read_half, Some(ws_config())) {
+        Ok(ws) => ws,
+        Err(e) => return log::info!("{conn}: WebSocket handshake from {peer} failed: {e}"),
+    };
+    ws.get_mut().discard_writes = true;
+    if let Err(e) = ws.get_ref().stream.set_read_timeout(Some(PING_AFTER)) {
+        return log::warn!("{conn}: socket setup failed: {e}");
+    }
+
+    // The outbox: the hub sends (try_send, never blocking), the writer
+    // receives. Bounded, so a client that stops reading costs at most
+    // OUTBOX_FRAMES shared frames before the hub disconnects it.
+    let (frames_tx, frames_rx) = crossbeam_channel::bounded(OUTBOX_FRAMES);
+    // The hub's commands (close with a reason) to the writer.
+    let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
+    // The reader's requests (pong, ping, close) to the writer.
+    let (control_tx, control_rx) = crossbeam_channel::unbounded();
+    let writer = std::thread::Builder::new()
+        .name(format!("conn-{}-tx", conn.0))
+        .stack_size(CONN_STACK)
+        .spawn(move || write_loop(conn, write_stream, frames_rx, commands_rx, control_rx));
+    if let Err(e) = writer {
+        return log::error!("{conn}: cannot start its writer: {e}");
+    }
+    let connected = Event::Connected {
+        conn,
+        peer,
+        frames_tx,
+        commands_tx,
+    };
+    if hub_tx.send(connected).is_err() {
+        // The hub has stopped: the server is shutting down.
+        let _ = control_tx.send(Control::Close(CloseCode::Away, "server shutting down"));
+        return;
+    }
+    read_loop(conn, &mut ws, &hub_tx, &control_tx);
+    // The writer owns the end of the connection: it sends any close frame
+    // and then shuts the socket down.
+    let _ = hub_tx.send(Event::Disconnected { conn });
+}
+
+fn read_loop(
+    conn: ConnId,
+    ws: &mut WebSocket<ReadHalf>,
+    hub_tx: &Sender<Event>,
+    control_tx: &Sender<Control>,
+) {
+    let mut last_heard = Instant::now();
+    let close = |code, reason| {
+        let _ = control_tx.send(Control::Close(code, reason));
+    };
+    loop {
+        let message = match ws.read() {
+            Ok(message) => message,
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if last_heard.elapsed() >= IDLE_TIMEOUT {
+                    log::info!("{conn}: silent for {IDLE_TIMEOUT:?}; closing");
+                    return close(CloseCode::Policy, "idle for too long");
+                }
+                let _ = control_tx.send(Control::Ping);
+                continue;
+            }
+            Err(e) => {
+                match e {
+                    tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {}
+                    tungstenite::Error::Capacity(_) => {
+                        log::warn!("{conn}: frame over {MAX_FRAME_BYTES} bytes; closing");
+                        close(CloseCode::Size, "message too big");
+                    }
+                    tungstenite::Error::Utf8(_) => {
+                        log::warn!("{conn}: invalid UTF-8 in a text frame; closing");
+                        close(CloseCode::Invalid, "invalid UTF-8");
+                    }
+                    tungstenite::Error::Protocol(p) => {
+                        log::info!("{conn}: WebSocket protocol error: {p}");
+                        close(CloseCode::Protocol, "protocol error");
+                    }
+                    other => log::debug!("{conn}: read ended: {other}"),
+                }
+                return;
+            }
+        };
+        last_heard = Instant::now();
+        let event = match message {
+            Message::Text(text) => match parse_request(&text) {
+                Ok(request) => Event::Request { conn, request },
+                Err(error) => Event::BadFrame { conn, error },
+            },
+            Message::Binary(_) => Event::BadFrame {
+                conn,
+                error: BadRequest {
+                    req: None,
+                    message: "Binary frames are not supported; send JSON text frames.".into(),
+                },
+            },
+            Message::Ping(payload) => {
+                let _ = control_tx.send(Control::Pong(payload));
+                continue;
+            }
+            Message::Pong(_) | Message::Frame(_) => continue,
+            Message::Close(_) => {
+                // Echo the close; the writer then ends the TCP connection.
+                return close(CloseCode::Normal, "");
+            }
+        };
+        if hub_tx.send(event).is_err() {
+            return close(CloseCode::Away, "server shutting down");
+        }
+    }
+}
+
+/// The only code that writes to a connection's socket once it is open.
+fn write_loop(
+    conn: ConnId,
+    mut stream: TcpStream,
+    frames_rx: Receiver<Utf8Bytes>,
+    commands_rx: Receiver<Command>,
+    control_rx: Receiver<Control>,
+) {
+    let mut ctx = WebSocketContext::new(Role::Server, Some(ws_config()));
+    let result = (|| -> tungstenite::Result<()> {
+        loop {
+            select! {
+                recv(frames_rx) -> frame => match frame {
+                    Ok(frame) => ctx.write(&mut stream, Message::Text(frame))?,
+                    // The hub forgot this connection; any close it wanted
+                    // was sent on `commands_rx` first.
+                    Err(_) => return close_with(&mut ctx, &mut stream, drain_close(&commands_rx)),
+                },
+                recv(commands_rx) -> command => match command {
+                    Ok(Command::Close { code, reason }) => {
+                        return close_with(&mut ctx, &mut stream, Some((code.into(), reason)));
+                    }
+                    Err(_) => return close_with(&mut ctx, &mut stream, None),
+                },
+                recv(control_rx) -> control => match control {
+                    Ok(Control::Pong(payload)) => ctx.write(&mut stream, Message::Pong(payload))?,
+                    Ok(Control::Ping) => ctx.write(&mut stream, Message::Ping(Bytes::new()))?,
+                    Ok(Control::Close(code, reason)) => {
+                        return close_with(&mut ctx, &mut stream, Some((code, reason.into())));
+                    }
+                    // The reader is gone; the hub will drop the outbox next.
+                    Err(_) => return close_with(&mut ctx, &mut stream, None),
+                },
+            }
+            // Write whatever else is already queued, then flush once.
+            while let Ok(frame) = frames_rx.try_recv() {
+                ctx.write(&mut stream, Message::Text(frame))?;
+            }
+            ctx.flush(&mut stream)?;
+        }
+    })();
+    match result {
+        Ok(()) | Err(tungstenite::Error::ConnectionClosed) => {}
+        Err(e) => log::debug!("{conn}: write ended: {e}"),
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+fn drain_close(commands_rx: &Receiver<Command>) -> Option<(CloseCode, String)> {
+    commands_rx
+        .try_iter()
+        .next()
+        .map(|Command::Close { code, reason }| (code.into(), reason))
+}
+
+/// Sends a close frame (when there is a reason to give) and half-closes the
+/// socket so the client sees the end of the stream.
+fn close_with(
+    ctx: &mut WebSocketContext,
+    stream: &mut TcpStream,
+    close: Option<(CloseCode, String)>,
+) -> tungstenite::Result<()> {
+    let frame = close.map(|(code, reason)| CloseFrame {
+        code,
+        reason: reason.into(),
+    });
+    match ctx.close(stream, frame) {
+        Ok(()) | Err(tungstenite::Error::ConnectionClosed) => {}
+        Err(e) => return Err(e),
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+    Ok(())
+}
