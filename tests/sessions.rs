@@ -1,0 +1,397 @@
+//! Signing in, sessions and resume, presence, rooms and room switching, at
+//! the protocol level against a real server.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::{TestServer, assert_error};
+use tungstenite::Message;
+
+#[test]
+fn welcome_lists_rooms_and_limits_and_keeps_the_first_casing() {
+    let server = TestServer::start();
+    let mut alice = server.connect();
+    let welcome = alice.hello("  Alice ");
+    assert_eq!(welcome["username"], "Alice");
+    assert_eq!(welcome["room"], serde_json::Value::Null);
+    assert!(welcome["session"].as_str().unwrap().len() >= 32);
+    assert_eq!(welcome["rooms"][0]["name"], "general");
+    assert_eq!(welcome["rooms"][0]["members"], 0);
+    assert_eq!(welcome["rooms"][0]["created_by"], serde_json::Value::Null);
+    assert!(welcome["rooms"][0]["created_at"].as_i64().unwrap() > 0);
+    assert_eq!(
+        welcome["limits"],
+        json!({"max_text_chars": 4000, "page_sizes": [50, 100, 200, 500],
+               "messages_per_second": 10, "room_switches_per_minute": 5})
+    );
+    drop(alice);
+
+    // Another casing later signs in as the same user, shown as first written.
+    let mut again = server.connect();
+    let welcome = again.hello_retrying("ALICE", "username_taken");
+    assert_eq!(welcome["username"], "Alice");
+}
+
+#[test]
+fn bad_usernames_are_refused_and_the_socket_stays_open() {
+    let server = TestServer::start();
+    let mut client = server.connect();
+    for bad in [
+        "",
+        "   ",
+        "two words",
+        "<b>",
+        "x".repeat(33).as_str(),
+        "tab\tname",
+    ] {
+        assert_error(&client.hello(bad), "invalid_username");
+    }
+    let reply = client.request(json!({"type": "hello"}));
+    assert_error(&reply, "bad_request");
+    assert_eq!(client.hello("ok_name-1.2")["type"], "welcome");
+}
+
+#[test]
+fn a_taken_name_is_refused_case_insensitively() {
+    let server = TestServer::start();
+    let _bob = server.login("bob");
+    let mut other = server.connect();
+    assert_error(&other.hello("BoB"), "username_taken");
+    let reply = other.request(json!({"type": "hello", "username": "bob", "resume": "wrong"}));
+    assert_error(&reply, "username_taken");
+    assert_eq!(other.hello("bobby")["type"], "welcome");
+}
+
+#[test]
+fn requests_before_hello_get_not_logged_in() {
+    let server = TestServer::start();
+    let mut client = server.connect();
+    for frame in [
+        json!({"type": "join", "room": "general"}),
+        json!({"type": "send", "id": "x", "text": "hi"}),
+        json!({"type": "create_room", "room": "r"}),
+        json!({"type": "history", "room": "general"}),
+        json!({"type": "leave"}),
+    ] {
+        assert_error(&client.request(frame), "not_logged_in");
+    }
+    assert_eq!(client.request(json!({"type": "ping"}))["type"], "pong");
+}
+
+#[test]
+fn malformed_frames_get_bad_request_and_the_connection_stays_open() {
+    let server = TestServer::start();
+    let mut client = server.login("carol");
+    client.send_raw(Message::text("this is not json"));
+    assert_error(&client.expect("error"), "bad_request");
+    client.send_raw(Message::text("[1,2,3]"));
+    assert_error(&client.expect("error"), "bad_request");
+    client.send_raw(Message::binary(vec![1u8, 2, 3]));
+    assert_error(&client.expect("error"), "bad_request");
+    let reply = client.request(json!({"type": "teleport"}));
+    assert_error(&reply, "bad_request");
+    let reply = client.request(json!({"type": "join", "room": 42}));
+    assert_error(&reply, "bad_request");
+    let reply = client.request(json!({"type": "send", "id": "a"}));
+    assert_error(&reply, "bad_request");
+    let reply = client.request(json!({"type": "hello", "username": "carol"}));
+    assert_error(&reply, "bad_request");
+    // Still usable.
+    assert_eq!(client.join("general")["type"], "joined");
+}
+
+#[test]
+fn server_full_counts_distinct_users() {
+    let server = TestServer::start_with(|c| c.max_users = 2);
+    let _a = server.login("a");
+    let mut b = server.connect();
+    let session = b.hello("b")["session"].as_str().unwrap().to_string();
+    let mut c = server.connect();
+    assert_error(&c.hello("c"), "server_full");
+    // Resuming an online user needs no free slot.
+    let mut b2 = server.connect();
+    let welcome = b2.request(json!({"type": "hello", "username": "b", "resume": session}));
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    // Once b is gone, c gets in on the same socket.
+    drop(b2);
+    let welcome = c.hello_retrying("c", "server_full");
+    assert_eq!(welcome["username"], "c");
+}
+
+#[test]
+fn resume_replaces_the_old_connection_without_presence_flicker() {
+    let server = TestServer::start();
+    let mut dave = server.connect();
+    let welcome = dave.hello("dave");
+    let session = welcome["session"].as_str().unwrap().to_string();
+    dave.join("general");
+    let mut erin = server.login_in("erin", "general");
+    erin.clear();
+
+    let mut dave2 = server.connect();
+    let welcome = dave2.request(json!({"type": "hello", "username": "Dave", "resume": session}));
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    assert_eq!(welcome["room"], "general");
+    assert_eq!(welcome["username"], "dave");
+
+    let close = dave.wait_for("close of the replaced connection", |f| {
+        f["type"] == "__close" || f["type"] == "__closed"
+    });
+    assert_eq!(close["code"], 4001, "{close}");
+    assert!(!close["reason"].as_str().unwrap().is_empty());
+
+    // The resumed connection is in the room: it can send, and erin sees it,
+    // without any presence change in between.
+    let ack = dave2.say("after-resume", "still here");
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let message = erin.expect("message");
+    assert_eq!(message["from"], "dave");
+    erin.assert_none(Duration::from_millis(300), "presence", |f| {
+        f["type"] == "presence"
+    });
+}
+
+#[test]
+fn join_sends_members_history_and_presence_and_updates_room_counts() {
+    let server = TestServer::start();
+    let mut alice = server.login_in("alice", "general");
+    alice.say("a1", "first");
+    let mut bob = server.login("bob");
+    let joined = bob.join("General");
+    assert_eq!(joined["room"], "general");
+    assert_eq!(joined["members"], json!(["alice", "bob"]));
+    assert_eq!(joined["history"]["messages"][0]["text"], "first");
+    assert_eq!(joined["history"]["total"], 1);
+
+    let presence = alice.expect("presence");
+    assert_eq!(
+        presence,
+        json!({"type": "presence", "room": "general", "user": "bob", "state": "joined"})
+    );
+    let rooms = alice.wait_for("rooms with 2 members", |f| {
+        f["type"] == "rooms" && f["rooms"][0]["members"] == 2
+    });
+    assert_eq!(rooms["rooms"][0]["name"], "general");
+
+    // Joining the room you are in re-sends joined and changes nothing.
+    alice.clear();
+    let again = bob.join("general");
+    assert_eq!(again["type"], "joined");
+    assert_eq!(again["members"], json!(["alice", "bob"]));
+    alice.assert_none(Duration::from_millis(300), "any frame", |_| true);
+
+    assert_error(&bob.join("nowhere"), "no_such_room");
+}
+
+#[test]
+fn leaving_and_disconnecting_update_presence() {
+    let server = TestServer::start();
+    let mut alice = server.login_in("alice", "general");
+    let mut bob = server.login_in("bob", "general");
+    let mut carol = server.login_in("carol", "general");
+    alice.clear();
+
+    let left = bob.request(json!({"type": "leave"}));
+    assert_eq!(left["type"], "left");
+    assert_eq!(left["room"], "general");
+    let presence = alice.expect("presence");
+    assert_eq!(presence["user"], "bob");
+    assert_eq!(presence["state"], "left");
+    assert_error(&bob.request(json!({"type": "leave"})), "not_in_room");
+    assert_error(&bob.say("x", "hello?"), "not_in_room");
+
+    carol.send_raw(Message::Close(None));
+    let presence = alice.expect("presence");
+    assert_eq!(presence["user"], "carol");
+    assert_eq!(presence["state"], "left");
+    let rooms = alice.wait_for("rooms with 1 member", |f| {
+        f["type"] == "rooms" && f["rooms"][0]["members"] == 1
+    });
+    assert_eq!(rooms["rooms"][0]["members"], 1);
+}
+
+#[test]
+fn switching_rooms_moves_presence() {
+    let server = TestServer::start();
+    let mut alice = server.login("alice");
+    let created = alice.request(json!({"type": "create_room", "room": "Design"}));
+    assert_eq!(created["type"], "rooms");
+    alice.join("general");
+    let mut in_general = server.login_in("gina", "general");
+    let mut in_design = server.login_in("dora", "Design");
+    in_general.clear();
+    in_design.clear();
+
+    let joined = alice.join("design");
+    assert_eq!(joined["room"], "Design");
+    assert_eq!(joined["members"], json!(["alice", "dora"]));
+    let left = in_general.expect("presence");
+    assert_eq!(
+        (left["user"].as_str(), left["state"].as_str()),
+        (Some("alice"), Some("left"))
+    );
+    let arrived = in_design.expect("presence");
+    assert_eq!(
+        (arrived["user"].as_str(), arrived["state"].as_str()),
+        (Some("alice"), Some("joined"))
+    );
+
+    // Messages now go to Design only.
+    alice.say("d1", "hello design");
+    assert_eq!(in_design.expect("message")["room"], "Design");
+    in_general.assert_none(Duration::from_millis(300), "message", |f| {
+        f["type"] == "message"
+    });
+}
+
+#[test]
+fn rooms_are_created_and_deleted_by_anyone() {
+    let server = TestServer::start();
+    let mut alice = server.login("alice");
+    let mut bob = server.login_in("bob", "general");
+
+    let reply = alice.request(json!({"type": "create_room", "room": "  Book Club  "}));
+    assert_eq!(reply["type"], "rooms");
+    let names: Vec<&str> = reply["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Book Club", "general"]);
+    assert_eq!(reply["rooms"][0]["created_by"], "alice");
+    let seen = bob.wait_for("rooms with Book Club", |f| {
+        f["type"] == "rooms" && f["rooms"][0]["name"] == "Book Club"
+    });
+    assert_eq!(seen["rooms"].as_array().unwrap().len(), 2);
+
+    assert_error(
+        &alice.request(json!({"type": "create_room", "room": "book club"})),
+        "room_exists",
+    );
+    assert_error(
+        &alice.request(json!({"type": "create_room", "room": "   "})),
+        "invalid_room_name",
+    );
+    assert_error(
+        &alice.request(json!({"type": "create_room", "room": "a\u{0007}b"})),
+        "invalid_room_name",
+    );
+    assert_error(
+        &alice.request(json!({"type": "create_room", "room": "r".repeat(65)})),
+        "invalid_room_name",
+    );
+
+    // Bob is in the room when alice deletes it: he is told and is in no room.
+    bob.join("book club");
+    bob.say("b1", "before the deletion");
+    bob.clear();
+    let reply = alice.request(json!({"type": "delete_room", "room": "BOOK CLUB"}));
+    assert_eq!(reply["type"], "rooms");
+    assert_eq!(reply["rooms"].as_array().unwrap().len(), 1);
+    let deleted = bob.expect("room_deleted");
+    assert_eq!(
+        deleted,
+        json!({"type": "room_deleted", "room": "Book Club"})
+    );
+    assert_error(&bob.say("b2", "anyone?"), "not_in_room");
+    assert_error(
+        &alice.request(json!({"type": "delete_room", "room": "Book Club"})),
+        "no_such_room",
+    );
+    assert_error(
+        &alice.request(json!({"type": "history", "room": "Book Club"})),
+        "no_such_room",
+    );
+
+    // A new room with the same name starts empty.
+    alice.request(json!({"type": "create_room", "room": "Book Club"}));
+    let joined = alice.join("Book Club");
+    assert_eq!(joined["history"]["messages"], json!([]));
+    assert_eq!(joined["history"]["total"], 0);
+}
+
+#[test]
+fn room_switches_are_rate_limited_even_across_reconnects() {
+    let server = TestServer::start();
+    let mut alice = server.login("alice");
+    for name in ["r1", "r2", "r3"] {
+        alice.request(json!({"type": "create_room", "room": name}));
+    }
+    // Five switches are fine.
+    for room in ["general", "r1", "r2", "r3", "general"] {
+        assert_eq!(alice.join(room)["type"], "joined", "{room}");
+    }
+    let reply = alice.join("r1");
+    assert_error(&reply, "rate_limited");
+    assert!(reply["retry_after_ms"].as_u64().unwrap() > 0);
+    // Still in general: a message lands there.
+    assert_eq!(alice.say("m", "still in general")["room"], "general");
+    // Rejoining the current room is not a switch.
+    assert_eq!(alice.join("general")["type"], "joined");
+
+    // Reconnecting does not reset the limit.
+    drop(alice);
+    let mut again = server.connect();
+    again.hello_retrying("alice", "username_taken");
+    assert_error(&again.join("r2"), "rate_limited");
+}
+
+#[test]
+fn no_hello_within_ten_seconds_closes_the_socket() {
+    let server = TestServer::start();
+    let mut lurker = server.connect();
+    let close = lurker.wait_for("close", |f| {
+        f["type"] == "__close" || f["type"] == "__closed"
+    });
+    assert_eq!(close["code"], 1008, "{close}");
+}
+
+#[test]
+fn frames_over_64_kib_close_the_connection_with_1009() {
+    let server = TestServer::start();
+    let mut alice = server.login_in("alice", "general");
+    let mut bob = server.login_in("bob", "general");
+    let huge = "x".repeat(70 * 1024);
+    alice.send_json(json!({"type": "send", "id": "big", "text": huge}));
+    let close = alice.wait_for("close", |f| {
+        f["type"] == "__close" || f["type"] == "__closed"
+    });
+    assert_eq!(close["code"], 1009, "{close}");
+    // Everyone else keeps going.
+    assert_eq!(bob.say("b", "fine here")["type"], "ack");
+}
+
+#[test]
+fn shutdown_closes_clients_with_1001_and_frees_the_ports() {
+    let mut server = TestServer::start();
+    let mut alice = server.login_in("alice", "general");
+    let ws_addr = server.ws_addr();
+    let http_addr = server.http_addr();
+    server.stop();
+    let close = alice.wait_for("close", |f| {
+        f["type"] == "__close" || f["type"] == "__closed"
+    });
+    assert_eq!(close["code"], 1001, "{close}");
+    // The same ports can be bound again at once (tiny_http's accept thread
+    // may take a moment to let go of its listener).
+    let mut config = support::config(&server.dir.db());
+    config.ws_addr = ws_addr.to_string();
+    config.http_addr = http_addr.to_string();
+    let mut restarted = None;
+    for _ in 0..100 {
+        match parlor::start(config.clone()) {
+            Ok(s) => {
+                restarted = Some(s);
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let restarted = restarted.expect("restart on the same ports");
+    let mut client = support::Client::connect(restarted.ws_addr());
+    assert_eq!(client.hello("alice")["type"], "welcome");
+    restarted.shutdown();
+}

@@ -1,0 +1,288 @@
+//! Shared helpers for the integration tests: a server on port 0 with a
+//! temporary database, and a blocking WebSocket client that waits for frames
+//! with a timeout instead of sleeping.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tungstenite::{Message, WebSocket};
+
+/// How long a test waits for a frame before failing.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A directory removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("parlor-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.0.join("parlor.db")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn config(db: &Path) -> parlor::Config {
+    parlor::Config {
+        http_addr: "127.0.0.1:0".into(),
+        ws_addr: "127.0.0.1:0".into(),
+        db_path: db.to_path_buf(),
+        ..parlor::Config::default()
+    }
+}
+
+/// A server in this process with its own temporary database.
+pub struct TestServer {
+    pub server: Option<parlor::Server>,
+    pub dir: TempDir,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::start_with(|_| {})
+    }
+
+    pub fn start_with(tweak: impl FnOnce(&mut parlor::Config)) -> TestServer {
+        let dir = TempDir::new("server");
+        let mut config = config(&dir.db());
+        tweak(&mut config);
+        let server = parlor::start(config).expect("server starts");
+        TestServer {
+            server: Some(server),
+            dir,
+        }
+    }
+
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.server.as_ref().expect("running").ws_addr()
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.server.as_ref().expect("running").http_addr()
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.ws_addr())
+    }
+
+    /// Connects and signs in as `name`.
+    pub fn login(&self, name: &str) -> Client {
+        let mut client = self.connect();
+        let welcome = client.hello(name);
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        client
+    }
+
+    /// Connects, signs in and joins `room`.
+    pub fn login_in(&self, name: &str, room: &str) -> Client {
+        let mut client = self.login(name);
+        let joined = client.join(room);
+        assert_eq!(joined["type"], "joined", "{joined}");
+        client
+    }
+
+    /// Stops the server (keeping the database) and starts it again on the
+    /// same file.
+    pub fn restart(&mut self) {
+        self.stop();
+        let server = parlor::start(config(&self.dir.db())).expect("server restarts");
+        self.server = Some(server);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A blocking WebSocket client speaking Parlor's JSON frames.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+    /// Frames read while waiting for another one, in arrival order.
+    pub backlog: Vec<Value>,
+    next_id: u64,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("set timeout");
+        let (ws, _) = tungstenite::client(format!("ws://{addr}/"), stream).expect("handshake");
+        Client {
+            ws,
+            backlog: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    pub fn send_json(&mut self, value: Value) {
+        self.ws
+            .send(Message::text(value.to_string()))
+            .expect("send frame");
+    }
+
+    pub fn send_raw(&mut self, message: Message) {
+        self.ws.send(message).expect("send frame");
+    }
+
+    /// Reads the next frame off the socket, or None on timeout.
+    fn read_frame(&mut self, deadline: Instant) -> Option<Value> {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(text)) => {
+                    return Some(serde_json::from_str(&text).expect("server sends JSON"));
+                }
+                Ok(Message::Close(frame)) => {
+                    return Some(json!({
+                        "type": "__close",
+                        "code": frame.as_ref().map(|f| u16::from(f.code)),
+                        "reason": frame.as_ref().map(|f| f.reason.to_string()),
+                    }));
+                }
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
+                }
+                Err(e) => {
+                    return Some(json!({"type": "__closed", "error": e.to_string()}));
+                }
+            }
+        }
+    }
+
+    /// Waits for the first frame (from the backlog or the socket) matching
+    /// `pred`; frames that do not match are kept in the backlog.
+    pub fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.try_wait_for(WAIT, &pred)
+            .unwrap_or_else(|| panic!("timed out waiting for {what}; backlog: {:?}", self.backlog))
+    }
+
+    pub fn try_wait_for(&mut self, wait: Duration, pred: &dyn Fn(&Value) -> bool) -> Option<Value> {
+        if let Some(i) = self.backlog.iter().position(pred) {
+            return Some(self.backlog.remove(i));
+        }
+        let deadline = Instant::now() + wait;
+        while let Some(frame) = self.read_frame(deadline) {
+            if pred(&frame) {
+                return Some(frame);
+            }
+            let closed = frame["type"] == "__closed";
+            self.backlog.push(frame);
+            if closed {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Waits for a frame of this type.
+    pub fn expect(&mut self, kind: &str) -> Value {
+        self.wait_for(kind, |f| f["type"] == kind)
+    }
+
+    /// Sends a request with a fresh `req` and waits for the frame that
+    /// echoes it (as `req`, or as `ref` on an error).
+    pub fn request(&mut self, mut frame: Value) -> Value {
+        self.next_id += 1;
+        let req = format!("r{}", self.next_id);
+        frame["req"] = json!(req);
+        self.send_json(frame);
+        self.wait_for(&format!("reply to {req}"), |f| {
+            f["req"] == req || f["ref"] == req
+        })
+    }
+
+    pub fn hello(&mut self, name: &str) -> Value {
+        self.request(json!({"type": "hello", "username": name}))
+    }
+
+    /// Says hello until it is welcomed, tolerating the error `while_code`
+    /// (the hub may not have processed an earlier disconnect yet).
+    pub fn hello_retrying(&mut self, name: &str, while_code: &str) -> Value {
+        for _ in 0..200 {
+            let reply = self.hello(name);
+            if reply["type"] == "welcome" {
+                return reply;
+            }
+            assert_error(&reply, while_code);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("{name} was never welcomed");
+    }
+
+    pub fn join(&mut self, room: &str) -> Value {
+        self.request(json!({"type": "join", "room": room}))
+    }
+
+    /// Sends a message now and returns the reply (an ack or an error).
+    pub fn say(&mut self, id: &str, text: &str) -> Value {
+        self.request(json!({"type": "send", "id": id, "text": text, "ts": now_ms()}))
+    }
+
+    /// Asserts that no frame matching `pred` arrives within `wait`.
+    pub fn assert_none(&mut self, wait: Duration, what: &str, pred: impl Fn(&Value) -> bool) {
+        if let Some(frame) = self.try_wait_for(wait, &pred) {
+            panic!("unexpected {what}: {frame}");
+        }
+    }
+
+    /// Drops everything received so far.
+    pub fn clear(&mut self) {
+        while self
+            .try_wait_for(Duration::from_millis(50), &|_| false)
+            .is_some()
+        {}
+        self.backlog.clear();
+    }
+}
+
+pub fn now_ms() -> i64 {
+    parlor::now_ms()
+}
+
+/// Asserts an error frame with this code.
+pub fn assert_error(frame: &Value, code: &str) {
+    assert_eq!(frame["type"], "error", "expected error {code}, got {frame}");
+    assert_eq!(frame["code"], code, "{frame}");
+    assert!(
+        frame["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error without a message: {frame}"
+    );
+}
