@@ -124,7 +124,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("Parlor is running. Open {} in your browser.", server.url());
+    println!(
+        "Parlor is running. Open {} in your browser (WebSocket on ws://{}/).",
+        server.url(),
+        server.ws_addr()
+    );
     let _ = stop_rx.recv();
     log::info!("stopping (signal received)");
     server.shutdown();

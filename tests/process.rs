@@ -1,0 +1,170 @@
+//! The built `parlor` binary as a person runs it: its command line, its
+//! refusal to touch a file that is not its database, and its durability
+//! when killed with SIGKILL right after acknowledging messages.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::json;
+use support::{Client, TempDir, now_ms};
+
+const BIN: &str = env!("CARGO_BIN_EXE_parlor");
+
+/// A `parlor` child process on ports chosen by the system.
+struct Running {
+    child: Child,
+    ws: SocketAddr,
+}
+
+impl Running {
+    fn start(db: &Path, extra: &[&str]) -> Running {
+        let mut child = Command::new(BIN)
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--ws",
+                "127.0.0.1:0",
+                "--log-level",
+                "warn",
+                "--db",
+            ])
+            .arg(db)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start parlor");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the start-up line");
+        let ws = line
+            .split("ws://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no WebSocket address in {line:?}"));
+        Running { child, ws }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn every_acked_message_survives_sigkill() {
+    let dir = TempDir::new("crash");
+    let db = dir.db();
+    let mut acked: Vec<(String, i64)> = Vec::new();
+    for round in 0..3 {
+        let server = Running::start(&db, &["--messages-per-second", "10000"]);
+        let mut clients: Vec<Client> = (0..3)
+            .map(|i| {
+                let mut c = Client::connect(server.ws);
+                c.hello(&format!("writer{i}"));
+                c.join("general");
+                c
+            })
+            .collect();
+        for (i, c) in clients.iter_mut().enumerate() {
+            for n in 0..100 {
+                c.send_json(json!({"type": "send", "id": format!("{round}-{i}-{n}"),
+                                   "text": format!("round {round} writer {i} #{n}"), "ts": now_ms()}));
+            }
+        }
+        for c in &mut clients {
+            for _ in 0..100 {
+                let ack = c.wait_for("ack", |f| f["type"] == "ack");
+                acked.push((
+                    ack["id"].as_str().unwrap().to_string(),
+                    ack["seq"].as_i64().unwrap(),
+                ));
+            }
+        }
+        // Killed right after the last ack: no clean shutdown, no checkpoint.
+        server.kill();
+    }
+
+    let server = Running::start(&db, &[]);
+    let mut reader = Client::connect(server.ws);
+    reader.hello("reader");
+    let mut stored = Vec::new();
+    let mut since = 0;
+    loop {
+        let page = reader.request(
+            json!({"type": "history", "room": "general", "since_seq": since, "limit": 500}),
+        );
+        for m in page["messages"].as_array().unwrap() {
+            stored.push((
+                m["id"].as_str().unwrap().to_string(),
+                m["seq"].as_i64().unwrap(),
+            ));
+        }
+        if page["has_newer"] != true {
+            break;
+        }
+        since = stored.last().unwrap().1;
+    }
+    acked.sort_by_key(|a| a.1);
+    assert_eq!(
+        stored, acked,
+        "every acked message, exactly once, with its seq"
+    );
+}
+
+#[test]
+fn bad_arguments_exit_with_code_2_and_one_line() {
+    for args in [
+        &["--max-users", "none"][..],
+        &["--bogus"],
+        &["--db"],
+        &["--log-level", "chatty"],
+    ] {
+        let out = Command::new(BIN).args(args).output().expect("run parlor");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("parlor: "), "{stderr}");
+    }
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--max-users"));
+    let version = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("parlor "));
+}
+
+#[test]
+fn a_file_that_is_not_a_parlor_database_is_refused_and_left_alone() {
+    let dir = TempDir::new("notdb");
+    let path = dir.path().join("notes.txt");
+    let content =
+        "These are my notes. They are not a database, and must stay exactly as they are.\n"
+            .repeat(3);
+    std::fs::write(&path, &content).unwrap();
+    let out = Command::new(BIN)
+        .args(["--http", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--db"])
+        .arg(&path)
+        .output()
+        .expect("run parlor");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("notes.txt"),
+        "the error names the file: {stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
+}
