@@ -6,6 +6,7 @@
 //! - [`store`]: the only user of SQLite — opening the file, schema, typed queries.
 //! - [`hub`]: the one thread that owns the store, rooms, presence, sessions and rate limits.
 //! - [`ws`]: the WebSocket listener and each connection's reader and writer threads.
+//! - `admission`: who may open a WebSocket (Origin allowlist, socket caps).
 //! - [`http`]: tiny_http serving the embedded page and `/healthz`.
 //! - `random`: session tokens and CSP nonces from the operating system's generator.
 //!
@@ -15,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admission;
 pub mod http;
 pub mod hub;
 pub mod protocol;
@@ -43,6 +45,13 @@ pub struct Config {
     pub messages_per_second: u32,
     /// Most joins into another room one user may make in any 60 s window.
     pub room_switches_per_minute: u32,
+    /// Browser origins allowed to open a WebSocket besides the page's own.
+    pub allow_origins: Vec<String>,
+    /// Most open WebSocket sockets; None: four per user plus 16.
+    pub max_connections: Option<usize>,
+    /// Most open WebSocket sockets from one IP address; None: two per user
+    /// plus 8.
+    pub max_connections_per_ip: Option<usize>,
 }
 
 impl Default for Config {
@@ -54,6 +63,9 @@ impl Default for Config {
             max_users: 10,
             messages_per_second: 10,
             room_switches_per_minute: 5,
+            allow_origins: Vec::new(),
+            max_connections: None,
+            max_connections_per_ip: None,
         }
     }
 }
@@ -120,7 +132,14 @@ pub fn start(config: Config) -> Result<Server, Error> {
     let hub_thread = std::thread::Builder::new()
         .name("hub".into())
         .spawn(move || hub.run(hub_rx))?;
-    let ws = ws::Listener::start(ws_listener, hub_tx.clone())?;
+    let origins = admission::OriginPolicy::new(http.addr(), &config.allow_origins);
+    let limits = admission::SocketLimits {
+        total: config.max_connections.unwrap_or(config.max_users * 4 + 16),
+        per_ip: config
+            .max_connections_per_ip
+            .unwrap_or(config.max_users * 2 + 8),
+    };
+    let ws = ws::Listener::start(ws_listener, hub_tx.clone(), origins, limits)?;
     log::info!(
         "parlor {} listening: page http://{} , websocket ws://{} , database {}",
         env!("CARGO_PKG_VERSION"),

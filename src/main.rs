@@ -18,6 +18,10 @@ Options:
   --max-users N                    most distinct users online at once (default 10)
   --messages-per-second N          per-user send limit (default 10)
   --room-switches-per-minute N     per-user room switch limit (default 5)
+  --allow-origin URL               also accept WebSockets from pages at this origin
+                                   (repeatable; e.g. https://chat.example.org)
+  --max-connections N              most open WebSockets (default 4 per user + 16)
+  --max-connections-per-ip N       most open WebSockets per IP (default 2 per user + 8)
   --log-level LEVEL                error, warn, info, debug or trace (default info;
                                    RUST_LOG is used when this is not given)
   -h, --help                       print this help
@@ -63,6 +67,17 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Action, String> 
                     "--room-switches-per-minute",
                     &value("--room-switches-per-minute")?,
                 )?
+            }
+            "--allow-origin" => config.allow_origins.push(value("--allow-origin")?),
+            "--max-connections" => {
+                config.max_connections =
+                    Some(positive("--max-connections", &value("--max-connections")?)?)
+            }
+            "--max-connections-per-ip" => {
+                config.max_connections_per_ip = Some(positive(
+                    "--max-connections-per-ip",
+                    &value("--max-connections-per-ip")?,
+                )?)
             }
             "--log-level" => {
                 let raw = value("--log-level")?;

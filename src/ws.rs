@@ -16,11 +16,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select};
+use tungstenite::error::ProtocolError;
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Bytes, Message, Utf8Bytes, WebSocket};
 
+use crate::admission::{Admitted, OriginPolicy, SocketLimits, SocketTable};
 use crate::hub::{Command, ConnId, Event};
 use crate::protocol::{BadRequest, MAX_FRAME_BYTES, parse_request};
 
@@ -55,13 +58,20 @@ pub struct Listener {
 
 impl Listener {
     /// Starts the `ws-accept` thread on a bound listener.
-    pub fn start(listener: TcpListener, hub_tx: Sender<Event>) -> io::Result<Listener> {
+    pub fn start(
+        listener: TcpListener,
+        hub_tx: Sender<Event>,
+        origins: OriginPolicy,
+        limits: SocketLimits,
+    ) -> io::Result<Listener> {
         let addr = listener.local_addr()?;
         let stopping = Arc::new(AtomicBool::new(false));
         let flag = stopping.clone();
+        let origins = Arc::new(origins);
+        let table = SocketTable::new(limits);
         let thread = std::thread::Builder::new()
             .name("ws-accept".into())
-            .spawn(move || accept_loop(listener, hub_tx, flag))?;
+            .spawn(move || accept_loop(listener, hub_tx, flag, origins, table))?;
         Ok(Listener {
             addr,
             stopping,
@@ -91,7 +101,13 @@ impl Listener {
     }
 }
 
-fn accept_loop(listener: TcpListener, hub_tx: Sender<Event>, stopping: Arc<AtomicBool>) {
+fn accept_loop(
+    listener: TcpListener,
+    hub_tx: Sender<Event>,
+    stopping: Arc<AtomicBool>,
+    origins: Arc<OriginPolicy>,
+    table: SocketTable,
+) {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     for stream in listener.incoming() {
         if stopping.load(Ordering::SeqCst) {
@@ -106,12 +122,20 @@ fn accept_loop(listener: TcpListener, hub_tx: Sender<Event>, stopping: Arc<Atomi
                 continue;
             }
         };
+        let Ok(peer) = stream.peer_addr() else {
+            continue;
+        };
+        let Some(admitted) = table.admit(&stream, peer.ip()) else {
+            log::warn!("ws: refused a connection from {peer}: too many open sockets");
+            continue;
+        };
         let conn = ConnId(NEXT_ID.fetch_add(1, Ordering::Relaxed));
         let hub_tx = hub_tx.clone();
+        let origins = origins.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("conn-{}-rx", conn.0))
             .stack_size(CONN_STACK)
-            .spawn(move || serve(conn, stream, hub_tx));
+            .spawn(move || serve(conn, stream, peer, admitted, &origins, hub_tx));
         if let Err(e) = spawned {
             log::error!("{conn}: cannot start its thread: {e}");
         }
@@ -124,10 +148,19 @@ fn accept_loop(listener: TcpListener, hub_tx: Sender<Event>, stopping: Arc<Atomi
 struct ReadHalf {
     stream: TcpStream,
     discard_writes: bool,
+    /// While set, reads fail once it passes, however slowly bytes trickle in.
+    deadline: Option<Instant>,
 }
 
 impl Read for ReadHalf {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            self.stream.set_read_timeout(Some(left))?;
+        }
         self.stream.read(buf)
     }
 }
@@ -161,14 +194,16 @@ enum Control {
 
 /// Runs a connection: the handshake, then the reader loop on this thread
 /// and the writer on a `conn-N-tx` thread.
-fn serve(conn: ConnId, stream: TcpStream, hub_tx: Sender<Event>) {
-    let peer = match stream.peer_addr() {
-        Ok(peer) => peer,
-        Err(_) => return,
-    };
+fn serve(
+    conn: ConnId,
+    stream: TcpStream,
+    peer: SocketAddr,
+    admitted: Admitted,
+    origins: &OriginPolicy,
+    hub_tx: Sender<Event>,
+) {
     let setup = stream
-        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
+        .set_write_timeout(Some(WRITE_TIMEOUT))
         .and_then(|()| stream.set_nodelay(true))
         .and_then(|()| stream.try_clone());
     let write_stream = match setup {
@@ -178,13 +213,29 @@ fn serve(conn: ConnId, stream: TcpStream, hub_tx: Sender<Event>) {
     let read_half = ReadHalf {
         stream,
         discard_writes: false,
+        deadline: Some(Instant::now() + HANDSHAKE_TIMEOUT),
     };
-    let mut ws = match tungstenite::accept_with_config(read_half, Some(ws_config())) {
-        Ok(ws) => ws,
-        Err(e) => return log::info!("{conn}: WebSocket handshake from {peer} failed: {e}"),
+    let check_origin = |request: &Request, response: Response| {
+        let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+        let origin = header("origin");
+        if origins.allows(origin, header("host")) {
+            return Ok(response);
+        }
+        log::warn!("{conn}: refused a WebSocket from {peer} with origin {origin:?}");
+        let mut refusal = ErrorResponse::new(Some("This origin may not connect.\n".into()));
+        *refusal.status_mut() = tungstenite::http::StatusCode::FORBIDDEN;
+        Err(refusal)
     };
-    ws.get_mut().discard_writes = true;
-    if let Err(e) = ws.get_ref().stream.set_read_timeout(Some(PING_AFTER)) {
+    let mut ws =
+        match tungstenite::accept_hdr_with_config(read_half, check_origin, Some(ws_config())) {
+            Ok(ws) => ws,
+            Err(e) => return log::info!("{conn}: WebSocket handshake from {peer} failed: {e}"),
+        };
+    admitted.handshake_done();
+    let half = ws.get_mut();
+    half.discard_writes = true;
+    half.deadline = None;
+    if let Err(e) = half.stream.set_read_timeout(Some(PING_AFTER)) {
         return log::warn!("{conn}: socket setup failed: {e}");
     }
 
@@ -248,7 +299,10 @@ fn read_loop(
             }
             Err(e) => {
                 match e {
-                    tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {}
+                    tungstenite::Error::ConnectionClosed
+                    | tungstenite::Error::AlreadyClosed
+                    | tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                    }
                     tungstenite::Error::Capacity(_) => {
                         log::warn!("{conn}: frame over {MAX_FRAME_BYTES} bytes; closing");
                         close(CloseCode::Size, "message too big");

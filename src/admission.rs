@@ -1,0 +1,360 @@
+//! Who may open a WebSocket: the Origin allowlist checked on every handshake,
+//! and the caps on sockets (in all, per IP address, and still handshaking)
+//! that keep a flood of idle or slow connections from crowding out people.
+//!
+//! The socket table is connection bookkeeping shared by the accept thread and
+//! the connection threads, so it sits behind a mutex held for a few map
+//! operations at a time; chat state never does.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+
+/// Sockets that may be mid-handshake at once; past this the oldest one is
+/// dropped to make room, so idle connections cannot lock others out.
+pub const MAX_HANDSHAKING: usize = 64;
+
+/// Which browser origins may open a WebSocket.
+#[derive(Debug, Clone)]
+pub struct OriginPolicy {
+    /// `--allow-origin` values, normalized (lowercase, no trailing slash).
+    explicit: Vec<String>,
+    /// The page's listener: its port, and its address unless unspecified.
+    http: SocketAddr,
+}
+
+impl OriginPolicy {
+    pub fn new(http: SocketAddr, explicit: &[String]) -> OriginPolicy {
+        OriginPolicy {
+            explicit: explicit.iter().map(|o| normalize(o)).collect(),
+            http,
+        }
+    }
+
+    /// Whether a handshake with this `Origin` (None: not a browser) and this
+    /// `Host` header may proceed.
+    ///
+    /// By default a browser origin must be the page itself: scheme http or
+    /// https, the page's port, and the address the page listens on (a
+    /// loopback listener also answers to `localhost`, `127.0.0.1` and
+    /// `[::1]`). A page listening on all interfaces is reached under names
+    /// Parlor cannot know, so there the origin's host must be the host the
+    /// WebSocket request itself was sent to.
+    pub fn allows(&self, origin: Option<&str>, host_header: Option<&str>) -> bool {
+        let Some(origin) = origin else {
+            return true;
+        };
+        let origin = normalize(origin);
+        if self.explicit.contains(&origin) {
+            return true;
+        }
+        let Some((host, port)) = split_origin(&origin) else {
+            return false;
+        };
+        if port != self.http.port() {
+            return false;
+        }
+        let ip = self.http.ip();
+        let loopback_alias = matches!(host, "localhost" | "127.0.0.1" | "[::1]");
+        if ip.is_loopback() {
+            return loopback_alias;
+        }
+        if !ip.is_unspecified() {
+            return host == bracketed(ip);
+        }
+        loopback_alias
+            || host_header.and_then(|h| split_host(&h.to_ascii_lowercase()).map(|(h, _)| h == host))
+                == Some(true)
+    }
+}
+
+fn normalize(origin: &str) -> String {
+    origin.trim().trim_end_matches('/').to_ascii_lowercase()
+}
+
+fn bracketed(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+/// `http://host:port` or `https://host` → (host, port).
+fn split_origin(origin: &str) -> Option<(&str, u16)> {
+    let (scheme, rest) = origin.split_once("://")?;
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    if rest.contains(['/', '?', '#', '@']) {
+        return None;
+    }
+    let (host, port) = split_host(rest)?;
+    Some((host, port.unwrap_or(default_port)))
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port` → (host, port).
+fn split_host(authority: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        let (host, rest) = authority.split_at(end + 1);
+        match rest {
+            "" => (host, None),
+            _ => (host, Some(rest.strip_prefix(':')?)),
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        Some(p) => Some(p.parse().ok()?),
+        None => None,
+    };
+    Some((host, port))
+}
+
+/// Caps on open WebSocket sockets.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketLimits {
+    pub total: usize,
+    pub per_ip: usize,
+}
+
+/// The open sockets, shared by the accept thread (which admits) and the
+/// connection threads (whose [`Admitted`] guards leave on drop).
+#[derive(Clone)]
+pub struct SocketTable {
+    inner: Arc<Mutex<Table>>,
+    limits: SocketLimits,
+}
+
+#[derive(Default)]
+struct Table {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+    /// Sockets still in the handshake, oldest first by admission number,
+    /// with a handle to shut them down when room is needed.
+    handshaking: BTreeMap<u64, (IpAddr, TcpStream)>,
+    /// Sockets dropped to make room: already counted out, so their guards
+    /// must not count them out again.
+    evicted: HashSet<u64>,
+    next: u64,
+}
+
+/// A socket's place in the table; dropping it frees the place.
+pub struct Admitted {
+    table: Arc<Mutex<Table>>,
+    ip: IpAddr,
+    number: u64,
+}
+
+impl SocketTable {
+    pub fn new(limits: SocketLimits) -> SocketTable {
+        SocketTable {
+            inner: Arc::default(),
+            limits,
+        }
+    }
+
+    /// Admits a new socket, first dropping the oldest sockets still in their
+    /// handshake where that makes room. None: no room; close it.
+    pub fn admit(&self, stream: &TcpStream, ip: IpAddr) -> Option<Admitted> {
+        let mut table = self
+            .inner
+            .lock()
+            .expect("BUG: no panics while the table is locked");
+        let per_ip = |t: &Table| t.per_ip.get(&ip).copied().unwrap_or(0);
+        while table.handshaking.len() >= MAX_HANDSHAKING
+            || table.total >= self.limits.total
+            || per_ip(&table) >= self.limits.per_ip
+        {
+            let from_same_ip = per_ip(&table) >= self.limits.per_ip;
+            let victim = table
+                .handshaking
+                .iter()
+                .find(|(_, (victim_ip, _))| !from_same_ip || *victim_ip == ip)
+                .map(|(n, _)| *n);
+            let Some(victim) = victim else {
+                return None;
+            };
+            let (victim_ip, socket) = table.handshaking.remove(&victim).expect("BUG: just found");
+            // Its thread sees the socket fail and gives its place back; count
+            // it gone now so the loop can make progress.
+            let _ = socket.shutdown(Shutdown::Both);
+            table.evicted.insert(victim);
+            table.leave(victim_ip);
+        }
+        let number = table.next;
+        table.next += 1;
+        table.total += 1;
+        *table.per_ip.entry(ip).or_default() += 1;
+        if let Ok(handle) = stream.try_clone() {
+            table.handshaking.insert(number, (ip, handle));
+        }
+        Some(Admitted {
+            table: self.inner.clone(),
+            ip,
+            number,
+        })
+    }
+}
+
+impl Table {
+    fn leave(&mut self, ip: IpAddr) {
+        self.total -= 1;
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+impl Admitted {
+    /// The handshake succeeded: the socket can no longer be evicted.
+    pub fn handshake_done(&self) {
+        let mut table = self
+            .table
+            .lock()
+            .expect("BUG: no panics while the table is locked");
+        table.handshaking.remove(&self.number);
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut table = self
+            .table
+            .lock()
+            .expect("BUG: no panics while the table is locked");
+        table.handshaking.remove(&self.number);
+        if !table.evicted.remove(&self.number) {
+            table.leave(self.ip);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn idle_handshakes_are_evicted_oldest_first_and_caps_hold() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let table = SocketTable::new(SocketLimits {
+            total: 100,
+            per_ip: 100,
+        });
+        let mut clients = Vec::new();
+        let mut guards = Vec::new();
+        for _ in 0..MAX_HANDSHAKING + 10 {
+            clients.push(TcpStream::connect(addr).unwrap());
+            let (server_side, _) = listener.accept().unwrap();
+            guards.push((
+                table.admit(&server_side, ip).expect("room is made"),
+                server_side,
+            ));
+        }
+        let t = table.inner.lock().unwrap();
+        assert_eq!(t.handshaking.len(), MAX_HANDSHAKING);
+        assert_eq!(t.total, MAX_HANDSHAKING);
+        // The oldest were shut down.
+        assert!(!t.handshaking.contains_key(&0));
+        drop(t);
+        drop(guards);
+        let t = table.inner.lock().unwrap();
+        assert_eq!((t.total, t.per_ip.len(), t.evicted.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn established_sockets_are_never_evicted() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let table = SocketTable::new(SocketLimits {
+            total: 3,
+            per_ip: 2,
+        });
+        let mut keep = Vec::new();
+        for _ in 0..2 {
+            let _c = TcpStream::connect(addr).unwrap();
+            let (s, _) = listener.accept().unwrap();
+            let guard = table.admit(&s, ip).unwrap();
+            guard.handshake_done();
+            keep.push((guard, s, _c));
+        }
+        let _c = TcpStream::connect(addr).unwrap();
+        let (s, _) = listener.accept().unwrap();
+        assert!(table.admit(&s, ip).is_none(), "per-IP cap");
+        let other: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(
+            table.admit(&s, other).is_some(),
+            "another address still gets in"
+        );
+        keep.pop();
+        assert!(
+            table.admit(&s, ip).is_some(),
+            "a place freed by a guard is reused"
+        );
+    }
+
+    fn policy(http: &str, explicit: &[&str]) -> OriginPolicy {
+        let explicit: Vec<String> = explicit.iter().map(|s| s.to_string()).collect();
+        OriginPolicy::new(http.parse().unwrap(), &explicit)
+    }
+
+    #[test]
+    fn loopback_pages_accept_their_aliases_only() {
+        let p = policy("127.0.0.1:8080", &[]);
+        assert!(p.allows(None, None));
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://localhost:8080",
+            "http://[::1]:8080",
+            "HTTP://LOCALHOST:8080/",
+        ] {
+            assert!(p.allows(Some(ok), None), "{ok}");
+        }
+        for bad in [
+            "http://evil.example",
+            "http://127.0.0.1:8080.evil.example",
+            "http://127.0.0.1:9999",
+            "http://localhost",
+            "null",
+            "file://",
+            "http://user@127.0.0.1:8080",
+        ] {
+            assert!(!p.allows(Some(bad), Some("127.0.0.1:8081")), "{bad}");
+        }
+    }
+
+    #[test]
+    fn explicit_origins_are_exact() {
+        let p = policy("127.0.0.1:8080", &["https://chat.example.org/"]);
+        assert!(p.allows(Some("https://chat.example.org"), None));
+        assert!(!p.allows(Some("https://chat.example.org.evil"), None));
+        assert!(!p.allows(Some("http://chat.example.org"), None));
+    }
+
+    #[test]
+    fn all_interfaces_match_the_requested_host() {
+        let p = policy("0.0.0.0:8080", &[]);
+        assert!(p.allows(Some("http://chat.lan:8080"), Some("chat.lan:8081")));
+        assert!(p.allows(Some("http://192.168.1.5:8080"), Some("192.168.1.5:8081")));
+        assert!(!p.allows(Some("http://evil.example:8080"), Some("chat.lan:8081")));
+        assert!(!p.allows(Some("http://chat.lan:8080"), None));
+        let specific = policy("192.168.1.5:8080", &[]);
+        assert!(specific.allows(Some("http://192.168.1.5:8080"), Some("x")));
+        assert!(!specific.allows(Some("http://localhost:8080"), Some("x")));
+    }
+}
