@@ -180,9 +180,7 @@ impl SocketTable {
                 .iter()
                 .find(|(_, (victim_ip, _))| !from_same_ip || *victim_ip == ip)
                 .map(|(n, _)| *n);
-            let Some(victim) = victim else {
-                return None;
-            };
+            let victim = victim?;
             let (victim_ip, socket) = table.handshaking.remove(&victim).expect("BUG: just found");
             // Its thread sees the socket fail and gives its place back; count
             // it gone now so the loop can make progress.

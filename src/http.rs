@@ -3,9 +3,12 @@
 //! placeholder filled in here, and its Content-Security-Policy allows only
 //! its own inline script (by per-response nonce) and the WebSocket address.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
+
+use socket2::{Domain, Socket, Type};
 
 use tiny_http::{Header, Method, Request, Response};
 
@@ -27,10 +30,13 @@ impl HttpServer {
     /// Binds `addr` and starts serving; `ws_port` is where the page's
     /// WebSocket must connect.
     pub fn start(addr: &str, ws_port: u16) -> Result<HttpServer, Error> {
-        let server = tiny_http::Server::http(addr).map_err(|e| Error::Bind {
+        let bind_error = |message: String| Error::Bind {
             addr: addr.to_string(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let listener = bind_with_timeouts(addr).map_err(|e| bind_error(e.to_string()))?;
+        let server = tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| bind_error(e.to_string()))?;
         let bound = server
             .server_addr()
             .to_ip()
@@ -63,6 +69,28 @@ impl HttpServer {
             log::error!("http thread panicked");
         }
     }
+}
+
+/// How long the server waits on a client's bytes (or for room to send its
+/// own). tiny_http starts a thread per connection and reads headers with no
+/// limit of its own, so this is what frees a thread held by a client that
+/// sends slowly or not at all.
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Binds a listener whose accepted sockets inherit read and write timeouts
+/// (Linux copies them from the listening socket on accept).
+fn bind_with_timeouts(addr: &str) -> std::io::Result<std::net::TcpListener> {
+    let addr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_read_timeout(Some(SOCKET_TIMEOUT))?;
+    socket.set_write_timeout(Some(SOCKET_TIMEOUT))?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    Ok(socket.into())
 }
 
 fn respond(request: Request, bound: SocketAddr, ws_port: u16) {

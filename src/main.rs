@@ -10,6 +10,8 @@ const USAGE: &str = "\
 Parlor: a small self-hosted real-time chat server.
 
 Usage: parlor [OPTIONS]
+       parlor backup [--db PATH] DEST    copy the database consistently, also while
+                                         Parlor runs; DEST must not exist
 
 Options:
   --http ADDR                      page listener (default 127.0.0.1:8080)
@@ -30,6 +32,10 @@ Options:
 
 enum Action {
     Run(Config, Option<log::LevelFilter>),
+    Backup {
+        db: std::path::PathBuf,
+        dest: std::path::PathBuf,
+    },
     Help,
     Version,
 }
@@ -37,7 +43,11 @@ enum Action {
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Action, String> {
     let mut config = Config::default();
     let mut level = None;
-    let mut args = args.into_iter();
+    let mut args = args.into_iter().peekable();
+    if args.peek().map(String::as_str) == Some("backup") {
+        args.next();
+        return parse_backup(args);
+    }
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((flag, value)) if flag.starts_with("--") => {
@@ -91,6 +101,25 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Action, String> 
     Ok(Action::Run(config, level))
 }
 
+fn parse_backup(args: impl Iterator<Item = String>) -> Result<Action, String> {
+    let mut db = Config::default().db_path;
+    let mut dest = None;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--db" => db = args.next().ok_or("--db needs a value")?.into(),
+            flag if flag.starts_with("--db=") => db = flag["--db=".len()..].into(),
+            flag if flag.starts_with('-') => {
+                return Err(format!("unknown backup argument {flag:?} (see --help)"));
+            }
+            _ if dest.is_some() => return Err("backup takes one destination".into()),
+            path => dest = Some(path.into()),
+        }
+    }
+    let dest = dest.ok_or("backup needs a destination file: parlor backup [--db PATH] DEST")?;
+    Ok(Action::Backup { db, dest })
+}
+
 fn positive<T: FromStr + PartialOrd + Default>(name: &str, raw: &str) -> Result<T, String> {
     match raw.parse::<T>() {
         Ok(n) if n > T::default() => Ok(n),
@@ -103,6 +132,18 @@ fn positive<T: FromStr + PartialOrd + Default>(name: &str, raw: &str) -> Result<
 fn main() -> ExitCode {
     let (config, level) = match parse_args(std::env::args().skip(1)) {
         Ok(Action::Run(config, level)) => (config, level),
+        Ok(Action::Backup { db, dest }) => {
+            return match parlor::store::backup(&db, &dest) {
+                Ok(()) => {
+                    println!("Backed up {} to {}.", db.display(), dest.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("parlor: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Ok(Action::Help) => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

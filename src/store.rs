@@ -366,6 +366,42 @@ impl Store {
     }
 }
 
+/// Writes a consistent copy of the Parlor database at `db` to `dest` (which
+/// must not exist) while the server may keep running: SQLite's `VACUUM INTO`
+/// reads one snapshot of the WAL database. The copy is created with mode
+/// 0600 and opens like any Parlor database.
+pub fn backup(db: &Path, dest: &Path) -> Result<(), Error> {
+    let fail = |path: &Path, message: String| Error::Database {
+        path: path.to_path_buf(),
+        message,
+    };
+    if !db.is_file() {
+        return Err(fail(db, "there is no database file here".into()));
+    }
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| fail(db, format!("cannot open it: {e}")))?;
+    let (_, app_id, _) = read_identity(&conn)
+        .map_err(|e| fail(db, format!("it is not a readable SQLite database ({e})")))?;
+    if app_id != APPLICATION_ID {
+        return Err(fail(db, "it is not a Parlor database".into()));
+    }
+    if dest.exists() {
+        return Err(fail(
+            dest,
+            "it already exists; choose a new file name".into(),
+        ));
+    }
+    prepare_file(dest).map_err(|e| fail(dest, e.to_string()))?;
+    let dest_str = dest
+        .to_str()
+        .ok_or_else(|| fail(dest, "the path is not valid UTF-8".into()))?;
+    if let Err(e) = conn.execute("VACUUM INTO ?1", [dest_str]) {
+        let _ = fs::remove_file(dest);
+        return Err(fail(dest, format!("the copy failed: {e}")));
+    }
+    Ok(())
+}
+
 /// Creates the file with mode 0600 if it does not exist, so the database is
 /// never readable by others, not even for a moment.
 fn prepare_file(path: &Path) -> std::io::Result<()> {

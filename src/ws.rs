@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select};
 use tungstenite::error::ProtocolError;
-use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response};
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
@@ -183,6 +183,32 @@ impl Write for ReadHalf {
     }
 }
 
+/// The handshake callback: refuses browsers from origins not allowed with
+/// 403, before any upgrade.
+struct OriginCheck<'a> {
+    conn: ConnId,
+    peer: SocketAddr,
+    origins: &'a OriginPolicy,
+}
+
+impl Callback for OriginCheck<'_> {
+    fn on_request(self, request: &Request, response: Response) -> Result<Response, ErrorResponse> {
+        let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+        let origin = header("origin");
+        if self.origins.allows(origin, header("host")) {
+            return Ok(response);
+        }
+        log::warn!(
+            "{}: refused a WebSocket from {} with origin {origin:?}",
+            self.conn,
+            self.peer
+        );
+        let mut refusal = ErrorResponse::new(Some("This origin may not connect.\n".into()));
+        *refusal.status_mut() = tungstenite::http::StatusCode::FORBIDDEN;
+        Err(refusal)
+    }
+}
+
 /// What the reader asks of its writer.
 enum Control {
     Pong(Bytes),
@@ -215,22 +241,15 @@ fn serve(
         discard_writes: false,
         deadline: Some(Instant::now() + HANDSHAKE_TIMEOUT),
     };
-    let check_origin = |request: &Request, response: Response| {
-        let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
-        let origin = header("origin");
-        if origins.allows(origin, header("host")) {
-            return Ok(response);
-        }
-        log::warn!("{conn}: refused a WebSocket from {peer} with origin {origin:?}");
-        let mut refusal = ErrorResponse::new(Some("This origin may not connect.\n".into()));
-        *refusal.status_mut() = tungstenite::http::StatusCode::FORBIDDEN;
-        Err(refusal)
+    let check = OriginCheck {
+        conn,
+        peer,
+        origins,
     };
-    let mut ws =
-        match tungstenite::accept_hdr_with_config(read_half, check_origin, Some(ws_config())) {
-            Ok(ws) => ws,
-            Err(e) => return log::info!("{conn}: WebSocket handshake from {peer} failed: {e}"),
-        };
+    let mut ws = match tungstenite::accept_hdr_with_config(read_half, check, Some(ws_config())) {
+        Ok(ws) => ws,
+        Err(e) => return log::info!("{conn}: WebSocket handshake from {peer} failed: {e}"),
+    };
     admitted.handshake_done();
     let half = ws.get_mut();
     half.discard_writes = true;

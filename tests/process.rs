@@ -168,3 +168,96 @@ fn a_file_that_is_not_a_parlor_database_is_refused_and_left_alone() {
     );
     assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
 }
+
+#[test]
+fn sigterm_closes_clients_with_1001_and_exits_cleanly() {
+    let dir = TempDir::new("sigterm");
+    let mut server = Running::start(&dir.db(), &[]);
+    let mut alice = Client::connect(server.ws);
+    alice.hello("alice");
+    alice.join("general");
+    assert_eq!(alice.say("m", "kept")["type"], "ack");
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let close = alice.wait_for("close", |f| {
+        f["type"] == "__close" || f["type"] == "__closed"
+    });
+    assert_eq!(close["code"], 1001, "{close}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 2 s after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn backup_copies_a_live_database_that_restores() {
+    let dir = TempDir::new("backup");
+    let server = Running::start(&dir.db(), &[]);
+    let mut alice = Client::connect(server.ws);
+    alice.hello("alice");
+    alice.request(json!({"type": "create_room", "room": "Archive"}));
+    alice.join("Archive");
+    for n in 0..5 {
+        alice.say(&format!("b{n}"), &format!("backed up {n}"));
+    }
+    let copy = dir.path().join("copy.db");
+    let out = Command::new(BIN)
+        .args(["backup", "--db"])
+        .arg(dir.db())
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The live server keeps working during and after the backup.
+    assert_eq!(alice.say("after", "not in the copy")["type"], "ack");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    // A second backup to the same file is refused rather than overwriting.
+    let again = Command::new(BIN)
+        .args(["backup", "--db"])
+        .arg(dir.db())
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+
+    let restored = Running::start(&copy, &[]);
+    let mut reader = Client::connect(restored.ws);
+    reader.hello("reader");
+    let joined = reader.join("Archive");
+    let texts: Vec<&str> = joined["history"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "backed up 0",
+            "backed up 1",
+            "backed up 2",
+            "backed up 3",
+            "backed up 4"
+        ]
+    );
+}

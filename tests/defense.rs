@@ -1,0 +1,226 @@
+//! Parlor under hostile or broken clients: foreign origins, floods of idle
+//! sockets, slow HTTP clients, WebSocket protocol violations, a client that
+//! stops reading, and database file permissions.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{Client, TestServer, now_ms};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::{Bytes, Message};
+
+/// Attempts a WebSocket handshake with this Origin; Ok(()) if upgraded,
+/// Err(status) if refused.
+fn handshake_with_origin(server: &TestServer, origin: &str) -> Result<(), u16> {
+    let addr = server.ws_addr();
+    let mut request = format!("ws://{addr}/").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Origin", origin.parse().unwrap());
+    let stream = TcpStream::connect(addr).unwrap();
+    match tungstenite::client(request, stream) {
+        Ok(_) => Ok(()),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("unexpected handshake error: {e}"),
+    }
+}
+
+#[test]
+fn browsers_from_other_origins_are_refused_with_403() {
+    let server = TestServer::start();
+    let page = server.http_addr().port();
+    assert_eq!(
+        handshake_with_origin(&server, "http://evil.example"),
+        Err(403)
+    );
+    let lookalike = format!("http://127.0.0.1:{page}.evil.example");
+    assert_eq!(handshake_with_origin(&server, &lookalike), Err(403));
+    assert_eq!(
+        handshake_with_origin(&server, "http://127.0.0.1:1"),
+        Err(403)
+    );
+    for own in [
+        format!("http://127.0.0.1:{page}"),
+        format!("http://localhost:{page}"),
+        format!("http://[::1]:{page}"),
+    ] {
+        assert_eq!(handshake_with_origin(&server, &own), Ok(()), "{own}");
+    }
+}
+
+#[test]
+fn allow_origin_adds_exact_origins() {
+    let server =
+        TestServer::start_with(|c| c.allow_origins = vec!["https://chat.example.org".into()]);
+    assert_eq!(
+        handshake_with_origin(&server, "https://chat.example.org"),
+        Ok(())
+    );
+    assert_eq!(
+        handshake_with_origin(&server, "https://chat.example.org.evil"),
+        Err(403)
+    );
+}
+
+#[test]
+fn slow_http_clients_cannot_hold_the_page_hostage() {
+    let server = TestServer::start();
+    let addr = server.http_addr();
+    let mut half_sent: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .unwrap();
+            s
+        })
+        .collect();
+    let mut huge = TcpStream::connect(addr).unwrap();
+    huge.write_all(b"GET / HTTP/1.1\r\nX-Huge: ").unwrap();
+    let _ = huge.write_all(&vec![b'a'; 1024 * 1024]);
+
+    let started = Instant::now();
+    let mut page = TcpStream::connect(addr).unwrap();
+    page.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    page.read_to_string(&mut body).unwrap();
+    assert!(
+        body.starts_with("HTTP/1.0 200"),
+        "{}",
+        &body[..body.len().min(80)]
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "the page took {took:?}");
+
+    // The server lets go of clients that stall, instead of keeping a thread
+    // for each of them for ever.
+    let stalled = &mut half_sent[0];
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let closed = match stalled.read(&mut buf) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(closed, "a stalled request was never dropped");
+}
+
+fn wait_close(client: &mut Client) -> serde_json::Value {
+    client.wait_for("close", |f| {
+        f["type"] == "__close" || f["type"] == "__closed"
+    })
+}
+
+#[test]
+fn protocol_violations_close_with_the_right_code_and_others_carry_on() {
+    let server = TestServer::start();
+    let mut bystander = server.login_in("bystander", "general");
+
+    let mut bad_utf8 = server.login("u1");
+    bad_utf8.send_raw(Message::Frame(Frame::message(
+        Bytes::from_static(&[0xff, 0xfe, 0x22]),
+        OpCode::Data(Data::Text),
+        true,
+    )));
+    assert_eq!(wait_close(&mut bad_utf8)["code"], 1007);
+
+    let mut reserved_bits = server.login("u2");
+    let mut frame = Frame::message(Bytes::from_static(b"{}"), OpCode::Data(Data::Text), true);
+    frame.header_mut().rsv1 = true;
+    reserved_bits.send_raw(Message::Frame(frame));
+    assert_eq!(wait_close(&mut reserved_bits)["code"], 1002);
+
+    let mut fragmented = server.login("u3");
+    let chunk = Bytes::from(vec![b' '; 20 * 1024]);
+    fragmented.send_raw(Message::Frame(Frame::message(
+        chunk.clone(),
+        OpCode::Data(Data::Text),
+        false,
+    )));
+    for _ in 0..4 {
+        fragmented.send_raw(Message::Frame(Frame::message(
+            chunk.clone(),
+            OpCode::Data(Data::Continue),
+            false,
+        )));
+    }
+    assert_eq!(wait_close(&mut fragmented)["code"], 1009);
+
+    assert_eq!(bystander.say("ok", "unaffected")["type"], "ack");
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_without_slowing_the_sender() {
+    let server = TestServer::start_with(|c| c.messages_per_second = 1_000_000);
+    let stuck = server.login_in("stuck", "general");
+    let mut sender = server.login_in("sender", "general");
+    sender.clear();
+    let text = "x".repeat(4000);
+    let mut sent_at = std::collections::HashMap::new();
+    let mut worst = Duration::ZERO;
+    let mut stuck_left = false;
+    let (total, window) = (10_000, 64);
+    let mut acked = 0;
+    let mut next = 0;
+    while acked < total {
+        while next < total && next - acked < window {
+            sender.send_json(
+                json!({"type": "send", "id": format!("m{next}"), "text": text, "ts": now_ms()}),
+            );
+            sent_at.insert(format!("m{next}"), Instant::now());
+            next += 1;
+        }
+        let frame = sender.wait_for("ack", |f| {
+            f["type"] == "ack" || f["type"] == "error" || f["type"] == "presence"
+        });
+        match frame["type"].as_str() {
+            Some("ack") => {
+                worst = worst.max(sent_at[frame["id"].as_str().unwrap()].elapsed());
+                acked += 1;
+            }
+            Some("presence") => {
+                assert_eq!(
+                    (frame["user"].as_str(), frame["state"].as_str()),
+                    (Some("stuck"), Some("left"))
+                );
+                stuck_left = true;
+            }
+            _ => panic!("{frame}"),
+        }
+        // Drop the echoes of our own messages as we go.
+        sender.backlog.retain(|f| f["type"] != "message");
+    }
+    assert!(stuck_left, "the stuck client was never disconnected");
+    assert!(worst < Duration::from_secs(1), "an ack took {worst:?}");
+    drop(stuck);
+}
+
+#[cfg(unix)]
+#[test]
+fn database_files_are_private_even_if_they_were_not() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = support::TempDir::new("perms");
+    let db = dir.db();
+    std::fs::write(&db, b"").unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = parlor::start(support::config(&db)).expect("starts");
+    let mut client = Client::connect(server.ws_addr());
+    client.hello("alice");
+    client.join("general");
+    client.say("m", "written to the WAL");
+    for suffix in ["", "-wal", "-shm"] {
+        let path = format!("{}{suffix}", db.display());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{path}");
+    }
+    server.shutdown();
+}
