@@ -1003,3 +1003,139 @@ fn over_limit(
 fn encode(frame: &ServerFrame) -> Utf8Bytes {
     frame.encode(None).into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::parse_request;
+    use crate::store::tests::temp_store;
+    use serde_json::{Value, json};
+
+    /// A hub driven by hand: events in, frames out, no threads or sockets.
+    struct Harness {
+        hub: Hub,
+        _dir: crate::store::tests::tempdir::TempDir,
+        outboxes: HashMap<u64, Receiver<Utf8Bytes>>,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            let (dir, store) = temp_store();
+            let config = Config {
+                messages_per_second: 1000,
+                ..Config::default()
+            };
+            Harness {
+                hub: Hub::new(store, &config).unwrap(),
+                _dir: dir,
+                outboxes: HashMap::new(),
+            }
+        }
+
+        fn connect(&mut self, n: u64) {
+            let (frames_tx, frames_rx) = crossbeam_channel::bounded(64);
+            let (commands_tx, _) = crossbeam_channel::unbounded();
+            self.hub.handle(Event::Connected {
+                conn: ConnId(n),
+                peer: "127.0.0.1:1".parse().unwrap(),
+                frames_tx,
+                commands_tx,
+            });
+            self.outboxes.insert(n, frames_rx);
+        }
+
+        /// Hands a request to the hub without committing, as when more
+        /// events are waiting on its channel.
+        fn queue(&mut self, n: u64, frame: Value) {
+            let request = parse_request(&frame.to_string()).unwrap();
+            assert!(self.hub.handle(Event::Request {
+                conn: ConnId(n),
+                request
+            }));
+        }
+
+        /// Hands a request over and ends the batch.
+        fn request(&mut self, n: u64, frame: Value) {
+            self.queue(n, frame);
+            self.hub.commit_pending();
+        }
+
+        fn frames(&mut self, n: u64) -> Vec<Value> {
+            self.outboxes[&n]
+                .try_iter()
+                .map(|f| serde_json::from_str(f.as_str()).unwrap())
+                .collect()
+        }
+
+        fn sign_in(&mut self, n: u64, name: &str) {
+            self.connect(n);
+            self.request(n, json!({"type": "hello", "username": name}));
+            self.request(n, json!({"type": "join", "room": "general"}));
+            self.frames(n);
+        }
+    }
+
+    fn send(id: &str, text: &str) -> Value {
+        json!({"type": "send", "id": id, "text": text, "ts": crate::now_ms()})
+    }
+
+    #[test]
+    fn a_batch_is_acked_only_after_its_commit() {
+        let mut h = Harness::new();
+        h.sign_in(1, "alice");
+        h.sign_in(2, "bob");
+        h.frames(1);
+        h.queue(1, send("a", "one"));
+        h.queue(2, send("b", "two"));
+        h.queue(1, send("a", "one again"));
+        assert!(h.frames(1).is_empty(), "nothing is acked before the commit");
+        assert!(h.frames(2).is_empty());
+        h.hub.commit_pending();
+        let alice: Vec<String> = h
+            .frames(1)
+            .iter()
+            .map(|f| format!("{}:{}", f["type"], f["id"]))
+            .collect();
+        assert_eq!(
+            alice,
+            [
+                r#""ack":"a""#,
+                r#""message":"a""#,
+                r#""message":"b""#,
+                r#""ack":"a""#
+            ]
+        );
+        let bob = h.frames(2);
+        assert_eq!(bob.iter().filter(|f| f["type"] == "message").count(), 2);
+    }
+
+    #[test]
+    fn a_full_disk_fails_the_batch_keeps_reads_working_and_recovers() {
+        let mut h = Harness::new();
+        h.sign_in(1, "alice");
+        h.request(1, send("ok", "stored before the disk filled"));
+        h.frames(1);
+        let pages: i64 = h.hub.store.conn_page_count();
+        h.hub.store.set_max_pages(pages).unwrap();
+        let big = "x".repeat(4000);
+        for n in 0..3 {
+            h.queue(1, send(&format!("full{n}"), &big));
+        }
+        h.hub.commit_pending();
+        let frames = h.frames(1);
+        assert_eq!(frames.len(), 3, "{frames:?}");
+        for f in &frames {
+            assert_eq!(f["code"], "storage_error", "{f}");
+        }
+        // Reads keep working and show nothing of the failed batch.
+        h.request(1, json!({"type": "history", "room": "general"}));
+        let page = h.frames(1).pop().unwrap();
+        assert_eq!(page["total"], 1);
+        assert_eq!(page["messages"].as_array().unwrap().len(), 1);
+        // Space comes back: the same ids go through.
+        h.hub.store.set_max_pages(1_000_000).unwrap();
+        h.request(1, send("full0", &big));
+        let frames = h.frames(1);
+        assert_eq!(frames[0]["type"], "ack", "{frames:?}");
+    }
+}

@@ -354,6 +354,21 @@ impl Store {
         })
     }
 
+    /// Caps the file at `pages` pages (at least its current size), so tests
+    /// can make writes fail the way a full disk does.
+    #[cfg(test)]
+    pub(crate) fn set_max_pages(&self, pages: i64) -> rusqlite::Result<()> {
+        self.conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn conn_page_count(&self) -> i64 {
+        self.conn
+            .query_row("PRAGMA page_count", [], |row| row.get(0))
+            .expect("page_count is always readable")
+    }
+
     fn exists(&self, room_id: i64, condition: &str, args: &[i64]) -> rusqlite::Result<bool> {
         self.conn
             .prepare_cached(&format!(
@@ -460,17 +475,17 @@ fn read_identity(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn temp_store() -> (tempdir::TempDir, Store) {
+    pub(crate) fn temp_store() -> (tempdir::TempDir, Store) {
         let dir = tempdir::TempDir::new();
         let store = Store::open(&dir.path().join("t.db")).unwrap();
         (dir, store)
     }
 
     /// A self-removing directory for store tests.
-    mod tempdir {
+    pub(crate) mod tempdir {
         use std::path::{Path, PathBuf};
 
         pub struct TempDir(PathBuf);
