@@ -20,14 +20,23 @@ pub struct OriginPolicy {
     /// `--allow-origin` values, normalized (lowercase, no trailing slash).
     explicit: Vec<String>,
     /// The page's listener: its port, and its address unless unspecified.
-    http: SocketAddr,
+    /// None: any origin may connect (the conformance echo server).
+    http: Option<SocketAddr>,
 }
 
 impl OriginPolicy {
     pub fn new(http: SocketAddr, explicit: &[String]) -> OriginPolicy {
         OriginPolicy {
             explicit: explicit.iter().map(|o| normalize(o)).collect(),
-            http,
+            http: Some(http),
+        }
+    }
+
+    /// Lets every origin in; only for servers that serve no page.
+    pub fn any() -> OriginPolicy {
+        OriginPolicy {
+            explicit: Vec::new(),
+            http: None,
         }
     }
 
@@ -41,7 +50,7 @@ impl OriginPolicy {
     /// Parlor cannot know, so there the origin's host must be the host the
     /// WebSocket request itself was sent to.
     pub fn allows(&self, origin: Option<&str>, host_header: Option<&str>) -> bool {
-        let Some(origin) = origin else {
+        let (Some(origin), Some(http)) = (origin, self.http) else {
             return true;
         };
         let origin = normalize(origin);
@@ -51,10 +60,10 @@ impl OriginPolicy {
         let Some((host, port)) = split_origin(&origin) else {
             return false;
         };
-        if port != self.http.port() {
+        if port != http.port() {
             return false;
         }
-        let ip = self.http.ip();
+        let ip = http.ip();
         let loopback_alias = matches!(host, "localhost" | "127.0.0.1" | "[::1]");
         if ip.is_loopback() {
             return loopback_alias;

@@ -6,7 +6,7 @@
 //! - [`store`]: the only user of SQLite — opening the file, schema, typed queries.
 //! - [`hub`]: the one thread that owns the store, rooms, presence, sessions and rate limits.
 //! - [`ws`]: the WebSocket listener and each connection's reader and writer threads.
-//! - `admission`: who may open a WebSocket (Origin allowlist, socket caps).
+//! - [`admission`]: who may open a WebSocket (Origin allowlist, socket caps).
 //! - [`http`]: tiny_http serving the embedded page and `/healthz`.
 //! - `random`: session tokens and CSP nonces from the operating system's generator.
 //!
@@ -16,7 +16,7 @@
 
 #![forbid(unsafe_code)]
 
-mod admission;
+pub mod admission;
 pub mod http;
 pub mod hub;
 pub mod protocol;
@@ -139,7 +139,10 @@ pub fn start(config: Config) -> Result<Server, Error> {
             .max_connections_per_ip
             .unwrap_or(config.max_users * 2 + 8),
     };
-    let ws = ws::Listener::start(ws_listener, hub_tx.clone(), origins, limits)?;
+    let ws = ws::Listener::start(
+        ws_listener,
+        ws::Settings::chat(hub_tx.clone(), origins, limits),
+    )?;
     log::info!(
         "parlor {} listening: page http://{} , websocket ws://{} , database {}",
         env!("CARGO_PKG_VERSION"),
@@ -153,6 +156,26 @@ pub fn start(config: Config) -> Result<Server, Error> {
         hub_tx,
         hub_thread,
     })
+}
+
+/// Starts a WebSocket server that echoes every message back through Parlor's
+/// own connection code (reader and writer threads, close handling), for
+/// protocol conformance suites. Messages up to `max_message` bytes.
+pub fn start_echo(ws_addr: &str, max_message: usize) -> Result<ws::Listener, Error> {
+    let listener = std::net::TcpListener::bind(ws_addr).map_err(|e| Error::Bind {
+        addr: ws_addr.to_string(),
+        message: e.to_string(),
+    })?;
+    let settings = ws::Settings {
+        handler: ws::Handler::Echo,
+        origins: admission::OriginPolicy::any(),
+        limits: admission::SocketLimits {
+            total: 1024,
+            per_ip: 1024,
+        },
+        max_message,
+    };
+    Ok(ws::Listener::start(listener, settings)?)
 }
 
 impl Server {

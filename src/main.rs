@@ -12,6 +12,9 @@ Parlor: a small self-hosted real-time chat server.
 Usage: parlor [OPTIONS]
        parlor backup [--db PATH] DEST    copy the database consistently, also while
                                          Parlor runs; DEST must not exist
+       parlor conformance-echo [--ws ADDR] [--max-message BYTES]
+                                         echo every WebSocket message back through
+                                         Parlor's connection code (for Autobahn)
 
 Options:
   --http ADDR                      page listener (default 127.0.0.1:8080)
@@ -36,6 +39,10 @@ enum Action {
         db: std::path::PathBuf,
         dest: std::path::PathBuf,
     },
+    Echo {
+        ws: String,
+        max_message: usize,
+    },
     Help,
     Version,
 }
@@ -44,9 +51,16 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Action, String> 
     let mut config = Config::default();
     let mut level = None;
     let mut args = args.into_iter().peekable();
-    if args.peek().map(String::as_str) == Some("backup") {
-        args.next();
-        return parse_backup(args);
+    match args.peek().map(String::as_str) {
+        Some("backup") => {
+            args.next();
+            return parse_backup(args);
+        }
+        Some("conformance-echo") => {
+            args.next();
+            return parse_echo(args);
+        }
+        _ => {}
     }
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -120,6 +134,29 @@ fn parse_backup(args: impl Iterator<Item = String>) -> Result<Action, String> {
     Ok(Action::Backup { db, dest })
 }
 
+fn parse_echo(args: impl Iterator<Item = String>) -> Result<Action, String> {
+    let mut ws = "127.0.0.1:9001".to_string();
+    let mut max_message = 16 * 1024 * 1024;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--ws" => ws = args.next().ok_or("--ws needs a value")?,
+            "--max-message" => {
+                max_message = positive(
+                    "--max-message",
+                    &args.next().ok_or("--max-message needs a value")?,
+                )?
+            }
+            other => {
+                return Err(format!(
+                    "unknown conformance-echo argument {other:?} (see --help)"
+                ));
+            }
+        }
+    }
+    Ok(Action::Echo { ws, max_message })
+}
+
 fn positive<T: FromStr + PartialOrd + Default>(name: &str, raw: &str) -> Result<T, String> {
     match raw.parse::<T>() {
         Ok(n) if n > T::default() => Ok(n),
@@ -127,6 +164,17 @@ fn positive<T: FromStr + PartialOrd + Default>(name: &str, raw: &str) -> Result<
             "{name} must be a positive whole number, not {raw:?}"
         )),
     }
+}
+
+fn init_logging(level: Option<log::LevelFilter>) {
+    let logger = simple_logger::SimpleLogger::new().with_level(log::LevelFilter::Info);
+    let logger = match level {
+        Some(level) => logger.with_level(level),
+        None => logger.env(),
+    };
+    logger
+        .init()
+        .expect("BUG: the logger is set once, first thing");
 }
 
 fn main() -> ExitCode {
@@ -151,6 +199,24 @@ fn main() -> ExitCode {
         Ok(Action::Version) => {
             println!("parlor {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
+        }
+        Ok(Action::Echo { ws, max_message }) => {
+            init_logging(None);
+            return match parlor::start_echo(&ws, max_message) {
+                Ok(listener) => {
+                    println!(
+                        "Echoing WebSocket messages on ws://{}/ (Ctrl-C stops).",
+                        listener.addr()
+                    );
+                    loop {
+                        std::thread::park();
+                    }
+                }
+                Err(e) => {
+                    eprintln!("parlor: {e}");
+                    ExitCode::FAILURE
+                }
+            };
         }
         Err(message) => {
             eprintln!("parlor: {message}");

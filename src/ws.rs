@@ -41,12 +41,44 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connection threads need little stack: frames live on the heap.
 const CONN_STACK: usize = 256 * 1024;
 
-fn ws_config() -> WebSocketConfig {
+fn ws_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
         .write_buffer_size(16 * 1024)
-        .max_message_size(Some(MAX_FRAME_BYTES))
-        .max_frame_size(Some(MAX_FRAME_BYTES))
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
+/// What a connection's data messages are for.
+#[derive(Clone)]
+pub enum Handler {
+    /// Parlor itself: parse each text frame and hand it to the hub, which
+    /// hears of every connection (`Connected`/`Disconnected`).
+    Hub(Sender<Event>),
+    /// Conformance testing: send every message straight back, through the
+    /// same reader and writer threads.
+    Echo,
+}
+
+/// How the listener treats its connections.
+pub struct Settings {
+    pub handler: Handler,
+    pub origins: OriginPolicy,
+    pub limits: SocketLimits,
+    /// Largest message (and frame) accepted; larger ones close with 1009.
+    pub max_message: usize,
+}
+
+impl Settings {
+    /// Parlor's own settings: frames go to the hub, at most 64 KiB.
+    pub fn chat(hub_tx: Sender<Event>, origins: OriginPolicy, limits: SocketLimits) -> Settings {
+        Settings {
+            handler: Handler::Hub(hub_tx),
+            origins,
+            limits,
+            max_message: MAX_FRAME_BYTES,
+        }
+    }
 }
 
 /// The running accept loop.
@@ -58,20 +90,15 @@ pub struct Listener {
 
 impl Listener {
     /// Starts the `ws-accept` thread on a bound listener.
-    pub fn start(
-        listener: TcpListener,
-        hub_tx: Sender<Event>,
-        origins: OriginPolicy,
-        limits: SocketLimits,
-    ) -> io::Result<Listener> {
+    pub fn start(listener: TcpListener, settings: Settings) -> io::Result<Listener> {
         let addr = listener.local_addr()?;
         let stopping = Arc::new(AtomicBool::new(false));
         let flag = stopping.clone();
-        let origins = Arc::new(origins);
-        let table = SocketTable::new(limits);
+        let table = SocketTable::new(settings.limits);
+        let settings = Arc::new(settings);
         let thread = std::thread::Builder::new()
             .name("ws-accept".into())
-            .spawn(move || accept_loop(listener, hub_tx, flag, origins, table))?;
+            .spawn(move || accept_loop(listener, settings, flag, table))?;
         Ok(Listener {
             addr,
             stopping,
@@ -103,9 +130,8 @@ impl Listener {
 
 fn accept_loop(
     listener: TcpListener,
-    hub_tx: Sender<Event>,
+    settings: Arc<Settings>,
     stopping: Arc<AtomicBool>,
-    origins: Arc<OriginPolicy>,
     table: SocketTable,
 ) {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -130,12 +156,11 @@ fn accept_loop(
             continue;
         };
         let conn = ConnId(NEXT_ID.fetch_add(1, Ordering::Relaxed));
-        let hub_tx = hub_tx.clone();
-        let origins = origins.clone();
+        let settings = settings.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("conn-{}-rx", conn.0))
             .stack_size(CONN_STACK)
-            .spawn(move || serve(conn, stream, peer, admitted, &origins, hub_tx));
+            .spawn(move || serve(conn, stream, peer, admitted, &settings));
         if let Err(e) = spawned {
             log::error!("{conn}: cannot start its thread: {e}");
         }
@@ -213,9 +238,18 @@ impl Callback for OriginCheck<'_> {
 enum Control {
     Pong(Bytes),
     Ping,
-    /// Send a close frame (a reply to the client's, or a protocol error) and
-    /// stop.
-    Close(CloseCode, &'static str),
+    /// Conformance mode: send this message back.
+    Echo(Message),
+    /// Send this close frame (a reply to the client's, or the reason for
+    /// ending the connection) and stop.
+    Close(Option<CloseFrame>),
+}
+
+fn close_frame(code: CloseCode, reason: &str) -> Option<CloseFrame> {
+    Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })
 }
 
 /// Runs a connection: the handshake, then the reader loop on this thread
@@ -225,8 +259,7 @@ fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     admitted: Admitted,
-    origins: &OriginPolicy,
-    hub_tx: Sender<Event>,
+    settings: &Settings,
 ) {
     let setup = stream
         .set_write_timeout(Some(WRITE_TIMEOUT))
@@ -244,9 +277,10 @@ fn serve(
     let check = OriginCheck {
         conn,
         peer,
-        origins,
+        origins: &settings.origins,
     };
-    let mut ws = match tungstenite::accept_hdr_with_config(read_half, check, Some(ws_config())) {
+    let config = ws_config(settings.max_message);
+    let mut ws = match tungstenite::accept_hdr_with_config(read_half, check, Some(config)) {
         Ok(ws) => ws,
         Err(e) => return log::info!("{conn}: WebSocket handshake from {peer} failed: {e}"),
     };
@@ -264,41 +298,61 @@ fn serve(
     let (frames_tx, frames_rx) = crossbeam_channel::bounded(OUTBOX_FRAMES);
     // The hub's commands (close with a reason) to the writer.
     let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
-    // The reader's requests (pong, ping, close) to the writer.
+    // The reader's requests (pong, ping, echo, close) to the writer.
     let (control_tx, control_rx) = crossbeam_channel::unbounded();
     let writer = std::thread::Builder::new()
         .name(format!("conn-{}-tx", conn.0))
         .stack_size(CONN_STACK)
-        .spawn(move || write_loop(conn, write_stream, frames_rx, commands_rx, control_rx));
+        .spawn(move || {
+            write_loop(
+                conn,
+                write_stream,
+                config,
+                frames_rx,
+                commands_rx,
+                control_rx,
+            )
+        });
     if let Err(e) = writer {
         return log::error!("{conn}: cannot start its writer: {e}");
     }
-    let connected = Event::Connected {
-        conn,
-        peer,
-        frames_tx,
-        commands_tx,
-    };
-    if hub_tx.send(connected).is_err() {
-        // The hub has stopped: the server is shutting down.
-        let _ = control_tx.send(Control::Close(CloseCode::Away, "server shutting down"));
-        return;
+    match &settings.handler {
+        Handler::Hub(hub_tx) => {
+            let connected = Event::Connected {
+                conn,
+                peer,
+                frames_tx,
+                commands_tx,
+            };
+            if hub_tx.send(connected).is_err() {
+                // The hub has stopped: the server is shutting down.
+                let _ = control_tx.send(Control::Close(close_frame(
+                    CloseCode::Away,
+                    "server shutting down",
+                )));
+                return;
+            }
+            read_loop(conn, &mut ws, &settings.handler, &control_tx);
+            // The writer owns the end of the connection: it sends any close
+            // frame and then shuts the socket down.
+            let _ = hub_tx.send(Event::Disconnected { conn });
+        }
+        Handler::Echo => {
+            read_loop(conn, &mut ws, &settings.handler, &control_tx);
+            drop((frames_tx, commands_tx));
+        }
     }
-    read_loop(conn, &mut ws, &hub_tx, &control_tx);
-    // The writer owns the end of the connection: it sends any close frame
-    // and then shuts the socket down.
-    let _ = hub_tx.send(Event::Disconnected { conn });
 }
 
 fn read_loop(
     conn: ConnId,
     ws: &mut WebSocket<ReadHalf>,
-    hub_tx: &Sender<Event>,
+    handler: &Handler,
     control_tx: &Sender<Control>,
 ) {
     let mut last_heard = Instant::now();
     let close = |code, reason| {
-        let _ = control_tx.send(Control::Close(code, reason));
+        let _ = control_tx.send(Control::Close(close_frame(code, reason)));
     };
     loop {
         let message = match ws.read() {
@@ -323,7 +377,7 @@ fn read_loop(
                     | tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
                     }
                     tungstenite::Error::Capacity(_) => {
-                        log::warn!("{conn}: frame over {MAX_FRAME_BYTES} bytes; closing");
+                        log::warn!("{conn}: message over the size limit; closing");
                         close(CloseCode::Size, "message too big");
                     }
                     tungstenite::Error::Utf8(_) => {
@@ -340,29 +394,37 @@ fn read_loop(
             }
         };
         last_heard = Instant::now();
-        let event = match message {
-            Message::Text(text) => match parse_request(&text) {
+        let event = match (message, handler) {
+            (Message::Ping(payload), _) => {
+                let _ = control_tx.send(Control::Pong(payload));
+                continue;
+            }
+            (Message::Pong(_) | Message::Frame(_), _) => continue,
+            // tungstenite has already replaced a close code that may not be
+            // sent with 1002; echoing the frame completes the handshake.
+            (Message::Close(frame), _) => {
+                let _ = control_tx.send(Control::Close(frame));
+                return;
+            }
+            (message, Handler::Echo) => {
+                let _ = control_tx.send(Control::Echo(message));
+                continue;
+            }
+            (Message::Text(text), Handler::Hub(_)) => match parse_request(&text) {
                 Ok(request) => Event::Request { conn, request },
                 Err(error) => Event::BadFrame { conn, error },
             },
-            Message::Binary(_) => Event::BadFrame {
+            (Message::Binary(_), Handler::Hub(_)) => Event::BadFrame {
                 conn,
                 error: BadRequest {
                     req: None,
                     message: "Binary frames are not supported; send JSON text frames.".into(),
                 },
             },
-            Message::Ping(payload) => {
-                let _ = control_tx.send(Control::Pong(payload));
-                continue;
-            }
-            Message::Pong(_) | Message::Frame(_) => continue,
-            Message::Close(_) => {
-                // Echo the close; the writer then ends the TCP connection.
-                return close(CloseCode::Normal, "");
-            }
         };
-        if hub_tx.send(event).is_err() {
+        if let Handler::Hub(hub_tx) = handler
+            && hub_tx.send(event).is_err()
+        {
             return close(CloseCode::Away, "server shutting down");
         }
     }
@@ -372,11 +434,12 @@ fn read_loop(
 fn write_loop(
     conn: ConnId,
     mut stream: TcpStream,
+    config: WebSocketConfig,
     frames_rx: Receiver<Utf8Bytes>,
     commands_rx: Receiver<Command>,
     control_rx: Receiver<Control>,
 ) {
-    let mut ctx = WebSocketContext::new(Role::Server, Some(ws_config()));
+    let mut ctx = WebSocketContext::new(Role::Server, Some(config));
     let result = (|| -> tungstenite::Result<()> {
         loop {
             select! {
@@ -388,16 +451,15 @@ fn write_loop(
                 },
                 recv(commands_rx) -> command => match command {
                     Ok(Command::Close { code, reason }) => {
-                        return close_with(&mut ctx, &mut stream, Some((code.into(), reason)));
+                        return close_with(&mut ctx, &mut stream, close_frame(code.into(), &reason));
                     }
                     Err(_) => return close_with(&mut ctx, &mut stream, None),
                 },
                 recv(control_rx) -> control => match control {
                     Ok(Control::Pong(payload)) => ctx.write(&mut stream, Message::Pong(payload))?,
                     Ok(Control::Ping) => ctx.write(&mut stream, Message::Ping(Bytes::new()))?,
-                    Ok(Control::Close(code, reason)) => {
-                        return close_with(&mut ctx, &mut stream, Some((code, reason.into())));
-                    }
+                    Ok(Control::Echo(message)) => ctx.write(&mut stream, message)?,
+                    Ok(Control::Close(frame)) => return close_with(&mut ctx, &mut stream, frame),
                     // The reader is gone; the hub will drop the outbox next.
                     Err(_) => return close_with(&mut ctx, &mut stream, None),
                 },
@@ -416,24 +478,20 @@ fn write_loop(
     let _ = stream.shutdown(Shutdown::Both);
 }
 
-fn drain_close(commands_rx: &Receiver<Command>) -> Option<(CloseCode, String)> {
+fn drain_close(commands_rx: &Receiver<Command>) -> Option<CloseFrame> {
     commands_rx
         .try_iter()
         .next()
-        .map(|Command::Close { code, reason }| (code.into(), reason))
+        .and_then(|Command::Close { code, reason }| close_frame(code.into(), &reason))
 }
 
-/// Sends a close frame (when there is a reason to give) and half-closes the
-/// socket so the client sees the end of the stream.
+/// Sends a close frame (when there is one) and half-closes the socket so the
+/// client sees the end of the stream.
 fn close_with(
     ctx: &mut WebSocketContext,
     stream: &mut TcpStream,
-    close: Option<(CloseCode, String)>,
+    frame: Option<CloseFrame>,
 ) -> tungstenite::Result<()> {
-    let frame = close.map(|(code, reason)| CloseFrame {
-        code,
-        reason: reason.into(),
-    });
     match ctx.close(stream, frame) {
         Ok(()) | Err(tungstenite::Error::ConnectionClosed) => {}
         Err(e) => return Err(e),
