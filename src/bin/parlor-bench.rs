@@ -1,0 +1,588 @@
+//! `parlor-bench`: the load generator and benchmark for Parlor, and, with
+//! `--protocol raw`, for any plain broadcast WebSocket relay, so Parlor can
+//! be compared in the same run on the same machine.
+//!
+//! Threads only, no async runtime: each client connection has a reader
+//! thread, and one scheduler thread writes every send at its intended time
+//! (open loop). When it starts the servers itself (`--spawn`, `--relay`) it
+//! pins them to core 1 and itself to core 0 with `taskset`, so the
+//! generator and the server do not compete for a core. Every run prints a
+//! table and writes JSON under `target/bench/`.
+
+#![forbid(unsafe_code)]
+
+// The modules live in `parlor-bench/`; a crate root looks beside itself.
+#[path = "parlor-bench/client.rs"]
+mod client;
+#[path = "parlor-bench/history.rs"]
+mod history;
+#[path = "parlor-bench/load.rs"]
+mod load;
+#[path = "parlor-bench/report.rs"]
+mod report;
+#[path = "parlor-bench/server.rs"]
+mod server;
+#[path = "parlor-bench/stats.rs"]
+mod stats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use load::{Fleet, Protocol, Shape, StepResult};
+use server::{ParlorLaunch, ServerProcess, TempDir};
+
+const USAGE: &str = "\
+parlor-bench: load generator and benchmark for Parlor.
+
+Usage:
+  parlor-bench fanout  [TARGET] [LOAD] [OPTIONS]
+  parlor-bench sweep   [TARGET] [LOAD] [SWEEP] [OPTIONS]
+  parlor-bench history --spawn PATH [HISTORY] [OPTIONS]
+
+fanout: N connections over R rooms, S of them sending at a fixed total rate,
+  open loop; reports deliveries expected/received/duplicated/lost, delivery
+  and ack latency percentiles, deliveries/s, and for spawned servers their CPU
+  per million deliveries and RSS.
+sweep: raises the rate step by step until delivery p99 exceeds the limit or
+  anything is lost; reports the highest passing rate.
+history: builds a database with a big room through Parlor's store, starts
+  parlor on it and measures start-up, joins, pages, catch-up, room switches.
+
+TARGET (one or more; each is measured in turn, in this order):
+  --spawn PATH          start this parlor binary (127.0.0.1, port 0, temp db,
+                        limits raised)
+  --relay SCRIPT        start `node SCRIPT --rooms R` (bench/relay.js), a plain
+                        broadcast relay with one server per room; raw protocol
+  --ws ADDR[,ADDR...]   an already running server (raw: one address per room)
+  --protocol P          parlor (default) or raw, for --ws
+  --node PATH           Node.js binary for --relay (default node)
+
+LOAD:
+  --connections N       clients, each its own user (default 10)
+  --rooms R             rooms; client i joins room i mod R (default 1)
+  --senders S           the first S clients send (default: all)
+  --rate MSGS           messages per second in total (default 100)
+  --duration SECS       sending time (default 10)
+  --drain SECS          wait this long at most for the last deliveries
+                        (default 5; sweep 2)
+  --text-bytes N        padding per message text (default 40)
+  --stall SECS          the last client (not a sender) stops reading this
+                        long after the load starts
+  --stall-for SECS      ... and reads again after this long (default: at
+                        the end of the run)
+
+SWEEP:
+  --from MSGS           first rate (default 100)
+  --factor F            next rate = rate * F while passing (default 1.5)
+  --max-rate MSGS       stop here (default 100000)
+  --refine K            bisect between the last pass and the first fail K
+                        times (default 2)
+  --p99-limit MS        delivery p99 that still passes (default 50)
+
+HISTORY:
+  --messages N          messages in the big room (default 1000000)
+  --catch-up N          since_seq catch-up size (default 10000)
+  --reps N              repetitions per measurement (default 200)
+  --startups N          server starts to time (default 5)
+  --rebuild             rebuild the cached database
+
+OPTIONS:
+  --out DIR             JSON output directory (default target/bench)
+  --no-pin              do not pin generator and servers to cores
+  --quick               a tiny, short run (for the integration test)
+  -h, --help            this help
+";
+
+/// A random-enough tag that keeps names of different runs apart.
+pub fn nonce() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut x = nanos
+        ^ (u64::from(std::process::id()) << 32)
+        ^ COUNTER.fetch_add(0x9e37_79b9, Ordering::Relaxed);
+    // splitmix64's finalizer spreads the bits.
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    format!("{:06x}", x & 0xff_ffff)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Fanout,
+    Sweep,
+    History,
+}
+
+/// A server to measure.
+enum Subject {
+    Spawn(PathBuf),
+    Relay(PathBuf),
+    Connect(Protocol, Vec<SocketAddr>),
+}
+
+struct Options {
+    command: Command,
+    subjects: Vec<Subject>,
+    node: String,
+    connections: usize,
+    rooms: usize,
+    senders: Option<usize>,
+    rate: f64,
+    duration: f64,
+    drain: Option<f64>,
+    text_bytes: usize,
+    stall: Option<f64>,
+    stall_for: Option<f64>,
+    from: f64,
+    factor: f64,
+    max_rate: f64,
+    refine: u32,
+    p99_limit: f64,
+    messages: usize,
+    catch_up: usize,
+    reps: usize,
+    startups: usize,
+    rebuild: bool,
+    out: PathBuf,
+    pin: bool,
+}
+
+fn parse_args(args: Vec<String>) -> Result<Option<Options>, String> {
+    let mut args = args.into_iter();
+    let command = match args.next().as_deref() {
+        Some("fanout") => Command::Fanout,
+        Some("sweep") => Command::Sweep,
+        Some("history") => Command::History,
+        Some("-h" | "--help") | None => return Ok(None),
+        Some(other) => return Err(format!("unknown command {other:?} (see --help)")),
+    };
+    let quick = args.as_slice().iter().any(|a| a == "--quick");
+    let mut o = Options {
+        command,
+        subjects: Vec::new(),
+        node: "node".into(),
+        connections: if quick { 6 } else { 10 },
+        rooms: if quick { 2 } else { 1 },
+        senders: None,
+        rate: if quick { 40.0 } else { 100.0 },
+        duration: if quick { 1.0 } else { 10.0 },
+        drain: None,
+        text_bytes: 40,
+        stall: None,
+        stall_for: None,
+        from: if quick { 20.0 } else { 100.0 },
+        factor: if quick { 2.0 } else { 1.5 },
+        max_rate: if quick { 40.0 } else { 100_000.0 },
+        refine: if quick { 0 } else { 2 },
+        p99_limit: 50.0,
+        messages: if quick { 20_000 } else { 1_000_000 },
+        catch_up: if quick { 1_000 } else { 10_000 },
+        reps: if quick { 10 } else { 200 },
+        startups: if quick { 2 } else { 5 },
+        rebuild: false,
+        out: PathBuf::from("target/bench"),
+        pin: !quick,
+    };
+    let mut protocol = Protocol::Parlor;
+    let mut ws: Option<Vec<SocketAddr>> = None;
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--spawn" => o.subjects.push(Subject::Spawn(value()?.into())),
+            "--relay" => o.subjects.push(Subject::Relay(value()?.into())),
+            "--ws" => {
+                let addrs = value()?
+                    .split(',')
+                    .map(|a| a.trim_start_matches("ws://").trim_end_matches('/').parse())
+                    .collect::<Result<Vec<SocketAddr>, _>>()
+                    .map_err(|e| format!("--ws: {e}"))?;
+                ws = Some(addrs);
+            }
+            "--protocol" => {
+                protocol = match value()?.as_str() {
+                    "parlor" => Protocol::Parlor,
+                    "raw" => Protocol::Raw,
+                    other => return Err(format!("--protocol is parlor or raw, not {other:?}")),
+                }
+            }
+            "--node" => o.node = value()?,
+            "--connections" => o.connections = number(&flag, &value()?)?,
+            "--rooms" => o.rooms = number(&flag, &value()?)?,
+            "--senders" => o.senders = Some(number(&flag, &value()?)?),
+            "--rate" => o.rate = positive(&flag, &value()?)?,
+            "--duration" => o.duration = positive(&flag, &value()?)?,
+            "--drain" => o.drain = Some(positive(&flag, &value()?)?),
+            "--text-bytes" => {
+                o.text_bytes = value()?.parse().map_err(|_| format!("{flag}: a number"))?
+            }
+            "--stall" => o.stall = Some(positive(&flag, &value()?)?),
+            "--stall-for" => o.stall_for = Some(positive(&flag, &value()?)?),
+            "--from" => o.from = positive(&flag, &value()?)?,
+            "--factor" => o.factor = positive(&flag, &value()?)?,
+            "--max-rate" => o.max_rate = positive(&flag, &value()?)?,
+            "--refine" => o.refine = value()?.parse().map_err(|_| format!("{flag}: a number"))?,
+            "--p99-limit" => o.p99_limit = positive(&flag, &value()?)?,
+            "--messages" => o.messages = number(&flag, &value()?)?,
+            "--catch-up" => o.catch_up = number(&flag, &value()?)?,
+            "--reps" => o.reps = number(&flag, &value()?)?,
+            "--startups" => o.startups = number(&flag, &value()?)?,
+            "--rebuild" => o.rebuild = true,
+            "--out" => o.out = value()?.into(),
+            "--no-pin" => o.pin = false,
+            "--quick" => {}
+            "-h" | "--help" => return Ok(None),
+            other => return Err(format!("unknown argument {other:?} (see --help)")),
+        }
+    }
+    if let Some(addrs) = ws {
+        o.subjects.push(Subject::Connect(protocol, addrs));
+    }
+    if o.subjects.is_empty() {
+        return Err("say what to measure: --spawn PATH, --relay SCRIPT or --ws ADDR".into());
+    }
+    if o.factor <= 1.0 {
+        return Err("--factor must be above 1".into());
+    }
+    if command == Command::History && !matches!(o.subjects.as_slice(), [Subject::Spawn(_)]) {
+        return Err("history needs exactly --spawn PATH (it builds the database itself)".into());
+    }
+    Ok(Some(o))
+}
+
+fn number(flag: &str, raw: &str) -> Result<usize, String> {
+    match raw.parse() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "{flag} must be a positive whole number, not {raw:?}"
+        )),
+    }
+}
+
+fn positive(flag: &str, raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
+        _ => Err(format!("{flag} must be a positive number, not {raw:?}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let options = match parse_args(std::env::args().skip(1).collect()) {
+        Ok(Some(options)) => options,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("parlor-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let spawns = options
+        .subjects
+        .iter()
+        .any(|s| matches!(s, Subject::Spawn(_) | Subject::Relay(_)));
+    // Pin before any thread exists: threads inherit the main thread's mask.
+    let pinned = options.pin && spawns && server::can_pin() && server::pin_self().is_ok();
+    let machine = report::machine();
+    println!("{}", report::machine_line(&machine));
+    if pinned {
+        println!(
+            "pinned: generator on cpu {}, servers on cpu {}",
+            server::GENERATOR_CORE,
+            server::SERVER_CORE
+        );
+    }
+    let result = match options.command {
+        Command::Fanout => fanout(&options, pinned),
+        Command::Sweep => sweep(&options, pinned),
+        Command::History => history(&options, pinned),
+    };
+    match result.and_then(|(kind, body)| report::write_json(&options.out, kind, pinned, body)) {
+        Ok(path) => {
+            println!("\nJSON: {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("parlor-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl Options {
+    fn shape(&self, protocol: Protocol) -> Shape {
+        Shape {
+            protocol,
+            connections: self.connections,
+            rooms: self.rooms,
+            senders: self
+                .senders
+                .unwrap_or(self.connections)
+                .min(self.connections),
+            text_bytes: self.text_bytes,
+            stall_after: self.stall.map(Duration::from_secs_f64),
+            stall_for: self.stall_for.map(Duration::from_secs_f64),
+        }
+    }
+}
+
+/// A server under test and the clients connected to it.
+struct Session {
+    name: String,
+    shape: Shape,
+    fleet: Fleet,
+    process: Option<ServerProcess>,
+    _dir: Option<TempDir>,
+    setup: Value,
+}
+
+/// Starts (or finds) the subject's server and connects the fleet.
+fn open_session(options: &Options, subject: &Subject, pinned: bool) -> Result<Session, String> {
+    let (protocol, name) = match subject {
+        Subject::Spawn(_) => (Protocol::Parlor, "parlor".to_string()),
+        Subject::Relay(_) => (Protocol::Raw, "node-ws-relay".to_string()),
+        Subject::Connect(p, addrs) => (*p, format!("{} at {}", p.name(), addrs[0])),
+    };
+    let shape = options.shape(protocol);
+    let (process, dir, addrs) = match subject {
+        Subject::Spawn(binary) => {
+            let dir = TempDir::new("fanout").map_err(|e| format!("temp dir: {e}"))?;
+            std::fs::create_dir_all(&options.out)
+                .map_err(|e| format!("cannot create {}: {e}", options.out.display()))?;
+            let log = options.out.join("parlor-server.log");
+            let db = dir.path().join("parlor.db");
+            let process = ServerProcess::parlor(&ParlorLaunch {
+                binary,
+                db: &db,
+                max_users: shape.connections + 10,
+                pin: pinned,
+                log: &log,
+            })?;
+            let addrs = process.ws_addrs.clone();
+            (Some(process), Some(dir), addrs)
+        }
+        Subject::Relay(script) => {
+            let process = ServerProcess::relay(&options.node, script, shape.rooms, pinned)?;
+            let addrs = process.ws_addrs.clone();
+            (Some(process), None, addrs)
+        }
+        Subject::Connect(_, addrs) => (None, None, addrs.clone()),
+    };
+    let base_rss = process.as_ref().and_then(|p| p.memory());
+    let fleet = Fleet::open(&shape, &addrs)?;
+    // Let the join storm's last broadcasts settle before measuring memory.
+    std::thread::sleep(Duration::from_millis(500));
+    let connected = process.as_ref().and_then(|p| p.memory());
+    let threads = process.as_ref().and_then(|p| p.threads());
+    let setup = json!({
+        "setup_s": stats::round3(fleet.setup.as_secs_f64()),
+        "server_started_in_ms": process.as_ref().map(|p| stats::round3(p.started_in.as_secs_f64() * 1000.0)),
+        "server_rss_kib_before_clients": base_rss.map(|m| m.rss_kib),
+        "server_rss_kib_all_connected": connected.map(|m| m.rss_kib),
+        "server_peak_rss_kib_all_connected": connected.map(|m| m.peak_kib),
+        "server_threads_all_connected": threads,
+    });
+    println!(
+        "\n== {name}: {} connections over {} rooms, {} senders; connected in {:.2} s{}",
+        shape.connections,
+        shape.rooms,
+        shape.senders,
+        fleet.setup.as_secs_f64(),
+        match connected {
+            Some(m) => format!(
+                "; server RSS {:.1} MB with everyone connected ({} threads)",
+                m.rss_kib as f64 / 1024.0,
+                threads.unwrap_or(0)
+            ),
+            None => String::new(),
+        }
+    );
+    Ok(Session {
+        name,
+        shape,
+        fleet,
+        process,
+        _dir: dir,
+        setup,
+    })
+}
+
+impl Session {
+    fn finish(self) {
+        self.fleet.close();
+        if let Some(p) = self.process {
+            p.stop();
+        }
+    }
+}
+
+fn drain(options: &Options, default: f64) -> Duration {
+    Duration::from_secs_f64(options.drain.unwrap_or(default))
+}
+
+fn fanout(options: &Options, pinned: bool) -> Result<(&'static str, Value), String> {
+    let mut runs = Vec::new();
+    let mut results: Vec<(String, StepResult)> = Vec::new();
+    for subject in &options.subjects {
+        let mut session = open_session(options, subject, pinned)?;
+        let mut result = session.fleet.step(
+            options.rate,
+            Duration::from_secs_f64(options.duration),
+            drain(options, 5.0),
+            session.process.as_ref(),
+        )?;
+        result.stall = session.fleet.stall_report();
+        report::print_step("", &result);
+        runs.push(json!({
+            "server": session.name,
+            "shape": session.shape.to_json(),
+            "setup": session.setup,
+            "step": result.to_json(),
+        }));
+        results.push((session.name.clone(), result));
+        session.finish();
+    }
+    if let [(a, ra), (b, rb), ..] = results.as_slice() {
+        println!(
+            "\n{a}/{b}: delivery p99 {:.3}/{:.3} ms, deliveries/s {:.0}/{:.0}",
+            ra.delivery.p99, rb.delivery.p99, ra.deliveries_per_s, rb.deliveries_per_s
+        );
+    }
+    Ok(("fanout", json!({ "runs": runs })))
+}
+
+fn sweep(options: &Options, pinned: bool) -> Result<(&'static str, Value), String> {
+    let step_time = Duration::from_secs_f64(options.duration);
+    let mut runs = Vec::new();
+    let mut bests: Vec<(String, Option<StepResult>)> = Vec::new();
+    for subject in &options.subjects {
+        let mut session = open_session(options, subject, pinned)?;
+        println!(
+            "sweep: {:.0} s per step, pass = nothing lost and delivery p99 <= {} ms",
+            step_time.as_secs_f64(),
+            options.p99_limit
+        );
+        report::print_sweep_header();
+        let mut steps = Vec::new();
+        let mut best: Option<StepResult> = None;
+        let mut failed_at: Option<f64> = None;
+        let mut run = |rate: f64, session: &mut Session| -> Result<bool, String> {
+            let r = session.fleet.step(
+                rate,
+                step_time,
+                drain(options, 2.0),
+                session.process.as_ref(),
+            )?;
+            let pass = r.passes(options.p99_limit);
+            report::print_sweep_step(&r, pass);
+            let mut j = r.to_json();
+            j["pass"] = json!(pass);
+            steps.push(j);
+            if pass && best.as_ref().is_none_or(|b| b.rate < r.rate) {
+                best = Some(r);
+            }
+            // Let queues empty before the next step.
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(pass)
+        };
+        let mut rate = options.from;
+        while rate <= options.max_rate {
+            if !run(rate, &mut session)? {
+                failed_at = Some(rate);
+                break;
+            }
+            rate *= options.factor;
+        }
+        if let Some(mut high) = failed_at {
+            let mut low = high / options.factor;
+            for _ in 0..options.refine {
+                if low < options.from {
+                    break;
+                }
+                let mid = (low + high) / 2.0;
+                if run(mid, &mut session)? {
+                    low = mid;
+                } else {
+                    high = mid;
+                }
+            }
+        }
+        match &best {
+            Some(b) => println!(
+                "  {}: highest passing rate {:.0} msgs/s = {:.0} deliveries/s (p99 {:.3} ms, {} CPU s/1M deliveries)",
+                session.name,
+                b.rate,
+                b.deliveries_per_s,
+                b.delivery.p99,
+                b.cpu_per_million()
+                    .map_or("-".into(), |c| format!("{c:.2}"))
+            ),
+            None => println!("  {}: no rate passed", session.name),
+        }
+        runs.push(json!({
+            "server": session.name,
+            "shape": session.shape.to_json(),
+            "setup": session.setup,
+            "p99_limit_ms": options.p99_limit,
+            "steps": steps,
+            "highest_passing": best.as_ref().map(|b| json!({
+                "rate_msgs_per_s": stats::round3(b.rate),
+                "deliveries_per_s": b.deliveries_per_s.round(),
+                "delivery_p99_ms": b.delivery.p99,
+                "server_cpu_s_per_million_deliveries": b.cpu_per_million().map(stats::round3),
+            })),
+        }));
+        bests.push((session.name.clone(), best));
+        session.finish();
+    }
+    let mut comparison = Value::Null;
+    if let [(a, Some(ra)), (b, Some(rb)), ..] = bests.as_slice() {
+        let msgs = ra.rate / rb.rate;
+        let deliveries = ra.deliveries_per_s / rb.deliveries_per_s;
+        println!(
+            "\n{a}/{b} sustained throughput ratio: {msgs:.2} in messages/s, {deliveries:.2} in deliveries/s"
+        );
+        comparison = json!({
+            "a": a, "b": b,
+            "messages_ratio": stats::round3(msgs),
+            "deliveries_ratio": stats::round3(deliveries),
+        });
+    }
+    Ok(("sweep", json!({ "runs": runs, "comparison": comparison })))
+}
+
+fn history(options: &Options, pinned: bool) -> Result<(&'static str, Value), String> {
+    let Some(Subject::Spawn(binary)) = options.subjects.first() else {
+        return Err("history needs --spawn PATH".into());
+    };
+    let result = history::run(&history::HistoryOptions {
+        binary: binary.clone(),
+        messages: options.messages,
+        catch_up: options.catch_up,
+        reps: options.reps,
+        startups: options.startups,
+        rebuild: options.rebuild,
+        pin: pinned,
+        out: options.out.clone(),
+    })?;
+    Ok(("history", result))
+}
