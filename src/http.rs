@@ -13,6 +13,7 @@ use socket2::{Domain, Socket, Type};
 use tiny_http::{Header, Method, Request, Response};
 
 use crate::Error;
+use crate::tls::{HttpsFront, TlsConfig};
 
 /// The whole client, embedded at build time.
 const PAGE: &str = include_str!("../index.html");
@@ -22,25 +23,41 @@ const WS_PORT_PLACEHOLDER: &str = "__PARLOR_WS_PORT__";
 /// The running HTTP listener and its `http` thread.
 pub struct HttpServer {
     server: Arc<tiny_http::Server>,
+    /// The public address (the HTTPS front's when there is one).
     addr: SocketAddr,
     thread: JoinHandle<()>,
+    front: Option<HttpsFront>,
 }
 
 impl HttpServer {
     /// Binds `addr` and starts serving; `ws_port` is where the page's
     /// WebSocket must connect.
-    pub fn start(addr: &str, ws_port: u16) -> Result<HttpServer, Error> {
+    /// With `tls`, tiny_http listens on loopback behind an HTTPS front on
+    /// `addr`.
+    pub fn start(addr: &str, ws_port: u16, tls: Option<TlsConfig>) -> Result<HttpServer, Error> {
         let bind_error = |message: String| Error::Bind {
             addr: addr.to_string(),
             message,
         };
-        let listener = bind_with_timeouts(addr).map_err(|e| bind_error(e.to_string()))?;
+        let public = bind_with_timeouts(addr).map_err(|e| bind_error(e.to_string()))?;
+        let (listener, front) = match tls {
+            None => (public, None),
+            Some(tls) => {
+                let backend =
+                    bind_with_timeouts("127.0.0.1:0").map_err(|e| bind_error(e.to_string()))?;
+                let backend_addr = backend.local_addr()?;
+                (backend, Some(HttpsFront::start(public, backend_addr, tls)?))
+            }
+        };
         let server = tiny_http::Server::from_listener(listener, None)
             .map_err(|e| bind_error(e.to_string()))?;
-        let bound = server
-            .server_addr()
-            .to_ip()
-            .expect("BUG: bound to a TCP address, not a Unix socket");
+        let bound = match &front {
+            Some(front) => front.addr(),
+            None => server
+                .server_addr()
+                .to_ip()
+                .expect("BUG: bound to a TCP address, not a Unix socket"),
+        };
         let server = Arc::new(server);
         let serving = server.clone();
         let thread = std::thread::Builder::new()
@@ -54,6 +71,7 @@ impl HttpServer {
             server,
             addr: bound,
             thread,
+            front,
         })
     }
 
@@ -64,6 +82,9 @@ impl HttpServer {
     /// Stops serving; the listener closes when tiny_http's accept thread
     /// notices, which dropping the last handle triggers.
     pub fn stop(self) {
+        if let Some(front) = self.front {
+            front.stop();
+        }
         self.server.unblock();
         if self.thread.join().is_err() {
             log::error!("http thread panicked");

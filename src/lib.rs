@@ -8,6 +8,7 @@
 //! - [`ws`]: the WebSocket listener and each connection's reader and writer threads.
 //! - [`admission`]: who may open a WebSocket (Origin allowlist, socket caps).
 //! - [`http`]: tiny_http serving the embedded page and `/healthz`.
+//! - [`tls`]: rustls sessions shared by a connection's two threads; the HTTPS front.
 //! - `random`: session tokens and CSP nonces from the operating system's generator.
 //!
 //! Threads talk only through crossbeam channels: connections send [`hub::Event`]s
@@ -22,6 +23,7 @@ pub mod hub;
 pub mod protocol;
 mod random;
 pub mod store;
+pub mod tls;
 pub mod ws;
 
 use std::fmt;
@@ -52,6 +54,8 @@ pub struct Config {
     /// Most open WebSocket sockets from one IP address; None: two per user
     /// plus 8.
     pub max_connections_per_ip: Option<usize>,
+    /// PEM certificate chain and private key: serve HTTPS and WSS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for Config {
@@ -66,6 +70,7 @@ impl Default for Config {
             allow_origins: Vec::new(),
             max_connections: None,
             max_connections_per_ip: None,
+            tls: None,
         }
     }
 }
@@ -78,6 +83,8 @@ pub enum Error {
     /// The database file could not be opened or is not Parlor's. Ends
     /// start-up; the file is left untouched.
     Database { path: PathBuf, message: String },
+    /// The TLS certificate or key could not be used. Ends start-up.
+    Tls { path: PathBuf, message: String },
     /// A thread could not be started. Ends start-up.
     Io(std::io::Error),
 }
@@ -89,6 +96,7 @@ impl fmt::Display for Error {
             Error::Database { path, message } => {
                 write!(f, "database {}: {message}", path.display())
             }
+            Error::Tls { path, message } => write!(f, "TLS file {}: {message}", path.display()),
             Error::Io(e) => write!(f, "{e}"),
         }
     }
@@ -105,6 +113,7 @@ impl From<std::io::Error> for Error {
 /// A running Parlor. Dropping it without [`Server::shutdown`] leaves the
 /// threads running until the process exits.
 pub struct Server {
+    secure: bool,
     http: http::HttpServer,
     ws: ws::Listener,
     hub_tx: crossbeam_channel::Sender<hub::Event>,
@@ -114,13 +123,17 @@ pub struct Server {
 /// Opens the database, binds both listeners and starts every thread. Returns
 /// once the listeners are bound, so port 0 works and the addresses are known.
 pub fn start(config: Config) -> Result<Server, Error> {
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(tls::TlsConfig::load(cert, key)?),
+        None => None,
+    };
     let store = store::Store::open(&config.db_path)?;
     let ws_listener = std::net::TcpListener::bind(&config.ws_addr).map_err(|e| Error::Bind {
         addr: config.ws_addr.clone(),
         message: e.to_string(),
     })?;
     let ws_addr = ws_listener.local_addr()?;
-    let http = http::HttpServer::start(&config.http_addr, ws_addr.port())?;
+    let http = http::HttpServer::start(&config.http_addr, ws_addr.port(), tls.clone())?;
 
     // The hub's one inbox: every connection thread holds a sender; the hub
     // exits on `Event::Shutdown` (or when every sender is gone).
@@ -141,16 +154,22 @@ pub fn start(config: Config) -> Result<Server, Error> {
     };
     let ws = ws::Listener::start(
         ws_listener,
-        ws::Settings::chat(hub_tx.clone(), origins, limits),
+        ws::Settings::chat(hub_tx.clone(), tls, origins, limits),
     )?;
+    let secure = config.tls.is_some();
+    let (web, socket) = if secure {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
     log::info!(
-        "parlor {} listening: page http://{} , websocket ws://{} , database {}",
+        "parlor {} listening: page {web}://{} , websocket {socket}://{ws_addr} , database {}",
         env!("CARGO_PKG_VERSION"),
         http.addr(),
-        ws_addr,
         config.db_path.display()
     );
     Ok(Server {
+        secure,
         http,
         ws,
         hub_tx,
@@ -168,6 +187,7 @@ pub fn start_echo(ws_addr: &str, max_message: usize) -> Result<ws::Listener, Err
     })?;
     let settings = ws::Settings {
         handler: ws::Handler::Echo,
+        tls: None,
         origins: admission::OriginPolicy::any(),
         limits: admission::SocketLimits {
             total: 1024,
@@ -191,7 +211,14 @@ impl Server {
 
     /// The URL a person opens in a browser.
     pub fn url(&self) -> String {
-        format!("http://{}/", self.http_addr())
+        let scheme = if self.secure { "https" } else { "http" };
+        format!("{scheme}://{}/", self.http_addr())
+    }
+
+    /// The WebSocket URL clients connect to.
+    pub fn ws_url(&self) -> String {
+        let scheme = if self.secure { "wss" } else { "ws" };
+        format!("{scheme}://{}/", self.ws_addr())
     }
 
     /// Stops accepting, commits what is in flight, closes every WebSocket

@@ -27,6 +27,8 @@ Options:
                                    (repeatable; e.g. https://chat.example.org)
   --max-connections N              most open WebSockets (default 4 per user + 16)
   --max-connections-per-ip N       most open WebSockets per IP (default 2 per user + 8)
+  --tls-cert FILE --tls-key FILE  serve HTTPS and WSS with this PEM certificate
+                                   chain and private key
   --log-level LEVEL                error, warn, info, debug or trace (default info;
                                    RUST_LOG is used when this is not given)
   -h, --help                       print this help
@@ -50,6 +52,7 @@ enum Action {
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Action, String> {
     let mut config = Config::default();
     let mut level = None;
+    let (mut tls_cert, mut tls_key): (Option<std::path::PathBuf>, _) = (None, None);
     let mut args = args.into_iter().peekable();
     match args.peek().map(String::as_str) {
         Some("backup") => {
@@ -92,6 +95,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Action, String> 
                     &value("--room-switches-per-minute")?,
                 )?
             }
+            "--tls-cert" => tls_cert = Some(value("--tls-cert")?.into()),
+            "--tls-key" => tls_key = Some(value("--tls-key")?.into()),
             "--allow-origin" => config.allow_origins.push(value("--allow-origin")?),
             "--max-connections" => {
                 config.max_connections =
@@ -112,6 +117,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Action, String> 
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
     }
+    config.tls = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
     Ok(Action::Run(config, level))
 }
 
@@ -247,9 +257,9 @@ fn main() -> ExitCode {
         }
     };
     println!(
-        "Parlor is running. Open {} in your browser (WebSocket on ws://{}/).",
+        "Parlor is running. Open {} in your browser (WebSocket on {}).",
         server.url(),
-        server.ws_addr()
+        server.ws_url()
     );
     let _ = stop_rx.recv();
     log::info!("stopping (signal received)");

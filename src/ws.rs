@@ -26,6 +26,7 @@ use tungstenite::{Bytes, Message, Utf8Bytes, WebSocket};
 use crate::admission::{Admitted, OriginPolicy, SocketLimits, SocketTable};
 use crate::hub::{Command, ConnId, Event};
 use crate::protocol::{BadRequest, MAX_FRAME_BYTES, parse_request};
+use crate::tls::{Conn, TlsConfig, wake_addr};
 
 /// Frames queued for one connection before it counts as too slow and is
 /// disconnected.
@@ -63,6 +64,8 @@ pub enum Handler {
 /// How the listener treats its connections.
 pub struct Settings {
     pub handler: Handler,
+    /// Speak WSS instead of WS.
+    pub tls: Option<TlsConfig>,
     pub origins: OriginPolicy,
     pub limits: SocketLimits,
     /// Largest message (and frame) accepted; larger ones close with 1009.
@@ -71,9 +74,15 @@ pub struct Settings {
 
 impl Settings {
     /// Parlor's own settings: frames go to the hub, at most 64 KiB.
-    pub fn chat(hub_tx: Sender<Event>, origins: OriginPolicy, limits: SocketLimits) -> Settings {
+    pub fn chat(
+        hub_tx: Sender<Event>,
+        tls: Option<TlsConfig>,
+        origins: OriginPolicy,
+        limits: SocketLimits,
+    ) -> Settings {
         Settings {
             handler: Handler::Hub(hub_tx),
+            tls,
             origins,
             limits,
             max_message: MAX_FRAME_BYTES,
@@ -114,14 +123,7 @@ impl Listener {
     /// connecting to it once.
     pub fn stop(self) {
         self.stopping.store(true, Ordering::SeqCst);
-        let mut wake = self.addr;
-        if wake.ip().is_unspecified() {
-            wake.set_ip(match wake {
-                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            });
-        }
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        let _ = TcpStream::connect_timeout(&wake_addr(self.addr), Duration::from_secs(1));
         if self.thread.join().is_err() {
             log::error!("ws-accept thread panicked");
         }
@@ -171,7 +173,7 @@ fn accept_loop(
 /// socket; writes reach it only during the handshake and are discarded after,
 /// because the writer thread sends every reply (pongs and closes included).
 struct ReadHalf {
-    stream: TcpStream,
+    stream: Conn,
     discard_writes: bool,
     /// While set, reads fail once it passes, however slowly bytes trickle in.
     deadline: Option<Instant>,
@@ -184,7 +186,7 @@ impl Read for ReadHalf {
             if left.is_zero() {
                 return Err(io::ErrorKind::TimedOut.into());
             }
-            self.stream.set_read_timeout(Some(left))?;
+            self.stream.tcp().set_read_timeout(Some(left))?;
         }
         self.stream.read(buf)
     }
@@ -264,9 +266,12 @@ fn serve(
     let setup = stream
         .set_write_timeout(Some(WRITE_TIMEOUT))
         .and_then(|()| stream.set_nodelay(true))
-        .and_then(|()| stream.try_clone());
-    let write_stream = match setup {
-        Ok(clone) => clone,
+        .and_then(|()| match &settings.tls {
+            Some(tls) => tls.accept(&stream),
+            None => Ok((Conn::Plain(stream.try_clone()?), Conn::Plain(stream))),
+        });
+    let (stream, write_stream) = match setup {
+        Ok(halves) => halves,
         Err(e) => return log::warn!("{conn}: socket setup failed: {e}"),
     };
     let read_half = ReadHalf {
@@ -288,7 +293,7 @@ fn serve(
     let half = ws.get_mut();
     half.discard_writes = true;
     half.deadline = None;
-    if let Err(e) = half.stream.set_read_timeout(Some(PING_AFTER)) {
+    if let Err(e) = half.stream.tcp().set_read_timeout(Some(PING_AFTER)) {
         return log::warn!("{conn}: socket setup failed: {e}");
     }
 
@@ -433,7 +438,7 @@ fn read_loop(
 /// The only code that writes to a connection's socket once it is open.
 fn write_loop(
     conn: ConnId,
-    mut stream: TcpStream,
+    mut stream: Conn,
     config: WebSocketConfig,
     frames_rx: Receiver<Utf8Bytes>,
     commands_rx: Receiver<Command>,
@@ -475,7 +480,7 @@ fn write_loop(
         Ok(()) | Err(tungstenite::Error::ConnectionClosed) => {}
         Err(e) => log::debug!("{conn}: write ended: {e}"),
     }
-    let _ = stream.shutdown(Shutdown::Both);
+    stream.shutdown(Shutdown::Both);
 }
 
 fn drain_close(commands_rx: &Receiver<Command>) -> Option<CloseFrame> {
@@ -489,13 +494,13 @@ fn drain_close(commands_rx: &Receiver<Command>) -> Option<CloseFrame> {
 /// client sees the end of the stream.
 fn close_with(
     ctx: &mut WebSocketContext,
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     frame: Option<CloseFrame>,
 ) -> tungstenite::Result<()> {
     match ctx.close(stream, frame) {
         Ok(()) | Err(tungstenite::Error::ConnectionClosed) => {}
         Err(e) => return Err(e),
     }
-    let _ = stream.shutdown(Shutdown::Write);
+    stream.shutdown(Shutdown::Write);
     Ok(())
 }

@@ -1,0 +1,289 @@
+//! Encrypted connections: one rustls session per socket, used from two
+//! threads, and the HTTPS front for the page.
+//!
+//! Parlor reads and writes each connection on separate threads, but a TLS
+//! session is one state machine. [`Conn::Tls`] halves therefore share the
+//! session behind a mutex held only for rustls calls and the socket writes of
+//! whole records; the reader waits for bytes on its own socket clone without
+//! holding it, so a quiet client never blocks the writer.
+//!
+//! tiny_http's own TLS support ties it to an old rustls, so HTTPS is done
+//! here: the public listener decrypts each connection and relays the
+//! plaintext to tiny_http listening on loopback.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rustls::ServerConnection;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::Error;
+
+/// The certificate and key both listeners present.
+#[derive(Clone)]
+pub struct TlsConfig(Arc<rustls::ServerConfig>);
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsConfig")
+    }
+}
+
+impl TlsConfig {
+    /// Loads a PEM certificate chain and private key.
+    pub fn load(cert: &Path, key: &Path) -> Result<TlsConfig, Error> {
+        let tls_error = |path: &Path, message: String| Error::Tls {
+            path: path.to_path_buf(),
+            message,
+        };
+        let certs = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| tls_error(cert, format!("cannot read a PEM certificate chain: {e}")))?;
+        if certs.is_empty() {
+            return Err(tls_error(cert, "it holds no certificate".into()));
+        }
+        let key_der = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| tls_error(key, format!("cannot read a PEM private key: {e}")))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key_der))
+            .map_err(|e| tls_error(key, format!("the key does not fit the certificate: {e}")))?;
+        Ok(TlsConfig(Arc::new(config)))
+    }
+
+    /// Starts a TLS session on an accepted socket; the handshake happens
+    /// on the first reads.
+    pub fn accept(&self, sock: &TcpStream) -> io::Result<(Conn, Conn)> {
+        let session = ServerConnection::new(self.0.clone()).map_err(io::Error::other)?;
+        let shared = Arc::new(Mutex::new(session));
+        let reader = Conn::Tls(TlsHalf {
+            session: shared.clone(),
+            sock: sock.try_clone()?,
+            raw: Vec::new(),
+        });
+        let writer = Conn::Tls(TlsHalf {
+            session: shared,
+            sock: sock.try_clone()?,
+            raw: Vec::new(),
+        });
+        Ok((reader, writer))
+    }
+}
+
+/// One direction of a connection: plain TCP, or half of a TLS session.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(TlsHalf),
+}
+
+pub struct TlsHalf {
+    session: Arc<Mutex<ServerConnection>>,
+    sock: TcpStream,
+    /// Ciphertext read from the socket (reader half only).
+    raw: Vec<u8>,
+}
+
+impl Conn {
+    /// The socket underneath, for timeouts.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(sock) => sock,
+            Conn::Tls(half) => &half.sock,
+        }
+    }
+
+    /// Ends the connection: a TLS session first says goodbye (close_notify).
+    pub fn shutdown(&mut self, how: Shutdown) {
+        if let Conn::Tls(half) = self {
+            let mut session = half.lock();
+            session.send_close_notify();
+            let _ = flush_records(&mut session, &half.sock);
+        }
+        let _ = self.tcp().shutdown(how);
+    }
+}
+
+impl TlsHalf {
+    fn lock(&self) -> MutexGuard<'_, ServerConnection> {
+        self.session
+            .lock()
+            .expect("BUG: no thread panics while holding a TLS session")
+    }
+}
+
+fn flush_records(session: &mut ServerConnection, mut sock: &TcpStream) -> io::Result<()> {
+    while session.wants_write() {
+        session.write_tls(&mut sock)?;
+    }
+    Ok(())
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let half = match self {
+            Conn::Plain(sock) => return sock.read(buf),
+            Conn::Tls(half) => half,
+        };
+        if half.raw.is_empty() {
+            half.raw.resize(16 * 1024, 0);
+        }
+        loop {
+            {
+                let mut session = half.lock();
+                match session.reader().read(buf) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                flush_records(&mut session, &half.sock)?;
+            }
+            // Wait for ciphertext without holding the session.
+            let n = half.sock.read(&mut half.raw)?;
+            let mut session = half.lock();
+            let mut incoming = &half.raw[..n];
+            loop {
+                session.read_tls(&mut incoming)?;
+                if let Err(e) = session.process_new_packets() {
+                    // Tell the peer why (a TLS alert) before giving up.
+                    let _ = flush_records(&mut session, &half.sock);
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
+                if incoming.is_empty() {
+                    break;
+                }
+            }
+            flush_records(&mut session, &half.sock)?;
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(sock) => sock.write(buf),
+            Conn::Tls(half) => {
+                let mut session = half.lock();
+                let n = session.writer().write(buf)?;
+                flush_records(&mut session, &half.sock)?;
+                Ok(n)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(sock) => sock.flush(),
+            Conn::Tls(half) => {
+                let mut session = half.lock();
+                session.writer().flush()?;
+                flush_records(&mut session, &half.sock)
+            }
+        }
+    }
+}
+
+/// Most HTTPS connections relayed at once.
+const MAX_HTTPS_CONNECTIONS: usize = 256;
+
+/// The public HTTPS listener relaying decrypted requests to tiny_http.
+pub struct HttpsFront {
+    addr: SocketAddr,
+    stopping: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl HttpsFront {
+    /// Serves TLS on `listener`, relaying each connection to `backend`.
+    pub fn start(
+        listener: TcpListener,
+        backend: SocketAddr,
+        tls: TlsConfig,
+    ) -> io::Result<HttpsFront> {
+        let addr = listener.local_addr()?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let flag = stopping.clone();
+        let thread = std::thread::Builder::new()
+            .name("https-accept".into())
+            .spawn(move || {
+                let open = Arc::new(AtomicUsize::new(0));
+                for sock in listener.incoming() {
+                    if flag.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(sock) = sock else { continue };
+                    if open.load(Ordering::SeqCst) >= MAX_HTTPS_CONNECTIONS {
+                        log::warn!("https: too many connections; refusing one");
+                        continue;
+                    }
+                    open.fetch_add(1, Ordering::SeqCst);
+                    let (open, tls) = (open.clone(), tls.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name("https-conn".into())
+                        .stack_size(128 * 1024)
+                        .spawn(move || {
+                            if let Err(e) = relay(sock, backend, &tls) {
+                                log::debug!("https: connection ended: {e}");
+                            }
+                            open.fetch_sub(1, Ordering::SeqCst);
+                        });
+                    if spawned.is_err() {
+                        log::error!("https: cannot start a connection thread");
+                    }
+                }
+            })?;
+        Ok(HttpsFront {
+            addr,
+            stopping,
+            thread,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn stop(self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&wake_addr(self.addr), Duration::from_secs(1));
+        if self.thread.join().is_err() {
+            log::error!("https-accept thread panicked");
+        }
+    }
+}
+
+/// An address to connect to in order to wake a listener bound to `addr`.
+pub fn wake_addr(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
+}
+
+/// Copies decrypted bytes from the client to tiny_http on this thread and
+/// tiny_http's answers back on another, until either side ends.
+fn relay(sock: TcpStream, backend: SocketAddr, tls: &TlsConfig) -> io::Result<()> {
+    let (mut from_client, mut to_client) = tls.accept(&sock)?;
+    let mut to_backend = TcpStream::connect(backend)?;
+    let mut from_backend = to_backend.try_clone()?;
+    let back = std::thread::Builder::new()
+        .name("https-back".into())
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            let _ = io::copy(&mut from_backend, &mut to_client);
+            to_client.shutdown(Shutdown::Both);
+        })?;
+    let _ = io::copy(&mut from_client, &mut to_backend);
+    let _ = to_backend.shutdown(Shutdown::Both);
+    let _ = back.join();
+    Ok(())
+}
