@@ -10,10 +10,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 
-/// Sockets that may be mid-handshake at once; past this the oldest one is
-/// dropped to make room, so idle connections cannot lock others out.
-pub const MAX_HANDSHAKING: usize = 64;
-
 /// Which browser origins may open a WebSocket.
 #[derive(Debug, Clone)]
 pub struct OriginPolicy {
@@ -133,6 +129,9 @@ fn split_host(authority: &str) -> Option<(&str, Option<u16>)> {
 pub struct SocketLimits {
     pub total: usize,
     pub per_ip: usize,
+    /// Sockets that may be mid-handshake at once; past this the oldest one
+    /// is dropped to make room, so idle connections cannot lock others out.
+    pub handshaking: usize,
 }
 
 /// The open sockets, shared by the accept thread (which admits) and the
@@ -179,7 +178,7 @@ impl SocketTable {
             .lock()
             .expect("BUG: no panics while the table is locked");
         let per_ip = |t: &Table| t.per_ip.get(&ip).copied().unwrap_or(0);
-        while table.handshaking.len() >= MAX_HANDSHAKING
+        while table.handshaking.len() >= self.limits.handshaking
             || table.total >= self.limits.total
             || per_ip(&table) >= self.limits.per_ip
         {
@@ -264,7 +263,7 @@ mod tests {
         });
         let mut clients = Vec::new();
         let mut guards = Vec::new();
-        for _ in 0..MAX_HANDSHAKING + 10 {
+        for _ in 0..64 + 10 {
             clients.push(TcpStream::connect(addr).unwrap());
             let (server_side, _) = listener.accept().unwrap();
             guards.push((
@@ -273,8 +272,8 @@ mod tests {
             ));
         }
         let t = table.inner.lock().unwrap();
-        assert_eq!(t.handshaking.len(), MAX_HANDSHAKING);
-        assert_eq!(t.total, MAX_HANDSHAKING);
+        assert_eq!(t.handshaking.len(), 64);
+        assert_eq!(t.total, 64);
         // The oldest were shut down.
         assert!(!t.handshaking.contains_key(&0));
         drop(t);

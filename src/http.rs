@@ -1,90 +1,75 @@
 //! The HTTP side: tiny_http serving the embedded page (`GET /`) and a health
-//! check (`GET /healthz`). The page learns the WebSocket port from a
+//! check (`GET /healthz`), behind a front that bounds slow clients and speaks
+//! TLS when asked. The page learns the WebSocket port from a
 //! placeholder filled in here, and its Content-Security-Policy allows only
 //! its own inline script (by per-response nonce) and the WebSocket address.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-use socket2::{Domain, Socket, Type};
 
 use tiny_http::{Header, Method, Request, Response};
 
 use crate::Error;
-use crate::tls::{HttpsFront, TlsConfig};
+use crate::admission::{SocketLimits, SocketTable};
+use crate::tls::{Conn, TlsConfig, wake_addr};
 
 /// The whole client, embedded at build time.
 const PAGE: &str = include_str!("../index.html");
 const NONCE_PLACEHOLDER: &str = "__PARLOR_NONCE__";
 const WS_PORT_PLACEHOLDER: &str = "__PARLOR_WS_PORT__";
 
-/// The running HTTP listener and its `http` thread.
+/// The running HTTP side: the public front, and tiny_http behind it on
+/// loopback with its `http` thread.
 pub struct HttpServer {
     server: Arc<tiny_http::Server>,
-    /// The public address (the HTTPS front's when there is one).
-    addr: SocketAddr,
     thread: JoinHandle<()>,
-    front: Option<HttpsFront>,
+    front: Front,
 }
 
 impl HttpServer {
     /// Binds `addr` and starts serving; `ws_port` is where the page's
-    /// WebSocket must connect.
-    /// With `tls`, tiny_http listens on loopback behind an HTTPS front on
-    /// `addr`.
+    /// WebSocket must connect. With `tls` the front speaks HTTPS.
     pub fn start(addr: &str, ws_port: u16, tls: Option<TlsConfig>) -> Result<HttpServer, Error> {
         let bind_error = |message: String| Error::Bind {
             addr: addr.to_string(),
             message,
         };
-        let public = bind_with_timeouts(addr).map_err(|e| bind_error(e.to_string()))?;
-        let (listener, front) = match tls {
-            None => (public, None),
-            Some(tls) => {
-                let backend =
-                    bind_with_timeouts("127.0.0.1:0").map_err(|e| bind_error(e.to_string()))?;
-                let backend_addr = backend.local_addr()?;
-                (backend, Some(HttpsFront::start(public, backend_addr, tls)?))
-            }
-        };
-        let server = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| bind_error(e.to_string()))?;
-        let bound = match &front {
-            Some(front) => front.addr(),
-            None => server
-                .server_addr()
-                .to_ip()
-                .expect("BUG: bound to a TCP address, not a Unix socket"),
-        };
+        let public = TcpListener::bind(addr).map_err(|e| bind_error(e.to_string()))?;
+        let server =
+            tiny_http::Server::http("127.0.0.1:0").map_err(|e| bind_error(e.to_string()))?;
+        let backend = server
+            .server_addr()
+            .to_ip()
+            .expect("BUG: bound to a TCP address, not a Unix socket");
+        let front = Front::start(public, backend, tls)?;
+        let public_addr = front.addr;
         let server = Arc::new(server);
         let serving = server.clone();
         let thread = std::thread::Builder::new()
             .name("http".into())
             .spawn(move || {
                 for request in serving.incoming_requests() {
-                    respond(request, bound, ws_port);
+                    respond(request, public_addr, ws_port);
                 }
             })?;
         Ok(HttpServer {
             server,
-            addr: bound,
             thread,
             front,
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.front.addr
     }
 
-    /// Stops serving; the listener closes when tiny_http's accept thread
-    /// notices, which dropping the last handle triggers.
+    /// Stops serving: the front stops accepting and frees the port, then
+    /// tiny_http stops.
     pub fn stop(self) {
-        if let Some(front) = self.front {
-            front.stop();
-        }
+        self.front.stop();
         self.server.unblock();
         if self.thread.join().is_err() {
             log::error!("http thread panicked");
@@ -92,26 +77,108 @@ impl HttpServer {
     }
 }
 
-/// How long the server waits on a client's bytes (or for room to send its
-/// own). tiny_http starts a thread per connection and reads headers with no
-/// limit of its own, so this is what frees a thread held by a client that
-/// sends slowly or not at all.
+/// How long the front waits on a client's bytes (or for room to send).
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP connections relayed at once; when full, the oldest is dropped.
+const MAX_HTTP_CONNECTIONS: usize = 64;
 
-/// Binds a listener whose accepted sockets inherit read and write timeouts
-/// (Linux copies them from the listening socket on accept).
-fn bind_with_timeouts(addr: &str) -> std::io::Result<std::net::TcpListener> {
-    let addr = addr
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_read_timeout(Some(SOCKET_TIMEOUT))?;
-    socket.set_write_timeout(Some(SOCKET_TIMEOUT))?;
-    socket.bind(&addr.into())?;
-    socket.listen(128)?;
-    Ok(socket.into())
+/// The public listener. tiny_http starts a thread for every connection and
+/// reads headers with no time or size limit, and a read timeout on its
+/// listening socket would end its accept loop; so the public socket is
+/// accepted here, with timeouts and a cap (oldest connection dropped first),
+/// and its bytes relayed to tiny_http on loopback, decrypted first when TLS
+/// is on.
+struct Front {
+    addr: SocketAddr,
+    stopping: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Front {
+    fn start(
+        listener: TcpListener,
+        backend: SocketAddr,
+        tls: Option<TlsConfig>,
+    ) -> std::io::Result<Front> {
+        let addr = listener.local_addr()?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let flag = stopping.clone();
+        let table = SocketTable::new(SocketLimits {
+            total: MAX_HTTP_CONNECTIONS,
+            per_ip: MAX_HTTP_CONNECTIONS,
+            handshaking: MAX_HTTP_CONNECTIONS,
+        });
+        let thread = std::thread::Builder::new()
+            .name("http-accept".into())
+            .spawn(move || {
+                for sock in listener.incoming() {
+                    if flag.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(sock) = sock else {
+                        // Out of file descriptors and the like: do not spin.
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    };
+                    let Ok(peer) = sock.peer_addr() else { continue };
+                    // Never marked done: any HTTP connection may be dropped
+                    // to make room, oldest first.
+                    let Some(admitted) = table.admit(&sock, peer.ip()) else {
+                        continue;
+                    };
+                    let tls = tls.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("http-conn".into())
+                        .stack_size(128 * 1024)
+                        .spawn(move || {
+                            if let Err(e) = relay(sock, backend, tls.as_ref()) {
+                                log::debug!("http: connection from {peer} ended: {e}");
+                            }
+                            drop(admitted);
+                        });
+                    if spawned.is_err() {
+                        log::error!("http: cannot start a connection thread");
+                    }
+                }
+            })?;
+        Ok(Front {
+            addr,
+            stopping,
+            thread,
+        })
+    }
+
+    fn stop(self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&wake_addr(self.addr), Duration::from_secs(1));
+        if self.thread.join().is_err() {
+            log::error!("http-accept thread panicked");
+        }
+    }
+}
+
+/// Copies the client's bytes to tiny_http on this thread and tiny_http's
+/// answers back on another, until either side ends or times out.
+fn relay(sock: TcpStream, backend: SocketAddr, tls: Option<&TlsConfig>) -> std::io::Result<()> {
+    sock.set_read_timeout(Some(SOCKET_TIMEOUT))?;
+    sock.set_write_timeout(Some(SOCKET_TIMEOUT))?;
+    let (mut from_client, mut to_client) = match tls {
+        Some(tls) => tls.accept(&sock)?,
+        None => (Conn::Plain(sock.try_clone()?), Conn::Plain(sock)),
+    };
+    let mut to_backend = TcpStream::connect(backend)?;
+    let mut from_backend = to_backend.try_clone()?;
+    let back = std::thread::Builder::new()
+        .name("http-back".into())
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            let _ = std::io::copy(&mut from_backend, &mut to_client);
+            to_client.shutdown(Shutdown::Both);
+        })?;
+    let _ = std::io::copy(&mut from_client, &mut to_backend);
+    let _ = to_backend.shutdown(Shutdown::Both);
+    let _ = back.join();
+    Ok(())
 }
 
 fn respond(request: Request, bound: SocketAddr, ws_port: u16) {

@@ -7,8 +7,8 @@
 //! - [`hub`]: the one thread that owns the store, rooms, presence, sessions and rate limits.
 //! - [`ws`]: the WebSocket listener and each connection's reader and writer threads.
 //! - [`admission`]: who may open a WebSocket (Origin allowlist, socket caps).
-//! - [`http`]: tiny_http serving the embedded page and `/healthz`.
-//! - [`tls`]: rustls sessions shared by a connection's two threads; the HTTPS front.
+//! - [`http`]: tiny_http serving the embedded page and `/healthz`, behind a bounded front.
+//! - [`tls`]: rustls sessions shared by a connection's two threads.
 //! - `random`: session tokens and CSP nonces from the operating system's generator.
 //!
 //! Threads talk only through crossbeam channels: connections send [`hub::Event`]s
@@ -151,6 +151,7 @@ pub fn start(config: Config) -> Result<Server, Error> {
         per_ip: config
             .max_connections_per_ip
             .unwrap_or(config.max_users * 2 + 8),
+        handshaking: 64,
     };
     let ws = ws::Listener::start(
         ws_listener,
@@ -192,6 +193,7 @@ pub fn start_echo(ws_addr: &str, max_message: usize) -> Result<ws::Listener, Err
         limits: admission::SocketLimits {
             total: 1024,
             per_ip: 1024,
+            handshaking: 1024,
         },
         max_message,
     };

@@ -7,17 +7,13 @@
 //! whole records; the reader waits for bytes on its own socket clone without
 //! holding it, so a quiet client never blocks the writer.
 //!
-//! tiny_http's own TLS support ties it to an old rustls, so HTTPS is done
-//! here: the public listener decrypts each connection and relays the
-//! plaintext to tiny_http listening on loopback.
+//! tiny_http's own TLS support ties it to an old rustls, so the HTTP front
+//! in `http` uses these sessions too.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use rustls::ServerConnection;
 use rustls::pki_types::pem::PemObject;
@@ -189,75 +185,6 @@ impl Write for Conn {
     }
 }
 
-/// Most HTTPS connections relayed at once.
-const MAX_HTTPS_CONNECTIONS: usize = 256;
-
-/// The public HTTPS listener relaying decrypted requests to tiny_http.
-pub struct HttpsFront {
-    addr: SocketAddr,
-    stopping: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
-}
-
-impl HttpsFront {
-    /// Serves TLS on `listener`, relaying each connection to `backend`.
-    pub fn start(
-        listener: TcpListener,
-        backend: SocketAddr,
-        tls: TlsConfig,
-    ) -> io::Result<HttpsFront> {
-        let addr = listener.local_addr()?;
-        let stopping = Arc::new(AtomicBool::new(false));
-        let flag = stopping.clone();
-        let thread = std::thread::Builder::new()
-            .name("https-accept".into())
-            .spawn(move || {
-                let open = Arc::new(AtomicUsize::new(0));
-                for sock in listener.incoming() {
-                    if flag.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(sock) = sock else { continue };
-                    if open.load(Ordering::SeqCst) >= MAX_HTTPS_CONNECTIONS {
-                        log::warn!("https: too many connections; refusing one");
-                        continue;
-                    }
-                    open.fetch_add(1, Ordering::SeqCst);
-                    let (open, tls) = (open.clone(), tls.clone());
-                    let spawned = std::thread::Builder::new()
-                        .name("https-conn".into())
-                        .stack_size(128 * 1024)
-                        .spawn(move || {
-                            if let Err(e) = relay(sock, backend, &tls) {
-                                log::debug!("https: connection ended: {e}");
-                            }
-                            open.fetch_sub(1, Ordering::SeqCst);
-                        });
-                    if spawned.is_err() {
-                        log::error!("https: cannot start a connection thread");
-                    }
-                }
-            })?;
-        Ok(HttpsFront {
-            addr,
-            stopping,
-            thread,
-        })
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    pub fn stop(self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&wake_addr(self.addr), Duration::from_secs(1));
-        if self.thread.join().is_err() {
-            log::error!("https-accept thread panicked");
-        }
-    }
-}
-
 /// An address to connect to in order to wake a listener bound to `addr`.
 pub fn wake_addr(mut addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
@@ -267,23 +194,4 @@ pub fn wake_addr(mut addr: SocketAddr) -> SocketAddr {
         });
     }
     addr
-}
-
-/// Copies decrypted bytes from the client to tiny_http on this thread and
-/// tiny_http's answers back on another, until either side ends.
-fn relay(sock: TcpStream, backend: SocketAddr, tls: &TlsConfig) -> io::Result<()> {
-    let (mut from_client, mut to_client) = tls.accept(&sock)?;
-    let mut to_backend = TcpStream::connect(backend)?;
-    let mut from_backend = to_backend.try_clone()?;
-    let back = std::thread::Builder::new()
-        .name("https-back".into())
-        .stack_size(128 * 1024)
-        .spawn(move || {
-            let _ = io::copy(&mut from_backend, &mut to_client);
-            to_client.shutdown(Shutdown::Both);
-        })?;
-    let _ = io::copy(&mut from_client, &mut to_backend);
-    let _ = to_backend.shutdown(Shutdown::Both);
-    let _ = back.join();
-    Ok(())
 }

@@ -118,3 +118,16 @@ fn health_check_404_and_405() {
         405
     );
 }
+
+#[test]
+fn the_page_keeps_being_served_after_the_listener_sat_idle() {
+    let server = TestServer::start();
+    assert_eq!(fetch(server.http_addr(), "GET", "/", "localhost").0, 200);
+    // Longer than every socket timeout of the HTTP side.
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    assert_eq!(fetch(server.http_addr(), "GET", "/", "localhost").0, 200);
+    assert_eq!(
+        fetch(server.http_addr(), "GET", "/healthz", "localhost").0,
+        200
+    );
+}
