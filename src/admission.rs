@@ -260,6 +260,7 @@ mod tests {
         let table = SocketTable::new(SocketLimits {
             total: 100,
             per_ip: 100,
+            handshaking: 64,
         });
         let mut clients = Vec::new();
         let mut guards = Vec::new();
@@ -290,6 +291,7 @@ mod tests {
         let table = SocketTable::new(SocketLimits {
             total: 3,
             per_ip: 2,
+            handshaking: 64,
         });
         let mut keep = Vec::new();
         for _ in 0..2 {
