@@ -233,14 +233,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let logger = simple_logger::SimpleLogger::new().with_level(log::LevelFilter::Info);
-    let logger = match level {
-        Some(level) => logger.with_level(level),
-        None => logger.env(),
-    };
-    logger
-        .init()
-        .expect("BUG: the logger is set once, first thing");
+    init_logging(level);
 
     let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
     if let Err(e) = ctrlc::set_handler(move || {
