@@ -144,7 +144,15 @@ pub fn start(config: Config) -> Result<Server, Error> {
     })?;
     let hub_thread = std::thread::Builder::new()
         .name("hub".into())
-        .spawn(move || hub.run(hub_rx))?;
+        .spawn(move || {
+            // Without its hub Parlor can only refuse everyone: end the
+            // process, loudly, so a supervisor restarts it.
+            let run = std::panic::AssertUnwindSafe(|| hub.run(hub_rx));
+            if std::panic::catch_unwind(run).is_err() {
+                log::error!("the hub thread panicked; exiting");
+                std::process::exit(70);
+            }
+        })?;
     let origins = admission::OriginPolicy::new(http.addr(), &config.allow_origins);
     let limits = admission::SocketLimits {
         total: config.max_connections.unwrap_or(config.max_users * 4 + 16),

@@ -280,8 +280,26 @@ pub enum ErrorCode {
 }
 
 /// The case-insensitive identity of a username or room name.
+///
+/// Upper-casing first folds letters that have two lower-case forms or that
+/// upper-case to several letters ("ß" and "SS", "ﬁ" and "FI"); Rust's
+/// lower-casing then writes a final sigma as "ς", which is folded to "σ".
 pub fn fold_case(name: &str) -> String {
-    name.to_lowercase()
+    name.to_uppercase().to_lowercase().replace('ς', "σ")
+}
+
+/// Characters that show nothing: white space and zero-width format
+/// characters. A name or message made only of these looks empty.
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// Bidirectional overrides and isolates, which can make a name read as
+/// another.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Checks a username: trimmed, 1–32 characters, each a letter, a digit, `_`,
@@ -313,8 +331,11 @@ pub fn validate_room_name(raw: &str) -> Result<String, String> {
             "A room name must be 1 to {MAX_ROOM_CHARS} characters long."
         ));
     }
-    if name.chars().any(char::is_control) {
+    if name.chars().any(|c| c.is_control() || is_bidi_control(c)) {
         return Err("A room name may not contain control characters.".into());
+    }
+    if name.chars().all(is_invisible) {
+        return Err("A room name needs at least one visible character.".into());
     }
     Ok(name.to_string())
 }
@@ -352,7 +373,7 @@ pub fn validate_text(raw: &str) -> Result<String, String> {
             "A message may be at most {MAX_TEXT_CHARS} characters long."
         ));
     }
-    if text.trim().is_empty() {
+    if text.chars().all(is_invisible) {
         return Err("A message may not be empty or only white space.".into());
     }
     Ok(text)
@@ -462,6 +483,20 @@ mod tests {
     }
 
     #[test]
+    fn case_folding_matches_every_casing() {
+        for (a, b) in [
+            ("Alice", "ALICE"),
+            ("AΣ", "aσ"),
+            ("ΟΣ", "οσ"),
+            ("Straße", "STRASSE"),
+            ("ﬁle", "FILE"),
+        ] {
+            assert_eq!(fold_case(a), fold_case(b), "{a} / {b}");
+        }
+        assert_ne!(fold_case("alice"), fold_case("alicia"));
+    }
+
+    #[test]
     fn usernames() {
         assert_eq!(validate_username("  Alice_1.x-y ").unwrap(), "Alice_1.x-y");
         assert_eq!(validate_username("Jürgen").unwrap(), "Jürgen");
@@ -482,6 +517,8 @@ mod tests {
         );
         assert!(validate_room_name("").is_err());
         assert!(validate_room_name("bad\nname").is_err());
+        assert!(validate_room_name("\u{200B}").is_err());
+        assert!(validate_room_name("evil\u{202E}txt.exe").is_err());
         assert!(validate_room_name(&"r".repeat(64)).is_ok());
         assert!(validate_room_name(&"r".repeat(65)).is_err());
     }
@@ -491,6 +528,8 @@ mod tests {
         assert_eq!(validate_text("a\r\nb\tc").unwrap(), "a\nb\tc");
         assert!(validate_text("").is_err());
         assert!(validate_text(" \n\t ").is_err());
+        assert!(validate_text("\u{200B}\u{FEFF}").is_err());
+        assert_eq!(validate_text("שלום \u{202B}x").unwrap(), "שלום \u{202B}x");
         assert!(validate_text("bell\u{7}").is_err());
         assert!(validate_text("lone\rcr").is_err());
         assert!(validate_text(&"é".repeat(4000)).is_ok());

@@ -261,3 +261,17 @@ fn backup_copies_a_live_database_that_restores() {
         ]
     );
 }
+
+#[test]
+fn logging_never_takes_the_server_down_when_its_output_is_gone() {
+    // `Running` closes stdout after the start-up line; logs go to stderr.
+    // A warning (a far-off client clock) must not break anything.
+    let dir = TempDir::new("closed-stdout");
+    let server = Running::start(&dir.db(), &["--log-level", "info"]);
+    let mut alice = Client::connect(server.ws);
+    alice.hello("alice");
+    alice.join("general");
+    let skewed = alice.request(json!({"type": "send", "id": "a", "text": "old clock", "ts": 0}));
+    assert_eq!(skewed["type"], "ack");
+    assert_eq!(alice.say("b", "still here")["type"], "ack");
+}

@@ -134,10 +134,12 @@ pub struct Client {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream
+        let (ws, _) = tungstenite::client(format!("ws://{addr}/"), stream).expect("handshake");
+        // Short reads from here on, so waiting for a frame can time out; set
+        // after the handshake, which a timeout would interrupt.
+        ws.get_ref()
             .set_read_timeout(Some(Duration::from_millis(100)))
             .expect("set timeout");
-        let (ws, _) = tungstenite::client(format!("ws://{addr}/"), stream).expect("handshake");
         Client {
             ws,
             backlog: Vec::new(),
