@@ -634,6 +634,13 @@ fn history_pages_and_page_sizes_over_1234_messages() {
             shown == expected,
             "{pos}: the list is not messages {first}..={last}"
         );
+        // The app fills the window; nothing sticks out for the page itself
+        // to scroll away into blank space.
+        let overflow = page.eval("document.documentElement.scrollHeight - window.innerHeight");
+        assert!(
+            overflow.as_i64().unwrap() <= 0,
+            "{pos}: the page overflows by {overflow}px"
+        );
         let buttons = page.eval(
             "[!document.getElementById('older-btn').disabled, !document.getElementById('newer-btn').disabled]",
         );
