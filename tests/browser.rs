@@ -223,6 +223,14 @@ fn say(page: &mut Page, text: &str) {
 
 /// Clicks a room in the list and waits until its history is on screen.
 fn switch_room(page: &mut Page, room: &str) {
+    // A room made elsewhere is listed once its `rooms` frame has arrived.
+    page.wait_for(
+        &format!("room {room} listed"),
+        &format!(
+            "document.querySelector({}) !== null",
+            js_string(&room_button(room))
+        ),
+    );
     page.click(&room_button(room));
     page.wait_for(&format!("room {room} on screen"), &in_room(room));
 }

@@ -12,6 +12,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -58,9 +59,16 @@ pub struct Browser {
     socket: Socket,
     port: u16,
     process: Process,
-    // Declared last so the profile outlives the process using it.
+    // Declared after the process so the profile outlives it.
     _profile: TempDir,
+    // Last: the next test's browser starts only once this one is gone.
+    _turn: MutexGuard<'static, ()>,
 }
+
+/// Browser tests take turns. Ten Chromiums at once on a small CI machine
+/// make every wait a race, and the timing tests measure the machine rather
+/// than Parlor.
+static TURN: Mutex<()> = Mutex::new(());
 
 /// The browser's process, killed (if still running) when dropped.
 struct Process(Child);
@@ -90,6 +98,9 @@ impl Browser {
             );
             return None;
         };
+        // A test that failed while holding its turn poisons the lock; the
+        // next test may still go.
+        let turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let profile = TempDir::new(&format!("chromium-{test}"));
         let log = std::fs::File::create(profile.path().join("chromium.log"))
             .expect("create the chromium log");
@@ -136,6 +147,7 @@ impl Browser {
             port,
             process,
             _profile: profile,
+            _turn: turn,
         })
     }
 
