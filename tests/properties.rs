@@ -224,7 +224,7 @@ fn valid_text() -> impl Strategy<Value = String> {
             pieces.concat()
         });
     let long = (printable_char(), MAX_TEXT_CHARS - 5..=MAX_TEXT_CHARS).prop_map(|(c, n)| {
-        let c = if c.is_whitespace() { '.' } else { c };
+        let c = if is_invisible(c) { '.' } else { c };
         c.to_string().repeat(n)
     });
     prop_oneof![9 => short, 1 => long]
@@ -701,7 +701,30 @@ fn username_rule_broken(name: &str) -> bool {
 /// Whether `name` (already trimmed) breaks a room name rule.
 fn room_rule_broken(name: &str) -> bool {
     let len = name.chars().count();
-    len == 0 || len > MAX_ROOM_CHARS || name.chars().any(char::is_control)
+    len == 0
+        || len > MAX_ROOM_CHARS
+        || name.chars().any(|c| c.is_control() || is_bidi_control(c))
+        || name.chars().all(is_invisible)
+}
+
+/// Characters that show nothing: white space and zero-width format
+/// characters (the protocol's own list, written out independently).
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
+}
+
+/// Bidirectional overrides and isolates, refused in room names.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Whether `text`, already normalized (`\r\n` made `\n`), breaks a
@@ -709,7 +732,7 @@ fn room_rule_broken(name: &str) -> bool {
 fn text_rule_broken(text: &str) -> bool {
     let len = text.chars().count();
     len > MAX_TEXT_CHARS
-        || text.trim().is_empty()
+        || text.chars().all(is_invisible)
         || text
             .chars()
             .any(|c| c.is_control() && c != '\n' && c != '\t')
