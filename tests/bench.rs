@@ -86,6 +86,7 @@ fn assert_books_balance(step: &Value, with_acks: bool) {
     if with_acks {
         assert_eq!(n(&step["acks"]["expected"]), n(&step["sent"]), "{step}");
         assert_eq!(n(&step["acks"]["received"]), n(&step["sent"]), "{step}");
+        assert_eq!(n(&step["acks"]["duplicated"]), 0, "{step}");
         assert_eq!(
             step["errors"].as_object().map(|e| e.len()),
             Some(0),

@@ -389,12 +389,14 @@ fn open_session(options: &Options, subject: &Subject, pinned: bool) -> Result<Se
     };
     let base_rss = process.as_ref().and_then(|p| p.memory());
     let fleet = Fleet::open(&shape, &addrs)?;
-    // Let the join storm's last broadcasts settle before measuring memory.
-    std::thread::sleep(Duration::from_millis(500));
+    // Signing in broadcasts room lists to everyone; measure nothing until
+    // the server has written them all and is idle again.
+    let settled_in = settle(process.as_ref());
     let connected = process.as_ref().and_then(|p| p.memory());
     let threads = process.as_ref().and_then(|p| p.threads());
     let setup = json!({
         "setup_s": stats::round3(fleet.setup.as_secs_f64()),
+        "settled_after_setup_s": stats::round3(settled_in.as_secs_f64()),
         "server_started_in_ms": process.as_ref().map(|p| stats::round3(p.started_in.as_secs_f64() * 1000.0)),
         "server_rss_kib_before_clients": base_rss.map(|m| m.rss_kib),
         "server_rss_kib_all_connected": connected.map(|m| m.rss_kib),
@@ -402,11 +404,12 @@ fn open_session(options: &Options, subject: &Subject, pinned: bool) -> Result<Se
         "server_threads_all_connected": threads,
     });
     println!(
-        "\n== {name}: {} connections over {} rooms, {} senders; connected in {:.2} s{}",
+        "\n== {name}: {} connections over {} rooms, {} senders; connected in {:.2} s, idle {:.2} s later{}",
         shape.connections,
         shape.rooms,
         shape.senders,
         fleet.setup.as_secs_f64(),
+        settled_in.as_secs_f64(),
         match connected {
             Some(m) => format!(
                 "; server RSS {:.1} MB with everyone connected ({} threads)",
@@ -424,6 +427,27 @@ fn open_session(options: &Options, subject: &Subject, pinned: bool) -> Result<Se
         _dir: dir,
         setup,
     })
+}
+
+/// Waits until a server we started uses under 5 % of a core over 500 ms
+/// (at most 120 s); a server we did not start gets one second.
+fn settle(process: Option<&ServerProcess>) -> Duration {
+    let started = std::time::Instant::now();
+    let Some(process) = process else {
+        std::thread::sleep(Duration::from_secs(1));
+        return started.elapsed();
+    };
+    let window = Duration::from_millis(500);
+    while started.elapsed() < Duration::from_secs(120) {
+        let before = process.cpu_seconds();
+        std::thread::sleep(window);
+        match before.zip(process.cpu_seconds()) {
+            Some((a, b)) if b - a < 0.05 * window.as_secs_f64() => break,
+            None => break,
+            _ => {}
+        }
+    }
+    started.elapsed()
 }
 
 impl Session {

@@ -333,6 +333,7 @@ pub struct StepResult {
     pub lost: u64,
     pub acks_expected: u64,
     pub acks: u64,
+    pub ack_duplicates: u64,
     pub errors: BTreeMap<String, u64>,
     pub disconnected: Vec<String>,
     pub delivery: Summary,
@@ -345,8 +346,9 @@ pub struct StepResult {
     pub send_lag: Summary,
     pub server_cpu_s: Option<f64>,
     pub generator_cpu_s: Option<f64>,
-    /// CPU the rest of the machine used meanwhile (other processes, the
-    /// kernel on their behalf): a noisy neighbour shows up here.
+    /// CPU the rest of the machine used meanwhile: other processes, and
+    /// interrupt time (including the benchmark's own network and disk
+    /// interrupts). A noisy neighbour shows up here.
     pub other_cpu_s: Option<f64>,
     pub server_rss_kib: Option<u64>,
     pub server_peak_kib: Option<u64>,
@@ -367,6 +369,8 @@ impl StepResult {
             && self.errors.is_empty()
             && self.disconnected.is_empty()
             && self.acks == self.acks_expected
+            && self.duplicated == 0
+            && self.ack_duplicates == 0
             && self.delivery.p99 <= p99_limit_ms
     }
 
@@ -382,7 +386,11 @@ impl StepResult {
                 "duplicated": self.duplicated,
                 "lost": self.lost,
             },
-            "acks": { "expected": self.acks_expected, "received": self.acks },
+            "acks": {
+                "expected": self.acks_expected,
+                "received": self.acks,
+                "duplicated": self.ack_duplicates,
+            },
             "errors": self.errors,
             "disconnected": self.disconnected,
             "delivery_latency": self.delivery.to_json(),
@@ -606,7 +614,7 @@ impl Fleet {
 
         let mut delivery_us = Vec::new();
         let mut ack_us = Vec::new();
-        let (mut received, mut duplicated, mut acks) = (0u64, 0u64, 0u64);
+        let (mut received, mut duplicated, mut acks, mut ack_duplicates) = (0u64, 0u64, 0u64, 0u64);
         let mut errors: BTreeMap<String, u64> = BTreeMap::new();
         let mut disconnected = Vec::new();
         for (i, log) in self.logs.iter().enumerate() {
@@ -618,7 +626,7 @@ impl Fleet {
             }
             let taken = std::mem::take(log.step(step));
             acks += taken.acked.len() as u64;
-            duplicated += taken.ack_duplicates;
+            ack_duplicates += taken.ack_duplicates;
             for (code, n) in taken.errors {
                 *errors.entry(code).or_default() += n;
             }
@@ -643,6 +651,7 @@ impl Fleet {
             lost: expected.saturating_sub(received),
             acks_expected,
             acks,
+            ack_duplicates,
             errors,
             disconnected,
             delivery: Summary::of_micros(&mut delivery_us),
