@@ -412,7 +412,7 @@ fn open_session(options: &Options, subject: &Subject, pinned: bool) -> Result<Se
         settled_in.as_secs_f64(),
         match connected {
             Some(m) => format!(
-                "; server RSS {:.1} MB with everyone connected ({} threads)",
+                "; server RSS {:.1} MiB with everyone connected ({} threads)",
                 m.rss_kib as f64 / 1024.0,
                 threads.unwrap_or(0)
             ),

@@ -411,7 +411,7 @@ pub fn run(options: &HistoryOptions) -> Result<Value, String> {
     );
     if let Some(m) = rss {
         println!(
-            "  server RSS {:.1} MB (peak {:.1} MB), {} threads",
+            "  server RSS {:.1} MiB (peak {:.1} MiB), {} threads",
             m.rss_kib as f64 / 1024.0,
             m.peak_kib as f64 / 1024.0,
             threads.unwrap_or(0)

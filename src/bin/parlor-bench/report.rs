@@ -86,7 +86,7 @@ pub fn write_json(out: &Path, kind: &str, pinned: bool, body: Value) -> Result<P
 }
 
 fn mb(kib: Option<u64>) -> String {
-    kib.map_or("-".into(), |k| format!("{:.1} MB", k as f64 / 1024.0))
+    kib.map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
 }
 
 /// The full table of one fan-out step.
