@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tungstenite::Utf8Bytes;
 
 use crate::Config;
@@ -37,6 +37,11 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
 /// Most events handled before the pending sends are committed.
 const MAX_BATCH: usize = 1024;
+/// Frames queued for one connection before it counts as too slow and is
+/// disconnected. The outbox channel itself is unbounded (a bounded crossbeam
+/// channel allocates all its slots up front, about 40 KiB per connection);
+/// the hub, its only sender, enforces this bound.
+pub const OUTBOX_FRAMES: usize = 1024;
 
 /// Close codes the hub asks connections to send.
 pub mod close {
@@ -50,7 +55,8 @@ pub mod close {
 /// Everything the hub hears about.
 pub enum Event {
     /// A WebSocket handshake completed. `frames_tx` is the connection's
-    /// bounded outbox (the writer thread receives); `commands_tx` asks the
+    /// outbox (the writer thread receives; the hub keeps it under
+    /// [`OUTBOX_FRAMES`]); `commands_tx` asks the
     /// writer to close. Dropping both ends the writer.
     Connected {
         conn: ConnId,
@@ -145,6 +151,8 @@ pub struct Hub {
     pending_repeats: Vec<PendingRepeat>,
     /// True while storage writes fail; errors are logged once per incident.
     storage_failing: bool,
+    /// A member count changed since the room list was last sent.
+    rooms_changed: bool,
 }
 
 /// Who a reply goes to and what it echoes.
@@ -184,6 +192,7 @@ impl Hub {
             pending_ids: HashMap::new(),
             pending_repeats: Vec::new(),
             storage_failing: false,
+            rooms_changed: false,
         })
     }
 
@@ -213,13 +222,24 @@ impl Hub {
                 }
                 handled += 1;
             }
-            self.commit_pending();
+            self.end_batch();
             if !running {
                 self.close_all(close::GOING_AWAY, "server shutting down");
                 return;
             }
         }
+        self.end_batch();
+    }
+
+    /// After each batch of events: commit the pending sends, then send the
+    /// room list once if member counts changed. A burst of joins (every page
+    /// reconnecting after a restart) thus costs one list per batch for each
+    /// client rather than one per join.
+    fn end_batch(&mut self) {
         self.commit_pending();
+        if self.rooms_changed {
+            self.broadcast_rooms(None);
+        }
     }
 
     /// Handles one event; false means shut down.
@@ -545,7 +565,7 @@ impl Hub {
             for other in others {
                 self.deliver(other, presence.clone());
             }
-            self.broadcast_rooms(None);
+            self.rooms_changed = true;
         } else {
             self.reply(to, &self.joined_frame(&key, history));
         }
@@ -571,7 +591,7 @@ impl Hub {
             .expect("BUG: caller is online")
             .room = None;
         self.reply(to, &ServerFrame::Left { room: name });
-        self.broadcast_rooms(None);
+        self.rooms_changed = true;
     }
 
     /// Takes `user` out of room `key` and tells the members left behind.
@@ -874,7 +894,7 @@ impl Hub {
         }
         if let Some(room) = online.room {
             self.remove_member(user, &room);
-            self.broadcast_rooms(None);
+            self.rooms_changed = true;
         }
     }
 
@@ -906,6 +926,7 @@ impl Hub {
     /// Sends the room list to every signed-in connection; `requester` gets
     /// its copy with its `req`.
     fn broadcast_rooms(&mut self, requester: Option<&To>) {
+        self.rooms_changed = false;
         let frame = ServerFrame::Rooms {
             rooms: self.room_infos(),
         };
@@ -966,15 +987,13 @@ impl Hub {
         let Some(state) = self.conns.get(&conn) else {
             return;
         };
-        match state.frames_tx.try_send(frame) {
-            Ok(()) => {}
-            // The writer is gone; its reader reports the disconnect.
-            Err(TrySendError::Disconnected(_)) => {}
-            Err(TrySendError::Full(_)) => {
-                log::warn!("{conn}: outbox full (client too slow); disconnecting it");
-                self.drop_conn(conn, close::POLICY, "too far behind; reconnect to catch up");
-            }
+        if state.frames_tx.len() >= OUTBOX_FRAMES {
+            log::warn!("{conn}: outbox full (client too slow); disconnecting it");
+            return self.drop_conn(conn, close::POLICY, "too far behind; reconnect to catch up");
         }
+        // An error means the writer is gone; its reader reports the
+        // disconnect.
+        let _ = state.frames_tx.send(frame);
     }
 }
 
@@ -1033,7 +1052,7 @@ mod tests {
         }
 
         fn connect(&mut self, n: u64) {
-            let (frames_tx, frames_rx) = crossbeam_channel::bounded(64);
+            let (frames_tx, frames_rx) = crossbeam_channel::unbounded();
             let (commands_tx, _) = crossbeam_channel::unbounded();
             self.hub.handle(Event::Connected {
                 conn: ConnId(n),
@@ -1057,7 +1076,7 @@ mod tests {
         /// Hands a request over and ends the batch.
         fn request(&mut self, n: u64, frame: Value) {
             self.queue(n, frame);
-            self.hub.commit_pending();
+            self.hub.end_batch();
         }
 
         fn frames(&mut self, n: u64) -> Vec<Value> {

@@ -28,9 +28,6 @@ use crate::hub::{Command, ConnId, Event};
 use crate::protocol::{BadRequest, MAX_FRAME_BYTES, parse_request};
 use crate::tls::{Conn, TlsConfig, wake_addr};
 
-/// Frames queued for one connection before it counts as too slow and is
-/// disconnected.
-pub const OUTBOX_FRAMES: usize = 1024;
 /// Time allowed for the opening HTTP handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After this long without hearing from a client the server pings it.
@@ -297,10 +294,10 @@ fn serve(
         return log::warn!("{conn}: socket setup failed: {e}");
     }
 
-    // The outbox: the hub sends (try_send, never blocking), the writer
-    // receives. Bounded, so a client that stops reading costs at most
-    // OUTBOX_FRAMES shared frames before the hub disconnects it.
-    let (frames_tx, frames_rx) = crossbeam_channel::bounded(OUTBOX_FRAMES);
+    // The outbox: the hub sends, the writer receives. The hub disconnects a
+    // client whose outbox holds hub::OUTBOX_FRAMES shared frames, so one
+    // that stops reading cannot grow it further.
+    let (frames_tx, frames_rx) = crossbeam_channel::unbounded();
     // The hub's commands (close with a reason) to the writer.
     let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
     // The reader's requests (pong, ping, echo, close) to the writer.
