@@ -42,6 +42,8 @@ const MAX_BATCH: usize = 1024;
 /// channel allocates all its slots up front, about 40 KiB per connection);
 /// the hub, its only sender, enforces this bound.
 pub const OUTBOX_FRAMES: usize = 1024;
+/// Longest a member count change waits to be sent in a room list.
+const ROOMS_COALESCE: Duration = Duration::from_millis(100);
 
 /// Close codes the hub asks connections to send.
 pub mod close {
@@ -151,8 +153,8 @@ pub struct Hub {
     pending_repeats: Vec<PendingRepeat>,
     /// True while storage writes fail; errors are logged once per incident.
     storage_failing: bool,
-    /// A member count changed since the room list was last sent.
-    rooms_changed: bool,
+    /// When the room list is due, after a member count changed.
+    rooms_due: Option<Instant>,
 }
 
 /// Who a reply goes to and what it echoes.
@@ -192,7 +194,7 @@ impl Hub {
             pending_ids: HashMap::new(),
             pending_repeats: Vec::new(),
             storage_failing: false,
-            rooms_changed: false,
+            rooms_due: None,
         })
     }
 
@@ -232,14 +234,21 @@ impl Hub {
     }
 
     /// After each batch of events: commit the pending sends, then send the
-    /// room list once if member counts changed. A burst of joins (every page
-    /// reconnecting after a restart) thus costs one list per batch for each
-    /// client rather than one per join.
+    /// room list if it is due.
     fn end_batch(&mut self) {
         self.commit_pending();
-        if self.rooms_changed {
+        if self.rooms_due.is_some_and(|due| due <= Instant::now()) {
             self.broadcast_rooms(None);
         }
+    }
+
+    /// A member count changed: the room list goes out within
+    /// [`ROOMS_COALESCE`]. A burst of joins (every page reconnecting after a
+    /// restart) thus costs each client a few lists rather than one per join;
+    /// presence itself is never delayed.
+    fn rooms_changed(&mut self) {
+        self.rooms_due
+            .get_or_insert_with(|| Instant::now() + ROOMS_COALESCE);
     }
 
     /// Handles one event; false means shut down.
@@ -283,14 +292,20 @@ impl Hub {
         true
     }
 
+    /// The earliest of the oldest hello deadline and the room list's.
     fn next_deadline(&mut self) -> Option<Instant> {
+        let mut hello = None;
         while let Some(&(deadline, conn)) = self.hello_deadlines.front() {
             if self.conns.get(&conn).is_some_and(|c| c.user.is_none()) {
-                return Some(deadline);
+                hello = Some(deadline);
+                break;
             }
             self.hello_deadlines.pop_front();
         }
-        None
+        match (hello, self.rooms_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn expire_hellos(&mut self, now: Instant) {
@@ -565,7 +580,7 @@ impl Hub {
             for other in others {
                 self.deliver(other, presence.clone());
             }
-            self.rooms_changed = true;
+            self.rooms_changed();
         } else {
             self.reply(to, &self.joined_frame(&key, history));
         }
@@ -591,7 +606,7 @@ impl Hub {
             .expect("BUG: caller is online")
             .room = None;
         self.reply(to, &ServerFrame::Left { room: name });
-        self.rooms_changed = true;
+        self.rooms_changed();
     }
 
     /// Takes `user` out of room `key` and tells the members left behind.
@@ -894,7 +909,7 @@ impl Hub {
         }
         if let Some(room) = online.room {
             self.remove_member(user, &room);
-            self.rooms_changed = true;
+            self.rooms_changed();
         }
     }
 
@@ -926,7 +941,7 @@ impl Hub {
     /// Sends the room list to every signed-in connection; `requester` gets
     /// its copy with its `req`.
     fn broadcast_rooms(&mut self, requester: Option<&To>) {
-        self.rooms_changed = false;
+        self.rooms_due = None;
         let frame = ServerFrame::Rooms {
             rooms: self.room_infos(),
         };
@@ -1126,6 +1141,28 @@ mod tests {
         );
         let bob = h.frames(2);
         assert_eq!(bob.iter().filter(|f| f["type"] == "message").count(), 2);
+    }
+
+    #[test]
+    fn member_count_changes_are_sent_as_one_room_list() {
+        let mut h = Harness::new();
+        h.connect(1);
+        h.request(1, json!({"type": "hello", "username": "watcher"}));
+        h.frames(1);
+        for (n, name) in [(2, "a"), (3, "b"), (4, "c")] {
+            h.sign_in(n, name);
+        }
+        assert!(h.frames(1).is_empty(), "the list waits for its deadline");
+        let due = h.hub.rooms_due.expect("a list is due");
+        assert!(due <= Instant::now() + ROOMS_COALESCE);
+        // The deadline passes (the run loop wakes for it).
+        h.hub.rooms_due = Some(Instant::now());
+        h.hub.end_batch();
+        let lists = h.frames(1);
+        assert_eq!(lists.len(), 1, "{lists:?}");
+        assert_eq!(lists[0]["type"], "rooms");
+        assert_eq!(lists[0]["rooms"][0]["members"], 3);
+        assert_eq!(h.hub.rooms_due, None);
     }
 
     #[test]
