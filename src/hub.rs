@@ -47,7 +47,6 @@ const ROOMS_COALESCE: Duration = Duration::from_millis(100);
 
 /// Close codes the hub asks connections to send.
 pub mod close {
-    pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const POLICY: u16 = 1008;
     /// The session was resumed by another connection.
@@ -736,14 +735,16 @@ impl Hub {
         let pending = std::mem::take(&mut self.pending);
         let repeats = std::mem::take(&mut self.pending_repeats);
         self.pending_ids.clear();
-        let batch: Vec<NewMessage> = pending.iter().map(|p| p.message.clone()).collect();
-        let seqs = match self.store.insert_messages(&batch) {
+        let seqs = match self
+            .store
+            .insert_messages(pending.iter().map(|p| &p.message))
+        {
             Ok(seqs) => seqs,
             Err(e) => {
                 if !self.storage_failing {
                     log::error!(
                         "storage: could not store {} message(s): {e}; senders get storage_error",
-                        batch.len()
+                        pending.len()
                     );
                     self.storage_failing = true;
                 }
@@ -766,7 +767,7 @@ impl Hub {
             self.storage_failing = false;
         }
         let mut acks = Vec::with_capacity(pending.len());
-        for (p, &seq) in pending.iter().zip(&seqs) {
+        for (p, seq) in pending.into_iter().zip(seqs) {
             let room = self
                 .rooms
                 .get_mut(&p.room)
@@ -775,9 +776,9 @@ impl Hub {
             let message = ChatMessage {
                 room: room.name.clone(),
                 seq,
-                id: p.message.client_id.clone(),
-                from: p.from.clone(),
-                text: p.message.text.clone(),
+                id: p.message.client_id,
+                from: p.from,
+                text: p.message.text,
                 ts: p.message.ts,
             };
             let ack = ServerFrame::Ack {

@@ -259,9 +259,12 @@ impl Store {
 
     /// Stores a batch in one transaction and returns each message's seq, in
     /// order. Either all of them are durable when this returns Ok, or none.
-    pub fn insert_messages(&mut self, batch: &[NewMessage]) -> rusqlite::Result<Vec<i64>> {
+    pub fn insert_messages<'a>(
+        &mut self,
+        batch: impl IntoIterator<Item = &'a NewMessage>,
+    ) -> rusqlite::Result<Vec<i64>> {
         let tx = self.conn.transaction()?;
-        let mut seqs = Vec::with_capacity(batch.len());
+        let mut seqs = Vec::new();
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO messages (room_id, user_id, client_id, text, ts, received_at)
