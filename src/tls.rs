@@ -116,15 +116,27 @@ impl TlsHalf {
 
 fn flush_records(session: &mut ServerConnection, mut sock: &TcpStream) -> io::Result<()> {
     while session.wants_write() {
-        session.write_tls(&mut sock)?;
+        retry_interrupted(|| session.write_tls(&mut sock))?;
     }
     Ok(())
+}
+
+/// Repeats a socket call that a signal interrupted. Linux fails a blocking
+/// call on a socket with a timeout with EINTR even when the process was
+/// only stopped and continued (signal(7)), and nothing was transferred.
+fn retry_interrupted<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            done => return done,
+        }
+    }
 }
 
 impl Read for Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let half = match self {
-            Conn::Plain(sock) => return sock.read(buf),
+            Conn::Plain(sock) => return retry_interrupted(|| sock.read(buf)),
             Conn::Tls(half) => half,
         };
         if half.raw.is_empty() {
@@ -141,7 +153,7 @@ impl Read for Conn {
                 flush_records(&mut session, &half.sock)?;
             }
             // Wait for ciphertext without holding the session.
-            let n = half.sock.read(&mut half.raw)?;
+            let n = retry_interrupted(|| half.sock.read(&mut half.raw))?;
             let mut session = half.lock();
             let mut incoming = &half.raw[..n];
             loop {
@@ -163,7 +175,7 @@ impl Read for Conn {
 impl Write for Conn {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Conn::Plain(sock) => sock.write(buf),
+            Conn::Plain(sock) => retry_interrupted(|| sock.write(buf)),
             Conn::Tls(half) => {
                 let mut session = half.lock();
                 let n = session.writer().write(buf)?;

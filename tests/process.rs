@@ -275,3 +275,37 @@ fn logging_never_takes_the_server_down_when_its_output_is_gone() {
     assert_eq!(skewed["type"], "ack");
     assert_eq!(alice.say("b", "still here")["type"], "ack");
 }
+
+#[test]
+fn a_server_stopped_and_continued_keeps_its_connections() {
+    // Linux fails blocking calls on sockets with a timeout with EINTR when
+    // the process is stopped and continued (Ctrl+Z then `fg`, a debugger,
+    // a frozen container); a connection must not take that for a break.
+    let dir = TempDir::new("stop-cont");
+    let server = Running::start(&dir.db(), &[]);
+    let mut alice = Client::connect(server.ws);
+    let mut bob = Client::connect(server.ws);
+    alice.hello("alice");
+    bob.hello("bob");
+    alice.join("general");
+    bob.join("general");
+    let signal = |name: &str| {
+        let status = Command::new("kill")
+            .args([name, &server.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    };
+    for _ in 0..3 {
+        signal("-STOP");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        signal("-CONT");
+    }
+    let ack = alice.say("after", "still here");
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let got = bob.wait_for("alice's message", |f| {
+        f["type"] == "message" || f["type"].as_str().is_some_and(|t| t.starts_with("__"))
+    });
+    assert_eq!(got["type"], "message", "{got}");
+    assert_eq!(got["text"], "still here", "{got}");
+}

@@ -24,12 +24,43 @@ fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(16 << 20))
 }
 
+/// A socket whose calls are repeated when a signal interrupts them: Linux
+/// fails a blocking call on a socket with a timeout with EINTR even when the
+/// process was only stopped and continued (signal(7)), and tungstenite
+/// treats that as a broken connection.
+struct Socket(TcpStream);
+
+fn retry_interrupted<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            done => return done,
+        }
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        retry_interrupted(|| self.0.read(buf))
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        retry_interrupted(|| self.0.write(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
 /// The socket as the reading `WebSocket` sees it: writes reach the socket
 /// only during the handshake; afterwards the [`Writer`] sends everything,
 /// and tungstenite's automatic pong replies are dropped here (the reader
 /// sends its own through the writer).
 pub struct ReadHalf {
-    stream: TcpStream,
+    stream: Socket,
     discard_writes: bool,
 }
 
@@ -60,7 +91,7 @@ impl Write for ReadHalf {
 /// The only thing that writes to a connection's socket after the handshake.
 pub struct Writer {
     ctx: WebSocketContext,
-    stream: TcpStream,
+    stream: Socket,
 }
 
 impl Writer {
@@ -93,7 +124,7 @@ pub fn write_text(writer: &SharedWriter, text: String) -> Result<(), String> {
 /// reader blocked on it wakes up.
 pub fn hang_up(writer: &SharedWriter) {
     if let Ok(w) = writer.lock() {
-        let _ = w.stream.shutdown(Shutdown::Both);
+        let _ = w.stream.0.shutdown(Shutdown::Both);
     }
 }
 
@@ -120,7 +151,7 @@ impl Conn {
             .try_clone()
             .map_err(|e| format!("socket clone: {e}"))?;
         let read_half = ReadHalf {
-            stream,
+            stream: Socket(stream),
             discard_writes: false,
         };
         let (mut ws, _) = tungstenite::client::client_with_config(
@@ -132,7 +163,7 @@ impl Conn {
         ws.get_mut().discard_writes = true;
         let writer = Writer {
             ctx: WebSocketContext::new(Role::Client, Some(ws_config())),
-            stream: write_stream,
+            stream: Socket(write_stream),
         };
         Ok(Conn {
             ws,
@@ -143,7 +174,7 @@ impl Conn {
 
     /// Sets how long one read may block (None: forever).
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.ws.get_ref().stream.set_read_timeout(timeout)
+        self.ws.get_ref().stream.0.set_read_timeout(timeout)
     }
 
     /// Reads the next text frame, answering pings on the way. A timeout is
