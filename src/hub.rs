@@ -11,9 +11,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use tungstenite::Utf8Bytes;
 
 use crate::Config;
+use crate::outbox::{Frame, Outbox};
+use crate::post::{self, Mail, Post};
 use crate::protocol::{
     BadRequest, ChatMessage, ClientFrame, Cursor, ErrorCode, Limits, MAX_TEXT_CHARS, PAGE_SIZES,
     Page, PresenceState, Request, RoomInfo, ServerFrame, fold_case, validate_client_id,
@@ -37,11 +38,6 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
 /// Most events handled before the pending sends are committed.
 const MAX_BATCH: usize = 1024;
-/// Frames queued for one connection before it counts as too slow and is
-/// disconnected. The outbox channel itself is unbounded (a bounded crossbeam
-/// channel allocates all its slots up front, about 40 KiB per connection);
-/// the hub, its only sender, enforces this bound.
-pub const OUTBOX_FRAMES: usize = 1024;
 /// Longest a member count change waits to be sent in a room list.
 const ROOMS_COALESCE: Duration = Duration::from_millis(100);
 
@@ -55,14 +51,13 @@ pub mod close {
 
 /// Everything the hub hears about.
 pub enum Event {
-    /// A WebSocket handshake completed. `frames_tx` is the connection's
-    /// outbox (the writer thread receives; the hub keeps it under
-    /// [`OUTBOX_FRAMES`]); `commands_tx` asks the
-    /// writer to close. Dropping both ends the writer.
+    /// A WebSocket handshake completed. `outbox` carries frames to the
+    /// client; `commands_tx` asks the writer thread to close, and dropping
+    /// it ends the writer.
     Connected {
         conn: ConnId,
         peer: SocketAddr,
-        frames_tx: Sender<Utf8Bytes>,
+        outbox: Outbox,
         commands_tx: Sender<Command>,
     },
     /// A well-formed request.
@@ -71,6 +66,9 @@ pub enum Event {
     BadFrame { conn: ConnId, error: BadRequest },
     /// The connection's reader ended: the socket is gone.
     Disconnected { conn: ConnId },
+    /// The post found the connection's outbox full: the client stopped
+    /// reading.
+    TooSlow { conn: ConnId },
     /// Commit what is pending, close every connection with 1001 and exit.
     Shutdown,
 }
@@ -84,7 +82,7 @@ pub enum Command {
 
 struct Conn {
     peer: SocketAddr,
-    frames_tx: Sender<Utf8Bytes>,
+    outbox: Outbox,
     commands_tx: Sender<Command>,
     /// The folded username once a hello succeeded.
     user: Option<String>,
@@ -154,6 +152,10 @@ pub struct Hub {
     storage_failing: bool,
     /// When the room list is due, after a member count changed.
     rooms_due: Option<Instant>,
+    /// What this batch asks of connections, for the post.
+    mail: Vec<Mail>,
+    /// The post thread, while [`Hub::run`] runs.
+    post: Option<Post>,
 }
 
 /// Who a reply goes to and what it echoes.
@@ -194,11 +196,15 @@ impl Hub {
             pending_repeats: Vec::new(),
             storage_failing: false,
             rooms_due: None,
+            mail: Vec::new(),
+            post: None,
         })
     }
 
-    /// Runs until [`Event::Shutdown`] or until every sender is gone.
-    pub fn run(mut self, events_rx: Receiver<Event>) {
+    /// Runs until [`Event::Shutdown`] or until every sender is gone, with
+    /// `post` carrying out each batch's mail; stops it before returning.
+    pub fn run(mut self, events_rx: Receiver<Event>, post: Post) {
+        self.post = Some(post);
         loop {
             // Block until an event arrives or the oldest hello deadline
             // passes; an idle hub sleeps.
@@ -226,18 +232,38 @@ impl Hub {
             self.end_batch();
             if !running {
                 self.close_all(close::GOING_AWAY, "server shutting down");
-                return;
+                break;
             }
         }
         self.end_batch();
+        if let Some(post) = self.post.take() {
+            post.stop();
+        }
     }
 
-    /// After each batch of events: commit the pending sends, then send the
-    /// room list if it is due.
+    /// After each batch of events: commit the pending sends, send the room
+    /// list if it is due, and hand the batch's mail to the post.
     fn end_batch(&mut self) {
         self.commit_pending();
         if self.rooms_due.is_some_and(|due| due <= Instant::now()) {
             self.broadcast_rooms(None);
+        }
+        self.send_mail();
+    }
+
+    fn send_mail(&mut self) {
+        while !self.mail.is_empty() {
+            let mail = std::mem::take(&mut self.mail);
+            match &self.post {
+                Some(post) => post.send(mail),
+                // Without a post thread (tests drive the hub by hand), the
+                // hub delivers itself.
+                None => {
+                    for conn in post::deliver(mail) {
+                        self.handle(Event::TooSlow { conn });
+                    }
+                }
+            }
         }
     }
 
@@ -256,7 +282,7 @@ impl Hub {
             Event::Connected {
                 conn,
                 peer,
-                frames_tx,
+                outbox,
                 commands_tx,
             } => {
                 log::info!("{conn}: connected from {peer}");
@@ -264,7 +290,7 @@ impl Hub {
                     conn,
                     Conn {
                         peer,
-                        frames_tx,
+                        outbox,
                         commands_tx,
                         user: None,
                     },
@@ -286,6 +312,12 @@ impl Hub {
                 self.error(&to, ErrorCode::BadRequest, error.message.clone());
             }
             Event::Disconnected { conn } => self.disconnected(conn),
+            Event::TooSlow { conn } => {
+                if self.conns.contains_key(&conn) {
+                    log::warn!("{conn}: outbox full (client too slow); disconnecting it");
+                    self.drop_conn(conn, close::POLICY, "too far behind; reconnect to catch up");
+                }
+            }
             Event::Shutdown => return false,
         }
         true
@@ -888,9 +920,14 @@ impl Hub {
         let Some(state) = self.conns.remove(&conn) else {
             return;
         };
-        let _ = state.commands_tx.send(Command::Close {
-            code,
-            reason: reason.to_string(),
+        self.mail.push(Mail::Close {
+            conn,
+            outbox: state.outbox,
+            commands_tx: state.commands_tx,
+            command: Command::Close {
+                code,
+                reason: reason.to_string(),
+            },
         });
         if let Some(user) = state.user {
             self.sign_out(&user);
@@ -915,10 +952,15 @@ impl Hub {
     }
 
     fn close_all(&mut self, code: u16, reason: &str) {
-        for (_, state) in self.conns.drain() {
-            let _ = state.commands_tx.send(Command::Close {
-                code,
-                reason: reason.to_string(),
+        for (conn, state) in self.conns.drain() {
+            self.mail.push(Mail::Close {
+                conn,
+                outbox: state.outbox,
+                commands_tx: state.commands_tx,
+                command: Command::Close {
+                    code,
+                    reason: reason.to_string(),
+                },
             });
         }
         self.online.clear();
@@ -966,7 +1008,7 @@ impl Hub {
 
     fn reply(&mut self, to: &To, frame: &ServerFrame) {
         let text = frame.encode(to.req);
-        self.deliver(to.conn, text.into());
+        self.deliver(to.conn, Frame::text(&text));
     }
 
     fn error(&mut self, to: &To, code: ErrorCode, message: impl Into<String>) {
@@ -996,20 +1038,15 @@ impl Hub {
         );
     }
 
-    /// Queues a frame on a connection's outbox. A connection whose outbox is
-    /// full has fallen too far behind: it is closed so it can reconnect and
-    /// catch up, instead of holding everyone else up.
-    fn deliver(&mut self, conn: ConnId, frame: Utf8Bytes) {
-        let Some(state) = self.conns.get(&conn) else {
-            return;
-        };
-        if state.frames_tx.len() >= OUTBOX_FRAMES {
-            log::warn!("{conn}: outbox full (client too slow); disconnecting it");
-            return self.drop_conn(conn, close::POLICY, "too far behind; reconnect to catch up");
+    /// Sends a frame to a connection with the batch's mail. (A connection
+    /// whose outbox is full has fallen too far behind: the post reports it
+    /// and it is closed, so it can reconnect and catch up instead of holding
+    /// everyone else up.)
+    fn deliver(&mut self, conn: ConnId, frame: Frame) {
+        if let Some(state) = self.conns.get(&conn) {
+            self.mail
+                .push(Mail::Frame(conn, state.outbox.clone(), frame));
         }
-        // An error means the writer is gone; its reader reports the
-        // disconnect.
-        let _ = state.frames_tx.send(frame);
     }
 }
 
@@ -1035,8 +1072,8 @@ fn over_limit(
     None
 }
 
-fn encode(frame: &ServerFrame) -> Utf8Bytes {
-    frame.encode(None).into()
+fn encode(frame: &ServerFrame) -> Frame {
+    Frame::text(&frame.encode(None))
 }
 
 #[cfg(test)]
@@ -1050,7 +1087,7 @@ mod tests {
     struct Harness {
         hub: Hub,
         _dir: crate::store::tests::tempdir::TempDir,
-        outboxes: HashMap<u64, Receiver<Utf8Bytes>>,
+        outboxes: HashMap<u64, Outbox>,
     }
 
     impl Harness {
@@ -1068,15 +1105,15 @@ mod tests {
         }
 
         fn connect(&mut self, n: u64) {
-            let (frames_tx, frames_rx) = crossbeam_channel::unbounded();
+            let (outbox, _woken) = Outbox::new(None);
             let (commands_tx, _) = crossbeam_channel::unbounded();
             self.hub.handle(Event::Connected {
                 conn: ConnId(n),
                 peer: "127.0.0.1:1".parse().unwrap(),
-                frames_tx,
+                outbox: outbox.clone(),
                 commands_tx,
             });
-            self.outboxes.insert(n, frames_rx);
+            self.outboxes.insert(n, outbox);
         }
 
         /// Hands a request to the hub without committing, as when more
@@ -1096,10 +1133,13 @@ mod tests {
         }
 
         fn frames(&mut self, n: u64) -> Vec<Value> {
-            self.outboxes[&n]
-                .try_iter()
-                .map(|f| serde_json::from_str(f.as_str()).unwrap())
-                .collect()
+            let outbox = &self.outboxes[&n];
+            let mut frames = Vec::new();
+            while let Some((frame, _)) = outbox.next() {
+                outbox.written();
+                frames.push(serde_json::from_str(frame.payload()).unwrap());
+            }
+            frames
         }
 
         fn sign_in(&mut self, n: u64, name: &str) {
@@ -1115,6 +1155,38 @@ mod tests {
     }
 
     #[test]
+    fn a_client_that_stops_reading_is_dropped_and_the_room_sees_it_leave() {
+        let mut h = Harness::new();
+        h.sign_in(1, "alice");
+        h.sign_in(2, "carol");
+        h.sign_in(3, "bob");
+        h.frames(1);
+        h.frames(2);
+        // Bob reads nothing while the others talk.
+        let per_sender = crate::outbox::OUTBOX_FRAMES / 2 + 1;
+        for n in 0..per_sender {
+            for sender in [1, 2] {
+                h.request(sender, send(&format!("m{n}"), "hello"));
+            }
+            h.frames(1);
+            h.frames(2);
+        }
+        assert!(h.hub.online.contains_key("alice"));
+        assert!(!h.hub.online.contains_key("bob"), "bob is still signed in");
+        assert!(!h.hub.conns.contains_key(&ConnId(3)));
+        // What bob had not read is dropped, not kept.
+        assert_eq!(h.outboxes[&3].queued(), 0);
+        h.request(1, send("after", "still chatting"));
+        let alice = h.frames(1);
+        assert!(
+            alice
+                .iter()
+                .any(|f| f["type"] == "ack" && f["id"] == "after"),
+            "{alice:?}"
+        );
+    }
+
+    #[test]
     fn a_batch_is_acked_only_after_its_commit() {
         let mut h = Harness::new();
         h.sign_in(1, "alice");
@@ -1125,7 +1197,7 @@ mod tests {
         h.queue(1, send("a", "one again"));
         assert!(h.frames(1).is_empty(), "nothing is acked before the commit");
         assert!(h.frames(2).is_empty());
-        h.hub.commit_pending();
+        h.hub.end_batch();
         let alice: Vec<String> = h
             .frames(1)
             .iter()
@@ -1178,7 +1250,7 @@ mod tests {
         for n in 0..3 {
             h.queue(1, send(&format!("full{n}"), &big));
         }
-        h.hub.commit_pending();
+        h.hub.end_batch();
         let frames = h.frames(1);
         assert_eq!(frames.len(), 3, "{frames:?}");
         for f in &frames {

@@ -20,6 +20,8 @@
 pub mod admission;
 pub mod http;
 pub mod hub;
+pub mod outbox;
+mod post;
 pub mod protocol;
 mod random;
 pub mod store;
@@ -135,9 +137,10 @@ pub fn start(config: Config) -> Result<Server, Error> {
     let ws_addr = ws_listener.local_addr()?;
     let http = http::HttpServer::start(&config.http_addr, ws_addr.port(), tls.clone())?;
 
-    // The hub's one inbox: every connection thread holds a sender; the hub
-    // exits on `Event::Shutdown` (or when every sender is gone).
+    // The hub's one inbox: every connection thread and the post hold a
+    // sender; the hub exits on `Event::Shutdown`.
     let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
+    let post = post::Post::start(hub_tx.clone())?;
     let hub = hub::Hub::new(store, &config).map_err(|e| Error::Database {
         path: config.db_path.clone(),
         message: e.to_string(),
@@ -147,7 +150,7 @@ pub fn start(config: Config) -> Result<Server, Error> {
         .spawn(move || {
             // Without its hub Parlor can only refuse everyone: end the
             // process, loudly, so a supervisor restarts it.
-            let run = std::panic::AssertUnwindSafe(|| hub.run(hub_rx));
+            let run = std::panic::AssertUnwindSafe(|| hub.run(hub_rx, post));
             if std::panic::catch_unwind(run).is_err() {
                 log::error!("the hub thread panicked; exiting");
                 std::process::exit(70);

@@ -21,10 +21,11 @@ use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response}
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
-use tungstenite::{Bytes, Message, Utf8Bytes, WebSocket};
+use tungstenite::{Bytes, Message, WebSocket};
 
 use crate::admission::{Admitted, OriginPolicy, SocketLimits, SocketTable};
 use crate::hub::{Command, ConnId, Event};
+use crate::outbox::Outbox;
 use crate::protocol::{BadRequest, MAX_FRAME_BYTES, parse_request};
 use crate::tls::{Conn, TlsConfig, wake_addr};
 
@@ -294,14 +295,21 @@ fn serve(
         return log::warn!("{conn}: socket setup failed: {e}");
     }
 
-    // The outbox: the hub sends, the writer receives. The hub disconnects a
-    // client whose outbox holds hub::OUTBOX_FRAMES shared frames, so one
-    // that stops reading cannot grow it further.
-    let (frames_tx, frames_rx) = crossbeam_channel::unbounded();
+    // The outbox: the hub writes to a plain socket directly while it keeps
+    // up, and the writer thread writes whatever had to wait.
+    let direct = match &write_stream {
+        Conn::Plain(sock) => match sock.try_clone() {
+            Ok(sock) => Some(sock),
+            Err(e) => return log::warn!("{conn}: socket setup failed: {e}"),
+        },
+        Conn::Tls(_) => None,
+    };
+    let (outbox, woken) = Outbox::new(direct);
     // The hub's commands (close with a reason) to the writer.
     let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
     // The reader's requests (pong, ping, echo, close) to the writer.
     let (control_tx, control_rx) = crossbeam_channel::unbounded();
+    let outbox_w = outbox.clone();
     let writer = std::thread::Builder::new()
         .name(format!("conn-{}-tx", conn.0))
         .stack_size(CONN_STACK)
@@ -310,7 +318,8 @@ fn serve(
                 conn,
                 write_stream,
                 config,
-                frames_rx,
+                outbox_w,
+                woken,
                 commands_rx,
                 control_rx,
             )
@@ -323,7 +332,7 @@ fn serve(
             let connected = Event::Connected {
                 conn,
                 peer,
-                frames_tx,
+                outbox,
                 commands_tx,
             };
             if hub_tx.send(connected).is_err() {
@@ -341,7 +350,7 @@ fn serve(
         }
         Handler::Echo => {
             read_loop(conn, &mut ws, &settings.handler, &control_tx);
-            drop((frames_tx, commands_tx));
+            drop((outbox, commands_tx));
         }
     }
 }
@@ -432,12 +441,15 @@ fn read_loop(
     }
 }
 
-/// The only code that writes to a connection's socket once it is open.
+/// The only code that writes to a connection's socket once it is open,
+/// besides the hub's direct sends (see [`Outbox`]): frames that had to
+/// wait, and the connection's control frames.
 fn write_loop(
     conn: ConnId,
     mut stream: Conn,
     config: WebSocketConfig,
-    frames_rx: Receiver<Utf8Bytes>,
+    outbox: Outbox,
+    woken: Receiver<()>,
     commands_rx: Receiver<Command>,
     control_rx: Receiver<Control>,
 ) {
@@ -445,34 +457,39 @@ fn write_loop(
     let result = (|| -> tungstenite::Result<()> {
         loop {
             select! {
-                recv(frames_rx) -> frame => match frame {
-                    Ok(frame) => ctx.write(&mut stream, Message::Text(frame))?,
-                    // The hub forgot this connection; any close it wanted
-                    // was sent on `commands_rx` first.
-                    Err(_) => return close_with(&mut ctx, &mut stream, drain_close(&commands_rx)),
+                // `woken` never disconnects: this thread holds the outbox.
+                recv(woken) -> _ => {}
+                recv(commands_rx) -> command => {
+                    outbox.claim();
+                    let frame = match command {
+                        // The hub has closed the outbox; what it queued
+                        // before goes out first.
+                        Ok(Command::Close { code, reason }) => {
+                            write_queued(&outbox, &mut stream)?;
+                            close_frame(code.into(), &reason)
+                        }
+                        // The hub forgot this connection.
+                        Err(_) => None,
+                    };
+                    return close_with(&mut ctx, &mut stream, frame);
                 },
-                recv(commands_rx) -> command => match command {
-                    Ok(Command::Close { code, reason }) => {
-                        return close_with(&mut ctx, &mut stream, close_frame(code.into(), &reason));
+                recv(control_rx) -> control => {
+                    outbox.claim();
+                    match control {
+                        Ok(Control::Pong(payload)) => ctx.write(&mut stream, Message::Pong(payload))?,
+                        Ok(Control::Ping) => ctx.write(&mut stream, Message::Ping(Bytes::new()))?,
+                        Ok(Control::Echo(message)) => ctx.write(&mut stream, message)?,
+                        Ok(Control::Close(frame)) => return close_with(&mut ctx, &mut stream, frame),
+                        // The reader is gone; the hub forgets it next.
+                        Err(_) => return close_with(&mut ctx, &mut stream, None),
                     }
-                    Err(_) => return close_with(&mut ctx, &mut stream, None),
-                },
-                recv(control_rx) -> control => match control {
-                    Ok(Control::Pong(payload)) => ctx.write(&mut stream, Message::Pong(payload))?,
-                    Ok(Control::Ping) => ctx.write(&mut stream, Message::Ping(Bytes::new()))?,
-                    Ok(Control::Echo(message)) => ctx.write(&mut stream, message)?,
-                    Ok(Control::Close(frame)) => return close_with(&mut ctx, &mut stream, frame),
-                    // The reader is gone; the hub will drop the outbox next.
-                    Err(_) => return close_with(&mut ctx, &mut stream, None),
+                    ctx.flush(&mut stream)?;
                 },
             }
-            // Write whatever else is already queued, then flush once.
-            while let Ok(frame) = frames_rx.try_recv() {
-                ctx.write(&mut stream, Message::Text(frame))?;
-            }
-            ctx.flush(&mut stream)?;
+            write_queued(&outbox, &mut stream)?;
         }
     })();
+    outbox.close(true);
     match result {
         Ok(()) | Err(tungstenite::Error::ConnectionClosed) => {}
         Err(e) => log::debug!("{conn}: write ended: {e}"),
@@ -480,11 +497,14 @@ fn write_loop(
     stream.shutdown(Shutdown::Both);
 }
 
-fn drain_close(commands_rx: &Receiver<Command>) -> Option<CloseFrame> {
-    commands_rx
-        .try_iter()
-        .next()
-        .and_then(|Command::Close { code, reason }| close_frame(code.into(), &reason))
+/// Writes out the outbox's queue, which releases the socket to the hub's
+/// direct sends once it is empty.
+fn write_queued(outbox: &Outbox, stream: &mut Conn) -> io::Result<()> {
+    while let Some((frame, from)) = outbox.next() {
+        stream.write_all(&frame.bytes()[from..])?;
+        outbox.written();
+    }
+    stream.flush()
 }
 
 /// Sends a close frame (when there is one) and half-closes the socket so the

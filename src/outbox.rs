@@ -1,0 +1,384 @@
+//! A connection's outbox: how the hub's frames reach a client's socket.
+//!
+//! A frame is encoded and framed once ([`Frame`]) and shared by all its
+//! recipients. When a plain (non-TLS) socket can take the whole frame at
+//! once, the hub writes it there itself with a non-blocking send: no other
+//! thread wakes up, which is most of the cost of a delivery. Otherwise the
+//! frame waits in the outbox's queue and the connection's writer thread,
+//! woken once, writes the queue out with blocking writes. From the moment a
+//! frame is queued until the queue is empty again, only the writer writes,
+//! so frames leave in the order the hub sent them and never interleave with
+//! the writer's own control frames (pongs, pings, the close).
+//!
+//! The queue is bounded: a client whose queue reaches [`OUTBOX_FRAMES`] has
+//! stopped reading, and the hub disconnects it instead of buffering more.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crossbeam_channel::{Receiver, Sender};
+
+/// Frames queued for one connection before it counts as too slow and is
+/// disconnected.
+pub const OUTBOX_FRAMES: usize = 1024;
+
+/// A complete, unmasked WebSocket text frame (header and payload), shared.
+#[derive(Clone)]
+pub struct Frame(Arc<[u8]>);
+
+impl Frame {
+    /// Frames a text message as one final frame, as a server sends it.
+    pub fn text(payload: &str) -> Frame {
+        let len = payload.len();
+        let mut bytes = Vec::with_capacity(len + 10);
+        bytes.push(0x81); // FIN, opcode 1 (text)
+        if len < 126 {
+            bytes.push(len as u8);
+        } else if let Ok(short) = u16::try_from(len) {
+            bytes.push(126);
+            bytes.extend_from_slice(&short.to_be_bytes());
+        } else {
+            bytes.push(127);
+            bytes.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        bytes.extend_from_slice(payload.as_bytes());
+        Frame(bytes.into())
+    }
+
+    /// The whole frame as it goes on the wire.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The text it carries.
+    pub fn payload(&self) -> &str {
+        let start = match self.0[1] {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        std::str::from_utf8(&self.0[start..]).expect("BUG: a frame is made from a str")
+    }
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Frame").field(&self.payload()).finish()
+    }
+}
+
+/// The queue is full: the client stopped reading.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Full;
+
+/// The hub's handle on a connection's outbox; the writer thread holds
+/// another (see [`Outbox::new`]).
+#[derive(Clone)]
+pub struct Outbox(Arc<Shared>);
+
+struct Shared {
+    state: Mutex<State>,
+    /// Where the hub writes directly; `None` (TLS, tests) queues everything.
+    direct: Option<TcpStream>,
+    /// Wakes the writer: one token at most, so wake-ups coalesce.
+    wake: Sender<()>,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Frame>,
+    /// Bytes of the queue's first frame already on the socket.
+    written: usize,
+    /// The writer thread is writing; everyone else queues.
+    writer_busy: bool,
+    /// Nothing more is accepted (the connection is being closed or broke).
+    closed: bool,
+}
+
+impl Outbox {
+    /// An outbox for a connection, and the receiver that wakes its writer
+    /// thread when there is something to write. `direct` is a clone of a
+    /// plain socket the hub may write to without blocking.
+    pub fn new(direct: Option<TcpStream>) -> (Outbox, Receiver<()>) {
+        let (wake, woken) = crossbeam_channel::bounded(1);
+        let shared = Shared {
+            state: Mutex::new(State::default()),
+            direct,
+            wake,
+        };
+        (Outbox(Arc::new(shared)), woken)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.0
+            .state
+            .lock()
+            .expect("BUG: no thread panics while holding an outbox")
+    }
+
+    fn wake_writer(&self) {
+        let _ = self.0.wake.try_send(());
+    }
+
+    /// Sends frames in order: at once, in one call, as far as the socket
+    /// takes them, and the rest through the queue. Never blocks. `Err(Full)`
+    /// means the client has fallen too far behind; what did not go out at
+    /// once was not queued.
+    pub fn push(&self, frames: &[Frame]) -> Result<(), Full> {
+        let mut state = self.lock();
+        if state.closed || frames.is_empty() {
+            return Ok(());
+        }
+        let mut rest = frames;
+        if state.queue.is_empty()
+            && !state.writer_busy
+            && let Some(sock) = &self.0.direct
+        {
+            // The socket takes whole frames until it is full (or until a
+            // frame went out in part, which means the same).
+            loop {
+                let mut sent = match send_now(sock, rest) {
+                    Ok(0) => break,
+                    Ok(sent) => sent,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        // The socket is broken; its reader reports the end.
+                        log::debug!("outbox: direct send failed: {e}");
+                        state.closed = true;
+                        return Ok(());
+                    }
+                };
+                while let Some(first) = rest.first()
+                    && sent >= first.bytes().len()
+                {
+                    sent -= first.bytes().len();
+                    rest = &rest[1..];
+                }
+                if rest.is_empty() {
+                    return Ok(());
+                }
+                if sent > 0 {
+                    state.written = sent;
+                    break;
+                }
+            }
+        }
+        if state.queue.len() + rest.len() > OUTBOX_FRAMES {
+            return Err(Full);
+        }
+        state.queue.extend(rest.iter().cloned());
+        drop(state);
+        self.wake_writer();
+        Ok(())
+    }
+
+    /// Accepts nothing more; with `discard`, also drops what is queued (a
+    /// client that stopped reading will not get it anyway).
+    pub fn close(&self, discard: bool) {
+        let mut state = self.lock();
+        state.closed = true;
+        if discard {
+            state.queue.clear();
+            state.written = 0;
+        }
+    }
+
+    /// Frames queued and not yet fully written.
+    pub fn queued(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// Writer thread: takes the socket for itself. Until [`Outbox::release`]
+    /// the hub only queues, so the writer may write at will.
+    pub fn claim(&self) {
+        self.lock().writer_busy = true;
+    }
+
+    /// Writer thread: the next queued bytes to write (the rest of the first
+    /// frame), claiming the socket; `None` when the queue is empty, which
+    /// releases the socket.
+    pub fn next(&self) -> Option<(Frame, usize)> {
+        let mut state = self.lock();
+        let next = state.queue.front().map(|f| (f.clone(), state.written));
+        state.writer_busy = next.is_some();
+        next
+    }
+
+    /// Writer thread: the frame [`Outbox::next`] returned is on the socket.
+    pub fn written(&self) {
+        let mut state = self.lock();
+        // A discarding close may have emptied the queue meanwhile.
+        if state.queue.pop_front().is_some() {
+            state.written = 0;
+        }
+    }
+}
+
+/// Frames written by one send at most.
+const SEND_FRAMES: usize = 64;
+
+/// One non-blocking send of as much of `frames` as the socket takes now.
+/// (A flag on this one call: setting the socket non-blocking would also
+/// make its reader's blocking reads fail, as clones share that flag.)
+fn send_now(sock: &TcpStream, frames: &[Frame]) -> io::Result<usize> {
+    let sock = socket2::SockRef::from(sock);
+    let slices: Vec<IoSlice<'_>> = frames
+        .iter()
+        .take(SEND_FRAMES)
+        .map(|f| IoSlice::new(f.bytes()))
+        .collect();
+    loop {
+        match sock.send_vectored_with_flags(&slices, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            done => return done,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Cursor, Read};
+    use std::net::TcpListener;
+    use tungstenite::protocol::{Role, WebSocket};
+
+    /// A connected pair of loopback sockets: (ours, the peer's).
+    fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        (ours, peer)
+    }
+
+    /// What a client reads from these bytes, by tungstenite.
+    fn read_as_client(bytes: Vec<u8>) -> Vec<String> {
+        let mut ws = WebSocket::from_raw_socket(Cursor::new(bytes), Role::Client, None);
+        let mut texts = Vec::new();
+        while let Ok(message) = ws.read() {
+            texts.push(message.into_text().unwrap().to_string());
+        }
+        texts
+    }
+
+    #[test]
+    fn frames_of_every_length_class_read_back_as_sent() {
+        for len in [0, 1, 125, 126, 127, 65_535, 65_536, 200_000] {
+            let text: String = "é".repeat(len / 2) + &"x".repeat(len % 2);
+            let frame = Frame::text(&text);
+            assert_eq!(frame.payload(), text);
+            assert_eq!(read_as_client(frame.bytes().to_vec()), vec![text]);
+        }
+    }
+
+    #[test]
+    fn a_socket_with_room_gets_the_frame_at_once_without_waking_the_writer() {
+        let (ours, mut peer) = socket_pair();
+        let (outbox, woken) = Outbox::new(Some(ours));
+        let frame = Frame::text(r#"{"type":"pong"}"#);
+        outbox.push(std::slice::from_ref(&frame)).unwrap();
+        assert_eq!(outbox.queued(), 0);
+        assert!(woken.try_recv().is_err(), "the writer was woken");
+        let mut got = vec![0; frame.bytes().len()];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(got, frame.bytes());
+    }
+
+    #[test]
+    fn frames_pushed_together_leave_together_in_order() {
+        let (ours, mut peer) = socket_pair();
+        let (outbox, woken) = Outbox::new(Some(ours));
+        let frames: Vec<Frame> = ["ack", "message", &"x".repeat(70_000)]
+            .iter()
+            .map(|t| Frame::text(t))
+            .collect();
+        outbox.push(&frames).unwrap();
+        assert_eq!(outbox.queued(), 0);
+        assert!(woken.try_recv().is_err(), "the writer was woken");
+        let total: usize = frames.iter().map(|f| f.bytes().len()).sum();
+        let mut got = vec![0; total];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(read_as_client(got), ["ack", "message", &"x".repeat(70_000)]);
+    }
+
+    #[test]
+    fn a_burst_larger_than_one_send_call_goes_out_at_once_while_the_socket_has_room() {
+        let (ours, _peer) = socket_pair();
+        let (outbox, _woken) = Outbox::new(Some(ours));
+        let burst: Vec<Frame> = (0..OUTBOX_FRAMES * 2)
+            .map(|i| Frame::text(&format!("frame {i}")))
+            .collect();
+        outbox.push(&burst).unwrap();
+        assert_eq!(outbox.queued(), 0);
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_fills_the_queue_in_order_then_is_full() {
+        let (ours, peer) = socket_pair();
+        let (outbox, woken) = Outbox::new(Some(ours));
+        let frame = |i: usize| Frame::text(&format!("{i:08}").repeat(512));
+        let mut pushed = 0;
+        let full = loop {
+            match outbox.push(&[frame(pushed)]) {
+                Ok(()) => pushed += 1,
+                Err(full) => break full,
+            }
+        };
+        assert_eq!(full, Full);
+        assert_eq!(outbox.queued(), OUTBOX_FRAMES);
+        assert!(woken.try_recv().is_ok(), "the writer was not woken");
+        assert!(pushed > OUTBOX_FRAMES, "the socket took nothing at once");
+
+        // The writer's turn: the rest of the first queued frame, then the
+        // others; while it holds the socket, new frames queue behind.
+        let first_queued = pushed - OUTBOX_FRAMES;
+        let (next, from) = outbox.next().unwrap();
+        assert_eq!(next.bytes(), frame(first_queued).bytes());
+        assert!(from < next.bytes().len());
+        outbox.written();
+        let (next, from) = outbox.next().unwrap();
+        assert_eq!(next.bytes(), frame(first_queued + 1).bytes());
+        assert_eq!(from, 0);
+        drop(peer);
+    }
+
+    #[test]
+    fn while_the_writer_holds_the_socket_the_hub_queues_and_order_is_kept() {
+        let (ours, mut peer) = socket_pair();
+        let (outbox, woken) = Outbox::new(Some(ours));
+        outbox.claim();
+        let a = Frame::text("a");
+        let b = Frame::text("b");
+        outbox.push(&[a]).unwrap();
+        outbox.push(&[b]).unwrap();
+        assert_eq!(outbox.queued(), 2);
+        assert!(woken.try_recv().is_ok());
+        let mut written = Vec::new();
+        while let Some((frame, from)) = outbox.next() {
+            written.extend_from_slice(&frame.bytes()[from..]);
+            outbox.written();
+        }
+        // The queue is empty: the socket is the hub's again.
+        let c = Frame::text("c");
+        outbox.push(std::slice::from_ref(&c)).unwrap();
+        assert_eq!(outbox.queued(), 0);
+        written.extend_from_slice(c.bytes());
+        let mut got = vec![0; c.bytes().len()];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(read_as_client(written), ["a", "b", "c"]);
+        assert_eq!(got, c.bytes());
+    }
+
+    #[test]
+    fn a_closed_outbox_takes_nothing_and_a_discarding_close_drops_the_queue() {
+        let (outbox, _woken) = Outbox::new(None);
+        outbox.push(&[Frame::text("kept")]).unwrap();
+        outbox.close(false);
+        outbox.push(&[Frame::text("after close")]).unwrap();
+        assert_eq!(outbox.queued(), 1);
+        outbox.close(true);
+        assert_eq!(outbox.queued(), 0);
+        assert!(outbox.next().is_none());
+    }
+}
