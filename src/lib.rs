@@ -6,14 +6,17 @@
 //! - [`store`]: the only user of SQLite — opening the file, schema, typed queries.
 //! - [`hub`]: the one thread that owns the store, rooms, presence, sessions and rate limits.
 //! - [`ws`]: the WebSocket listener and each connection's reader and writer threads.
+//! - [`outbox`]: how frames reach a connection's socket (at once, or queued for its writer).
+//! - `post`: the thread that carries out the hub's frames and closes for each batch.
 //! - [`admission`]: who may open a WebSocket (Origin allowlist, socket caps).
 //! - [`http`]: tiny_http serving the embedded page and `/healthz`, behind a bounded front.
 //! - [`tls`]: rustls sessions shared by a connection's two threads.
 //! - `random`: session tokens and CSP nonces from the operating system's generator.
 //!
-//! Threads talk only through crossbeam channels: connections send [`hub::Event`]s
-//! to the hub, the hub sends encoded frames back through each connection's
-//! bounded outbox. Nothing shares chat state behind a lock.
+//! Threads talk through crossbeam channels: connections send [`hub::Event`]s
+//! to the hub; the hub hands each batch's encoded frames to the post, which
+//! puts them in each connection's bounded [`outbox::Outbox`]. Nothing shares
+//! chat state behind a lock (an outbox's lock guards only its socket queue).
 
 #![forbid(unsafe_code)]
 
@@ -164,6 +167,7 @@ pub fn start(config: Config) -> Result<Server, Error> {
             .unwrap_or(config.max_users * 2 + 8),
         handshaking: 64,
     };
+    warn_if_few_files(limits.total);
     let ws = ws::Listener::start(
         ws_listener,
         ws::Settings::chat(hub_tx.clone(), tls, origins, limits),
@@ -187,6 +191,43 @@ pub fn start(config: Config) -> Result<Server, Error> {
         hub_tx,
         hub_thread,
     })
+}
+
+/// File descriptors one plain WebSocket connection holds (the reader's
+/// socket, the writer's clone, the outbox's clone).
+const FILES_PER_CONNECTION: u64 = 3;
+
+/// Logs a warning when the open-file limit cannot hold `connections`
+/// WebSockets (plus the page's 64 connections and the database), since
+/// accepting then fails at run time. Linux only; elsewhere it says nothing.
+fn warn_if_few_files(connections: usize) {
+    let Some(soft) = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| open_files_limit(&limits))
+    else {
+        return;
+    };
+    let needed = connections as u64 * FILES_PER_CONNECTION + 2 * 64 + 32;
+    if soft < needed {
+        log::warn!(
+            "the open-file limit is {soft}, but {connections} WebSockets need about {needed}; \
+             raise it (ulimit -n {needed}, or LimitNOFILE={needed} under systemd) \
+             or lower --max-connections"
+        );
+    }
+}
+
+/// The soft "Max open files" limit from the text of `/proc/self/limits`.
+fn open_files_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?;
+    match soft {
+        "unlimited" => Some(u64::MAX),
+        n => n.parse().ok(),
+    }
 }
 
 /// Starts a WebSocket server that echoes every message back through Parlor's
@@ -256,4 +297,19 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_open_file_limit_is_read_from_proc_limits() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             94621                94621                processes \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(super::open_files_limit(limits), Some(1024));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(super::open_files_limit(unlimited), Some(u64::MAX));
+        assert_eq!(super::open_files_limit("Max processes 5 5\n"), None);
+    }
 }

@@ -5,8 +5,10 @@
 //! on one thread while written on another. Each connection therefore has two:
 //! the reader owns a `WebSocket` over [`ReadHalf`], whose writes go nowhere,
 //! and forwards pings and closes to the writer; the writer owns a server-role
-//! `WebSocketContext` over a clone of the socket and is the only thread that
-//! ever writes to it. The hub reaches a connection only through its channels.
+//! `WebSocketContext` over a clone of the socket for its control frames. The
+//! hub's frames arrive through the connection's [`Outbox`], which sends them
+//! at once while the socket takes them and otherwise queues them for the
+//! writer; only one of the two writes at any time.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
