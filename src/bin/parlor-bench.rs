@@ -82,6 +82,8 @@ SWEEP:
   --refine K            bisect between the last pass and the first fail K
                         times (default 2)
   --p99-limit MS        delivery p99 that still passes (default 50)
+  --retries N           run a step that failed on latency alone (nothing
+                        lost) again up to N times (default 1)
 
 HISTORY:
   --messages N          messages in the big room (default 1000000)
@@ -147,6 +149,7 @@ struct Options {
     factor: f64,
     max_rate: f64,
     refine: u32,
+    retries: u32,
     p99_limit: f64,
     messages: usize,
     catch_up: usize,
@@ -184,6 +187,7 @@ fn parse_args(args: Vec<String>) -> Result<Option<Options>, String> {
         factor: if quick { 2.0 } else { 1.5 },
         max_rate: if quick { 40.0 } else { 100_000.0 },
         refine: if quick { 0 } else { 2 },
+        retries: if quick { 0 } else { 1 },
         p99_limit: 50.0,
         messages: if quick { 20_000 } else { 1_000_000 },
         catch_up: if quick { 1_000 } else { 10_000 },
@@ -240,6 +244,7 @@ fn parse_args(args: Vec<String>) -> Result<Option<Options>, String> {
             "--factor" => o.factor = positive(&flag, &value()?)?,
             "--max-rate" => o.max_rate = positive(&flag, &value()?)?,
             "--refine" => o.refine = value()?.parse().map_err(|_| format!("{flag}: a number"))?,
+            "--retries" => o.retries = value()?.parse().map_err(|_| format!("{flag}: a number"))?,
             "--p99-limit" => o.p99_limit = positive(&flag, &value()?)?,
             "--messages" => o.messages = number(&flag, &value()?)?,
             "--catch-up" => o.catch_up = number(&flag, &value()?)?,
@@ -509,24 +514,37 @@ fn sweep(options: &Options, pinned: bool) -> Result<(&'static str, Value), Strin
         let mut steps = Vec::new();
         let mut best: Option<StepResult> = None;
         let mut failed_at: Option<f64> = None;
+        // A step that fails on latency alone is run again (`--retries`),
+        // so one stall of the machine does not end the sweep; a loss is
+        // never retried.
         let mut run = |rate: f64, session: &mut Session| -> Result<bool, String> {
-            let r = session.fleet.step(
-                rate,
-                step_time,
-                drain(options, 2.0),
-                session.process.as_ref(),
-            )?;
-            let pass = r.passes(options.p99_limit);
-            report::print_sweep_step(&r, pass);
-            let mut j = r.to_json();
-            j["pass"] = json!(pass);
-            steps.push(j);
-            if pass && best.as_ref().is_none_or(|b| b.rate < r.rate) {
-                best = Some(r);
+            for attempt in 0..=options.retries {
+                let r = session.fleet.step(
+                    rate,
+                    step_time,
+                    drain(options, 2.0),
+                    session.process.as_ref(),
+                )?;
+                let pass = r.passes(options.p99_limit);
+                report::print_sweep_step(&r, pass);
+                let mut j = r.to_json();
+                j["pass"] = json!(pass);
+                j["attempt"] = json!(attempt + 1);
+                steps.push(j);
+                let lost = r.lost > 0;
+                if pass && best.as_ref().is_none_or(|b| b.rate < r.rate) {
+                    best = Some(r);
+                }
+                // Let queues empty before the next step.
+                std::thread::sleep(Duration::from_millis(300));
+                if pass {
+                    return Ok(true);
+                }
+                if lost {
+                    break;
+                }
             }
-            // Let queues empty before the next step.
-            std::thread::sleep(Duration::from_millis(300));
-            Ok(pass)
+            Ok(false)
         };
         let mut rate = options.from;
         while rate <= options.max_rate {
