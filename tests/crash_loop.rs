@@ -22,7 +22,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{TempDir, now_ms};
+use support::{Retry, TempDir, now_ms};
 use tungstenite::{Message, WebSocket};
 
 const BIN: &str = env!("CARGO_BIN_EXE_parlor");
@@ -145,18 +145,18 @@ impl Drop for Running {
 
 /// Opens a WebSocket. Each read may wait up to 10 s, the handshake's
 /// included: a machine busy with other tests can be slow to answer.
-fn connect(addr: SocketAddr) -> WebSocket<TcpStream> {
+fn connect(addr: SocketAddr) -> WebSocket<Retry<TcpStream>> {
     let stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("set timeout");
-    let (ws, _) = tungstenite::client(format!("ws://{addr}/"), stream).expect("handshake");
+    let (ws, _) = tungstenite::client(format!("ws://{addr}/"), Retry(stream)).expect("handshake");
     ws
 }
 
 /// Sends `frame` and returns the reply that echoes its `req`, passing over
 /// broadcasts.
-fn request(ws: &mut WebSocket<TcpStream>, mut frame: Value) -> Value {
+fn request(ws: &mut WebSocket<Retry<TcpStream>>, mut frame: Value) -> Value {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let req = format!("q{}", NEXT.fetch_add(1, Ordering::Relaxed));
     frame["req"] = json!(req);
@@ -201,6 +201,7 @@ fn write_burst(
     let joined = request(&mut ws, json!({"type": "join", "room": "general"}));
     assert_eq!(joined["type"], "joined", "{joined}");
     ws.get_mut()
+        .0
         .set_read_timeout(Some(Duration::from_millis(2)))
         .expect("set timeout");
 

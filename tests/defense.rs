@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Client, TestServer, now_ms};
+use support::{Client, Retry, TestServer, now_ms};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -107,7 +107,7 @@ fn slow_http_clients_cannot_hold_the_page_hostage() {
         .set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
     let mut buf = [0u8; 256];
-    let closed = match stalled.read(&mut buf) {
+    let closed = match Retry(stalled).read(&mut buf) {
         Ok(_) => true,
         Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
     };

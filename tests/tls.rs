@@ -12,10 +12,10 @@ use std::time::Duration;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use serde_json::{Value, json};
-use support::{TempDir, TestServer};
+use support::{Retry, TempDir, TestServer};
 use tungstenite::{Message, WebSocket};
 
-type TlsStream = StreamOwned<ClientConnection, TcpStream>;
+type TlsStream = StreamOwned<ClientConnection, Retry<TcpStream>>;
 
 struct Secure {
     server: TestServer,
@@ -50,7 +50,10 @@ fn tls_connect(config: &Arc<ClientConfig>, addr: std::net::SocketAddr) -> TlsStr
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let name = ServerName::try_from("localhost").unwrap();
-    StreamOwned::new(ClientConnection::new(config.clone(), name).unwrap(), sock)
+    StreamOwned::new(
+        ClientConnection::new(config.clone(), name).unwrap(),
+        Retry(sock),
+    )
 }
 
 fn ws_connect(secure: &Secure) -> WebSocket<TlsStream> {

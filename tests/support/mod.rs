@@ -11,6 +11,36 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket};
 
+/// A stream whose calls are repeated when a signal interrupts them: Linux
+/// fails a blocking call on a socket with a timeout with EINTR when the
+/// process is stopped and continued, which is no reason to fail a test.
+pub struct Retry<S>(pub S);
+
+fn retry<T>(mut call: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    loop {
+        match call() {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            done => return done,
+        }
+    }
+}
+
+impl<S: std::io::Read> std::io::Read for Retry<S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        retry(|| self.0.read(buf))
+    }
+}
+
+impl<S: std::io::Write> std::io::Write for Retry<S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        retry(|| self.0.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        retry(|| self.0.flush())
+    }
+}
+
 /// How long a test waits for a frame before failing.
 pub const WAIT: Duration = Duration::from_secs(10);
 
