@@ -2,12 +2,13 @@
 //!
 //! A frame is encoded and framed once ([`Frame`]) and shared by all its
 //! recipients. When a plain (non-TLS) socket can take the whole frame at
-//! once, the hub writes it there itself with a non-blocking send: no other
+//! once, the post thread (which carries out the hub's mail, see `post`)
+//! writes it there itself with a non-blocking send: no other
 //! thread wakes up, which is most of the cost of a delivery. Otherwise the
 //! frame waits in the outbox's queue and the connection's writer thread,
 //! woken once, writes the queue out with blocking writes. From the moment a
 //! frame is queued until the queue is empty again, only the writer writes,
-//! so frames leave in the order the hub sent them and never interleave with
+//! so frames leave in the order they were pushed and never interleave with
 //! the writer's own control frames (pongs, pings, the close).
 //!
 //! The queue is bounded: a client whose queue reaches [`OUTBOX_FRAMES`] has
@@ -73,14 +74,15 @@ impl std::fmt::Debug for Frame {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Full;
 
-/// The hub's handle on a connection's outbox; the writer thread holds
-/// another (see [`Outbox::new`]).
+/// A handle on a connection's outbox: the hub holds one (the post pushes
+/// through it), the connection's writer thread another (see
+/// [`Outbox::new`]).
 #[derive(Clone)]
 pub struct Outbox(Arc<Shared>);
 
 struct Shared {
     state: Mutex<State>,
-    /// Where the hub writes directly; `None` (TLS, tests) queues everything.
+    /// Where pushes write directly; `None` (TLS, tests) queues everything.
     direct: Option<TcpStream>,
     /// Wakes the writer: one token at most, so wake-ups coalesce.
     wake: Sender<()>,
@@ -100,7 +102,7 @@ struct State {
 impl Outbox {
     /// An outbox for a connection, and the receiver that wakes its writer
     /// thread when there is something to write. `direct` is a clone of a
-    /// plain socket the hub may write to without blocking.
+    /// plain socket that pushes may write to without blocking.
     pub fn new(direct: Option<TcpStream>) -> (Outbox, Receiver<()>) {
         let (wake, woken) = crossbeam_channel::bounded(1);
         let shared = Shared {
@@ -191,7 +193,7 @@ impl Outbox {
     }
 
     /// Writer thread: takes the socket for itself. Until [`Outbox::release`]
-    /// the hub only queues, so the writer may write at will.
+    /// pushes only queue, so the writer may write at will.
     pub fn claim(&self) {
         self.lock().writer_busy = true;
     }
@@ -344,7 +346,7 @@ mod tests {
     }
 
     #[test]
-    fn while_the_writer_holds_the_socket_the_hub_queues_and_order_is_kept() {
+    fn while_the_writer_holds_the_socket_pushes_queue_and_order_is_kept() {
         let (ours, mut peer) = socket_pair();
         let (outbox, woken) = Outbox::new(Some(ours));
         outbox.claim();
@@ -359,7 +361,7 @@ mod tests {
             written.extend_from_slice(&frame.bytes()[from..]);
             outbox.written();
         }
-        // The queue is empty: the socket is the hub's again.
+        // The queue is empty: pushes write directly again.
         let c = Frame::text("c");
         outbox.push(std::slice::from_ref(&c)).unwrap();
         assert_eq!(outbox.queued(), 0);

@@ -444,7 +444,7 @@ fn read_loop(
 }
 
 /// The only code that writes to a connection's socket once it is open,
-/// besides the hub's direct sends (see [`Outbox`]): frames that had to
+/// besides the post's direct sends (see [`Outbox`]): frames that had to
 /// wait, and the connection's control frames.
 fn write_loop(
     conn: ConnId,
