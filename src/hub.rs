@@ -201,8 +201,9 @@ impl Hub {
         })
     }
 
-    /// Runs until [`Event::Shutdown`] or until every sender is gone, with
-    /// `post` carrying out each batch's mail; stops it before returning.
+    /// Runs until [`Event::Shutdown`], with `post` carrying out each batch's
+    /// mail; stops it before returning. (The post holds a sender of
+    /// `events_rx`, so the channel stays open while the hub runs.)
     pub fn run(mut self, events_rx: Receiver<Event>, post: Post) {
         self.post = Some(post);
         loop {
@@ -1135,7 +1136,7 @@ mod tests {
         fn frames(&mut self, n: u64) -> Vec<Value> {
             let outbox = &self.outboxes[&n];
             let mut frames = Vec::new();
-            while let Some((frame, _)) = outbox.next() {
+            while let Some((frame, _)) = outbox.next(false) {
                 outbox.written();
                 frames.push(serde_json::from_str(frame.payload()).unwrap());
             }

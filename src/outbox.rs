@@ -126,12 +126,18 @@ impl Outbox {
 
     /// Sends frames in order: at once, in one call, as far as the socket
     /// takes them, and the rest through the queue. Never blocks. `Err(Full)`
-    /// means the client has fallen too far behind; what did not go out at
-    /// once was not queued.
+    /// means the client has fallen too far behind: its queue already held
+    /// frames and these would take it past [`OUTBOX_FRAMES`]; none of them
+    /// was sent or queued. (A push onto an empty queue is always taken: the
+    /// client had kept up, and one push is one batch for one connection.)
     pub fn push(&self, frames: &[Frame]) -> Result<(), Full> {
         let mut state = self.lock();
         if state.closed || frames.is_empty() {
             return Ok(());
+        }
+        let backlog = state.queue.len();
+        if backlog > 0 && backlog + frames.len() > OUTBOX_FRAMES {
+            return Err(Full);
         }
         let mut rest = frames;
         if state.queue.is_empty()
@@ -146,9 +152,12 @@ impl Outbox {
                     Ok(sent) => sent,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => {
-                        // The socket is broken; its reader reports the end.
+                        // The socket is broken (or the system out of
+                        // buffers): end it, so that its reader reports the
+                        // end and the hub forgets the connection.
                         log::debug!("outbox: direct send failed: {e}");
                         state.closed = true;
+                        let _ = sock.shutdown(std::net::Shutdown::Both);
                         return Ok(());
                     }
                 };
@@ -167,9 +176,6 @@ impl Outbox {
                 }
             }
         }
-        if state.queue.len() + rest.len() > OUTBOX_FRAMES {
-            return Err(Full);
-        }
         state.queue.extend(rest.iter().cloned());
         drop(state);
         self.wake_writer();
@@ -177,13 +183,15 @@ impl Outbox {
     }
 
     /// Accepts nothing more; with `discard`, also drops what is queued (a
-    /// client that stopped reading will not get it anyway).
+    /// client that stopped reading will not get it anyway), except the rest
+    /// of a frame already partly sent: the close frame must not land inside
+    /// it.
     pub fn close(&self, discard: bool) {
         let mut state = self.lock();
         state.closed = true;
         if discard {
-            state.queue.clear();
-            state.written = 0;
+            let keep = usize::from(state.written > 0);
+            state.queue.truncate(keep);
         }
     }
 
@@ -200,11 +208,11 @@ impl Outbox {
 
     /// Writer thread: the next queued bytes to write (the rest of the first
     /// frame), claiming the socket; `None` when the queue is empty, which
-    /// releases the socket.
-    pub fn next(&self) -> Option<(Frame, usize)> {
+    /// releases the socket unless `keep_claim`.
+    pub fn next(&self, keep_claim: bool) -> Option<(Frame, usize)> {
         let mut state = self.lock();
         let next = state.queue.front().map(|f| (f.clone(), state.written));
-        state.writer_busy = next.is_some();
+        state.writer_busy = next.is_some() || keep_claim;
         next
     }
 
@@ -335,11 +343,11 @@ mod tests {
         // The writer's turn: the rest of the first queued frame, then the
         // others; while it holds the socket, new frames queue behind.
         let first_queued = pushed - OUTBOX_FRAMES;
-        let (next, from) = outbox.next().unwrap();
+        let (next, from) = outbox.next(false).unwrap();
         assert_eq!(next.bytes(), frame(first_queued).bytes());
         assert!(from < next.bytes().len());
         outbox.written();
-        let (next, from) = outbox.next().unwrap();
+        let (next, from) = outbox.next(false).unwrap();
         assert_eq!(next.bytes(), frame(first_queued + 1).bytes());
         assert_eq!(from, 0);
         drop(peer);
@@ -357,7 +365,7 @@ mod tests {
         assert_eq!(outbox.queued(), 2);
         assert!(woken.try_recv().is_ok());
         let mut written = Vec::new();
-        while let Some((frame, from)) = outbox.next() {
+        while let Some((frame, from)) = outbox.next(false) {
             written.extend_from_slice(&frame.bytes()[from..]);
             outbox.written();
         }
@@ -372,6 +380,69 @@ mod tests {
         assert_eq!(got, c.bytes());
     }
 
+    /// A pair whose sending side takes little before it is full.
+    fn small_socket_pair() -> (TcpStream, TcpStream) {
+        let (ours, peer) = socket_pair();
+        socket2::SockRef::from(&ours)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        socket2::SockRef::from(&peer)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        (ours, peer)
+    }
+
+    #[test]
+    fn a_frame_begun_by_a_direct_send_is_finished_before_anything_else() {
+        let (ours, peer) = small_socket_pair();
+        let (outbox, _woken) = Outbox::new(Some(ours));
+        let big = Frame::text(&"b".repeat(1 << 20));
+        outbox.push(std::slice::from_ref(&big)).unwrap();
+        assert_eq!(outbox.queued(), 1, "the socket took the whole frame");
+        // The writer claims the socket for a control frame: first it must
+        // write the rest of the frame begun, and keep the socket after.
+        outbox.claim();
+        let (frame, from) = outbox.next(true).unwrap();
+        assert!(from > 0, "nothing of the frame went out directly");
+        assert_eq!(frame.bytes(), big.bytes());
+        outbox.written();
+        assert!(outbox.next(true).is_none());
+        // Still claimed: a push now queues instead of writing directly.
+        outbox.push(&[Frame::text("after")]).unwrap();
+        assert_eq!(outbox.queued(), 1);
+        // A discarding close keeps nothing but a frame begun.
+        outbox.close(true);
+        assert_eq!(outbox.queued(), 0);
+        drop(peer);
+    }
+
+    #[test]
+    fn a_discarding_close_keeps_the_rest_of_a_frame_begun() {
+        let (ours, _peer) = small_socket_pair();
+        let (outbox, _woken) = Outbox::new(Some(ours));
+        outbox.push(&[Frame::text(&"b".repeat(1 << 20))]).unwrap();
+        outbox.push(&[Frame::text("queued behind")]).unwrap();
+        assert_eq!(outbox.queued(), 2);
+        outbox.close(true);
+        assert_eq!(outbox.queued(), 1);
+        let (_, from) = outbox.next(false).unwrap();
+        assert!(from > 0);
+    }
+
+    #[test]
+    fn a_burst_onto_an_empty_queue_is_taken_whole_even_past_the_bound() {
+        let (ours, _peer) = small_socket_pair();
+        let (outbox, _woken) = Outbox::new(Some(ours));
+        let burst: Vec<Frame> = (0..OUTBOX_FRAMES + 100)
+            .map(|i| Frame::text(&format!("{i:01000}")))
+            .collect();
+        outbox.push(&burst).unwrap();
+        let queued = outbox.queued();
+        assert!(queued > OUTBOX_FRAMES, "only {queued} queued");
+        // With that backlog, the next push is refused.
+        assert_eq!(outbox.push(&[Frame::text("one more")]), Err(Full));
+    }
+
     #[test]
     fn a_closed_outbox_takes_nothing_and_a_discarding_close_drops_the_queue() {
         let (outbox, _woken) = Outbox::new(None);
@@ -381,6 +452,6 @@ mod tests {
         assert_eq!(outbox.queued(), 1);
         outbox.close(true);
         assert_eq!(outbox.queued(), 0);
-        assert!(outbox.next().is_none());
+        assert!(outbox.next(false).is_none());
     }
 }

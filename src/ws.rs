@@ -39,6 +39,8 @@ const PING_AFTER: Duration = Duration::from_secs(15);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A write blocked this long means the client stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Control requests (pongs, pings, echoes) waiting for a connection's writer.
+const CONTROL_QUEUE: usize = 16;
 /// Connection threads need little stack: frames live on the heap.
 const CONN_STACK: usize = 256 * 1024;
 
@@ -309,8 +311,9 @@ fn serve(
     let (outbox, woken) = Outbox::new(direct);
     // The hub's commands (close with a reason) to the writer.
     let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
-    // The reader's requests (pong, ping, echo, close) to the writer.
-    let (control_tx, control_rx) = crossbeam_channel::unbounded();
+    // The reader's requests (pong, ping, echo, close) to the writer. Bounded:
+    // a client that floods pings while not reading must not grow it.
+    let (control_tx, control_rx) = crossbeam_channel::bounded(CONTROL_QUEUE);
     let outbox_w = outbox.clone();
     let writer = std::thread::Builder::new()
         .name(format!("conn-{}-tx", conn.0))
@@ -380,7 +383,7 @@ fn read_loop(
                     log::info!("{conn}: silent for {IDLE_TIMEOUT:?}; closing");
                     return close(CloseCode::Policy, "idle for too long");
                 }
-                let _ = control_tx.send(Control::Ping);
+                let _ = control_tx.try_send(Control::Ping);
                 continue;
             }
             Err(e) => {
@@ -409,7 +412,9 @@ fn read_loop(
         last_heard = Instant::now();
         let event = match (message, handler) {
             (Message::Ping(payload), _) => {
-                let _ = control_tx.send(Control::Pong(payload));
+                // With pongs still waiting, this ping may go unanswered
+                // (RFC 6455 5.5.3: answering the latest one is enough).
+                let _ = control_tx.try_send(Control::Pong(payload));
                 continue;
             }
             (Message::Pong(_) | Message::Frame(_), _) => continue,
@@ -462,21 +467,23 @@ fn write_loop(
                 // `woken` never disconnects: this thread holds the outbox.
                 recv(woken) -> _ => {}
                 recv(commands_rx) -> command => {
+                    // The hub has closed the outbox; what it queued before
+                    // goes out first (at least the rest of a frame already
+                    // begun, so the close frame does not land inside it).
                     outbox.claim();
+                    write_queued(&outbox, &mut stream, true)?;
                     let frame = match command {
-                        // The hub has closed the outbox; what it queued
-                        // before goes out first.
-                        Ok(Command::Close { code, reason }) => {
-                            write_queued(&outbox, &mut stream)?;
-                            close_frame(code.into(), &reason)
-                        }
+                        Ok(Command::Close { code, reason }) => close_frame(code.into(), &reason),
                         // The hub forgot this connection.
                         Err(_) => None,
                     };
                     return close_with(&mut ctx, &mut stream, frame);
                 },
                 recv(control_rx) -> control => {
+                    // Queued frames first, keeping the socket: a frame may
+                    // be partly on the wire already.
                     outbox.claim();
+                    write_queued(&outbox, &mut stream, true)?;
                     match control {
                         Ok(Control::Pong(payload)) => ctx.write(&mut stream, Message::Pong(payload))?,
                         Ok(Control::Ping) => ctx.write(&mut stream, Message::Ping(Bytes::new()))?,
@@ -488,7 +495,7 @@ fn write_loop(
                     ctx.flush(&mut stream)?;
                 },
             }
-            write_queued(&outbox, &mut stream)?;
+            write_queued(&outbox, &mut stream, false)?;
         }
     })();
     outbox.close(true);
@@ -499,10 +506,11 @@ fn write_loop(
     stream.shutdown(Shutdown::Both);
 }
 
-/// Writes out the outbox's queue, which releases the socket to the hub's
-/// direct sends once it is empty.
-fn write_queued(outbox: &Outbox, stream: &mut Conn) -> io::Result<()> {
-    while let Some((frame, from)) = outbox.next() {
+/// Writes out the outbox's queue. Once it is empty the socket is released
+/// to direct sends again, unless `keep_claim` (the writer has a control
+/// frame of its own to send next).
+fn write_queued(outbox: &Outbox, stream: &mut Conn, keep_claim: bool) -> io::Result<()> {
+    while let Some((frame, from)) = outbox.next(keep_claim) {
         stream.write_all(&frame.bytes()[from..])?;
         outbox.written();
     }
