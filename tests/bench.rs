@@ -121,7 +121,19 @@ fn quick_fanout_against_parlor_counts_every_delivery() {
 #[test]
 fn quick_sweep_reports_a_passing_rate() {
     let out = OutDir::new("sweep");
-    let report = bench(&out.0, &["sweep", "--quick", "--spawn", PARLOR]);
+    // The limit is far above any latency, so the rate passes however busy
+    // the machine is: this checks the sweep's mechanics, not a timing.
+    let report = bench(
+        &out.0,
+        &[
+            "sweep",
+            "--quick",
+            "--spawn",
+            PARLOR,
+            "--p99-limit",
+            "600000",
+        ],
+    );
     let run = &report["result"]["runs"][0];
     let steps = run["steps"].as_array().expect("steps");
     assert!(!steps.is_empty(), "{run}");
