@@ -218,9 +218,36 @@ impl Outbox {
 
     /// Writer thread: the frame [`Outbox::next`] returned is on the socket.
     pub fn written(&self) {
+        self.written_n(1);
+    }
+
+    /// Writer thread: like [`Outbox::next`], but the queue's next frames up
+    /// to about `max_bytes` (at least one), so that they can be written in
+    /// one call (over TLS, one record instead of one per frame).
+    pub fn next_run(&self, max_bytes: usize, keep_claim: bool) -> Vec<(Frame, usize)> {
         let mut state = self.lock();
-        // A discarding close may have emptied the queue meanwhile.
-        if state.queue.pop_front().is_some() {
+        let mut run = Vec::new();
+        let mut bytes = 0;
+        let mut from = state.written;
+        for frame in &state.queue {
+            if !run.is_empty() && bytes + frame.bytes().len() > max_bytes {
+                break;
+            }
+            bytes += frame.bytes().len() - from;
+            run.push((frame.clone(), from));
+            from = 0;
+        }
+        state.writer_busy = !run.is_empty() || keep_claim;
+        run
+    }
+
+    /// Writer thread: the first `n` queued frames are on the socket.
+    pub fn written_n(&self, n: usize) {
+        let mut state = self.lock();
+        // A discarding close may have shortened the queue meanwhile.
+        let n = n.min(state.queue.len());
+        if n > 0 {
+            state.queue.drain(..n);
             state.written = 0;
         }
     }
@@ -441,6 +468,38 @@ mod tests {
         assert!(queued > OUTBOX_FRAMES, "only {queued} queued");
         // With that backlog, the next push is refused.
         assert_eq!(outbox.push(&[Frame::text("one more")]), Err(Full));
+    }
+
+    #[test]
+    fn the_writer_takes_queued_frames_in_runs_starting_where_the_socket_stopped() {
+        let (ours, _peer) = small_socket_pair();
+        let (outbox, _woken) = Outbox::new(Some(ours));
+        let big = Frame::text(&"b".repeat(1 << 20));
+        outbox.push(std::slice::from_ref(&big)).unwrap();
+        let small: Vec<Frame> = (0..10).map(|i| Frame::text(&format!("{i:0100}"))).collect();
+        outbox.push(&small).unwrap();
+        // The big frame's rest comes alone: it is over the run's size.
+        let run = outbox.next_run(4096, false);
+        assert_eq!(run.len(), 1);
+        assert!(run[0].1 > 0);
+        outbox.written_n(run.len());
+        // Then the small ones, as many as fit, in order.
+        let run = outbox.next_run(4 * small[0].bytes().len(), false);
+        let texts: Vec<&str> = run.iter().map(|(f, _)| f.payload()).collect();
+        assert_eq!(
+            texts,
+            small[..4].iter().map(Frame::payload).collect::<Vec<_>>()
+        );
+        assert!(run.iter().all(|(_, from)| *from == 0));
+        outbox.written_n(run.len());
+        assert_eq!(outbox.queued(), 6);
+        let run = outbox.next_run(1 << 20, false);
+        assert_eq!(run.len(), 6);
+        outbox.written_n(6);
+        assert!(outbox.next_run(1 << 20, false).is_empty());
+        // Released: the socket takes a frame directly again.
+        outbox.push(&[Frame::text("direct")]).unwrap();
+        assert_eq!(outbox.queued(), 0);
     }
 
     #[test]

@@ -41,6 +41,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Control requests (pongs, pings, echoes) waiting for a connection's writer.
 const CONTROL_QUEUE: usize = 16;
+/// Queued frames are written in runs of about this many bytes (one TLS
+/// record).
+const WRITE_RUN: usize = 16 * 1024;
 /// Connection threads need little stack: frames live on the heap.
 const CONN_STACK: usize = 256 * 1024;
 
@@ -510,11 +513,19 @@ fn write_loop(
 /// to direct sends again, unless `keep_claim` (the writer has a control
 /// frame of its own to send next).
 fn write_queued(outbox: &Outbox, stream: &mut Conn, keep_claim: bool) -> io::Result<()> {
-    while let Some((frame, from)) = outbox.next(keep_claim) {
-        stream.write_all(&frame.bytes()[from..])?;
-        outbox.written();
+    let mut buf = Vec::new();
+    loop {
+        let run = outbox.next_run(WRITE_RUN, keep_claim);
+        if run.is_empty() {
+            return stream.flush();
+        }
+        buf.clear();
+        for (frame, from) in &run {
+            buf.extend_from_slice(&frame.bytes()[*from..]);
+        }
+        stream.write_all(&buf)?;
+        outbox.written_n(run.len());
     }
-    stream.flush()
 }
 
 /// Sends a close frame (when there is one) and half-closes the socket so the
