@@ -918,19 +918,12 @@ impl Hub {
     /// Ends a connection from the hub's side: asks its writer to close with
     /// a reason and forgets it, signing its user out.
     fn drop_conn(&mut self, conn: ConnId, code: u16, reason: &str) {
-        let Some(state) = self.conns.remove(&conn) else {
+        let Some(mut state) = self.conns.remove(&conn) else {
             return;
         };
-        self.mail.push(Mail::Close {
-            conn,
-            outbox: state.outbox,
-            commands_tx: state.commands_tx,
-            command: Command::Close {
-                code,
-                reason: reason.to_string(),
-            },
-        });
-        if let Some(user) = state.user {
+        let user = state.user.take();
+        self.mail.push(close_mail(conn, state, code, reason));
+        if let Some(user) = user {
             self.sign_out(&user);
         }
     }
@@ -954,15 +947,7 @@ impl Hub {
 
     fn close_all(&mut self, code: u16, reason: &str) {
         for (conn, state) in self.conns.drain() {
-            self.mail.push(Mail::Close {
-                conn,
-                outbox: state.outbox,
-                commands_tx: state.commands_tx,
-                command: Command::Close {
-                    code,
-                    reason: reason.to_string(),
-                },
-            });
+            self.mail.push(close_mail(conn, state, code, reason));
         }
         self.online.clear();
     }
@@ -1073,6 +1058,19 @@ fn over_limit(
     None
 }
 
+/// Mail that closes a connection the hub has forgotten.
+fn close_mail(conn: ConnId, state: Conn, code: u16, reason: &str) -> Mail {
+    Mail::Close {
+        conn,
+        outbox: state.outbox,
+        commands_tx: state.commands_tx,
+        command: Command::Close {
+            code,
+            reason: reason.to_string(),
+        },
+    }
+}
+
 fn encode(frame: &ServerFrame) -> Frame {
     Frame::text(&frame.encode(None))
 }
@@ -1165,13 +1163,20 @@ mod tests {
         h.frames(2);
         // Bob reads nothing while the others talk.
         let per_sender = crate::outbox::OUTBOX_FRAMES / 2 + 1;
+        let mut seen_by_alice = Vec::new();
         for n in 0..per_sender {
             for sender in [1, 2] {
                 h.request(sender, send(&format!("m{n}"), "hello"));
             }
-            h.frames(1);
+            seen_by_alice.extend(h.frames(1));
             h.frames(2);
         }
+        assert!(
+            seen_by_alice
+                .iter()
+                .any(|f| f["type"] == "presence" && f["user"] == "bob" && f["state"] == "left"),
+            "alice never saw bob leave"
+        );
         assert!(h.hub.online.contains_key("alice"));
         assert!(!h.hub.online.contains_key("bob"), "bob is still signed in");
         assert!(!h.hub.conns.contains_key(&ConnId(3)));

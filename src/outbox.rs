@@ -210,10 +210,7 @@ impl Outbox {
     /// frame), claiming the socket; `None` when the queue is empty, which
     /// releases the socket unless `keep_claim`.
     pub fn next(&self, keep_claim: bool) -> Option<(Frame, usize)> {
-        let mut state = self.lock();
-        let next = state.queue.front().map(|f| (f.clone(), state.written));
-        state.writer_busy = next.is_some() || keep_claim;
-        next
+        self.next_run(0, keep_claim).pop()
     }
 
     /// Writer thread: the frame [`Outbox::next`] returned is on the socket.
