@@ -164,7 +164,10 @@ fn relay(sock: TcpStream, backend: SocketAddr, tls: Option<&TlsConfig>) -> std::
     sock.set_write_timeout(Some(SOCKET_TIMEOUT))?;
     let (mut from_client, mut to_client) = match tls {
         Some(tls) => tls.accept(&sock)?,
-        None => (Conn::Plain(sock.try_clone()?), Conn::Plain(sock)),
+        None => (
+            Conn::Plain(Arc::new(sock.try_clone()?)),
+            Conn::Plain(Arc::new(sock)),
+        ),
     };
     let mut to_backend = TcpStream::connect(backend)?;
     let mut from_backend = to_backend.try_clone()?;

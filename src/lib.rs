@@ -193,9 +193,9 @@ pub fn start(config: Config) -> Result<Server, Error> {
     })
 }
 
-/// File descriptors one plain WebSocket connection holds (the reader's
-/// socket, the writer's clone, the outbox's clone).
-const FILES_PER_CONNECTION: u64 = 3;
+/// File descriptors one WebSocket connection holds (the reader's socket
+/// and the writer's clone, which its outbox shares).
+const FILES_PER_CONNECTION: u64 = 2;
 
 /// Logs a warning when the open-file limit cannot hold `connections`
 /// WebSockets (plus the page's 64 connections and the database), since

@@ -83,7 +83,7 @@ pub struct Outbox(Arc<Shared>);
 struct Shared {
     state: Mutex<State>,
     /// Where pushes write directly; `None` (TLS, tests) queues everything.
-    direct: Option<TcpStream>,
+    direct: Option<Arc<TcpStream>>,
     /// Wakes the writer: one token at most, so wake-ups coalesce.
     wake: Sender<()>,
 }
@@ -103,7 +103,7 @@ impl Outbox {
     /// An outbox for a connection, and the receiver that wakes its writer
     /// thread when there is something to write. `direct` is a clone of a
     /// plain socket that pushes may write to without blocking.
-    pub fn new(direct: Option<TcpStream>) -> (Outbox, Receiver<()>) {
+    pub fn new(direct: Option<Arc<TcpStream>>) -> (Outbox, Receiver<()>) {
         let (wake, woken) = crossbeam_channel::bounded(1);
         let shared = Shared {
             state: Mutex::new(State::default()),
@@ -309,7 +309,7 @@ mod tests {
     #[test]
     fn a_socket_with_room_gets_the_frame_at_once_without_waking_the_writer() {
         let (ours, mut peer) = socket_pair();
-        let (outbox, woken) = Outbox::new(Some(ours));
+        let (outbox, woken) = Outbox::new(Some(Arc::new(ours)));
         let frame = Frame::text(r#"{"type":"pong"}"#);
         outbox.push(std::slice::from_ref(&frame)).unwrap();
         assert_eq!(outbox.queued(), 0);
@@ -322,7 +322,7 @@ mod tests {
     #[test]
     fn frames_pushed_together_leave_together_in_order() {
         let (ours, mut peer) = socket_pair();
-        let (outbox, woken) = Outbox::new(Some(ours));
+        let (outbox, woken) = Outbox::new(Some(Arc::new(ours)));
         let frames: Vec<Frame> = ["ack", "message", &"x".repeat(70_000)]
             .iter()
             .map(|t| Frame::text(t))
@@ -339,7 +339,7 @@ mod tests {
     #[test]
     fn a_burst_larger_than_one_send_call_goes_out_at_once_while_the_socket_has_room() {
         let (ours, _peer) = socket_pair();
-        let (outbox, _woken) = Outbox::new(Some(ours));
+        let (outbox, _woken) = Outbox::new(Some(Arc::new(ours)));
         let burst: Vec<Frame> = (0..OUTBOX_FRAMES * 2)
             .map(|i| Frame::text(&format!("frame {i}")))
             .collect();
@@ -350,7 +350,7 @@ mod tests {
     #[test]
     fn a_client_that_stops_reading_fills_the_queue_in_order_then_is_full() {
         let (ours, peer) = socket_pair();
-        let (outbox, woken) = Outbox::new(Some(ours));
+        let (outbox, woken) = Outbox::new(Some(Arc::new(ours)));
         let frame = |i: usize| Frame::text(&format!("{i:08}").repeat(512));
         let mut pushed = 0;
         let full = loop {
@@ -380,7 +380,7 @@ mod tests {
     #[test]
     fn while_the_writer_holds_the_socket_pushes_queue_and_order_is_kept() {
         let (ours, mut peer) = socket_pair();
-        let (outbox, woken) = Outbox::new(Some(ours));
+        let (outbox, woken) = Outbox::new(Some(Arc::new(ours)));
         outbox.claim();
         let a = Frame::text("a");
         let b = Frame::text("b");
@@ -419,7 +419,7 @@ mod tests {
     #[test]
     fn a_frame_begun_by_a_direct_send_is_finished_before_anything_else() {
         let (ours, peer) = small_socket_pair();
-        let (outbox, _woken) = Outbox::new(Some(ours));
+        let (outbox, _woken) = Outbox::new(Some(Arc::new(ours)));
         let big = Frame::text(&"b".repeat(1 << 20));
         outbox.push(std::slice::from_ref(&big)).unwrap();
         assert_eq!(outbox.queued(), 1, "the socket took the whole frame");
@@ -443,7 +443,7 @@ mod tests {
     #[test]
     fn a_discarding_close_keeps_the_rest_of_a_frame_begun() {
         let (ours, _peer) = small_socket_pair();
-        let (outbox, _woken) = Outbox::new(Some(ours));
+        let (outbox, _woken) = Outbox::new(Some(Arc::new(ours)));
         outbox.push(&[Frame::text(&"b".repeat(1 << 20))]).unwrap();
         outbox.push(&[Frame::text("queued behind")]).unwrap();
         assert_eq!(outbox.queued(), 2);
@@ -456,7 +456,7 @@ mod tests {
     #[test]
     fn a_burst_onto_an_empty_queue_is_taken_whole_even_past_the_bound() {
         let (ours, _peer) = small_socket_pair();
-        let (outbox, _woken) = Outbox::new(Some(ours));
+        let (outbox, _woken) = Outbox::new(Some(Arc::new(ours)));
         let burst: Vec<Frame> = (0..OUTBOX_FRAMES + 100)
             .map(|i| Frame::text(&format!("{i:01000}")))
             .collect();
@@ -470,7 +470,7 @@ mod tests {
     #[test]
     fn the_writer_takes_queued_frames_in_runs_starting_where_the_socket_stopped() {
         let (ours, _peer) = small_socket_pair();
-        let (outbox, _woken) = Outbox::new(Some(ours));
+        let (outbox, _woken) = Outbox::new(Some(Arc::new(ours)));
         let big = Frame::text(&"b".repeat(1 << 20));
         outbox.push(std::slice::from_ref(&big)).unwrap();
         let small: Vec<Frame> = (0..10).map(|i| Frame::text(&format!("{i:0100}"))).collect();

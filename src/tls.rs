@@ -75,7 +75,9 @@ impl TlsConfig {
 
 /// One direction of a connection: plain TCP, or half of a TLS session.
 pub enum Conn {
-    Plain(TcpStream),
+    /// Shared, so that a connection's outbox can send on the writer's socket
+    /// without a descriptor of its own.
+    Plain(Arc<TcpStream>),
     Tls(TlsHalf),
 }
 
@@ -136,7 +138,7 @@ fn retry_interrupted<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T
 impl Read for Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let half = match self {
-            Conn::Plain(sock) => return retry_interrupted(|| sock.read(buf)),
+            Conn::Plain(sock) => return retry_interrupted(|| (&**sock).read(buf)),
             Conn::Tls(half) => half,
         };
         if half.raw.is_empty() {
@@ -175,7 +177,7 @@ impl Read for Conn {
 impl Write for Conn {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Conn::Plain(sock) => retry_interrupted(|| sock.write(buf)),
+            Conn::Plain(sock) => retry_interrupted(|| (&**sock).write(buf)),
             Conn::Tls(half) => {
                 let mut session = half.lock();
                 let n = session.writer().write(buf)?;
@@ -187,7 +189,7 @@ impl Write for Conn {
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            Conn::Plain(sock) => sock.flush(),
+            Conn::Plain(sock) => (&**sock).flush(),
             Conn::Tls(half) => {
                 let mut session = half.lock();
                 session.writer().flush()?;

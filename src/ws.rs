@@ -273,7 +273,10 @@ fn serve(
         .and_then(|()| stream.set_nodelay(true))
         .and_then(|()| match &settings.tls {
             Some(tls) => tls.accept(&stream),
-            None => Ok((Conn::Plain(stream.try_clone()?), Conn::Plain(stream))),
+            None => Ok((
+                Conn::Plain(Arc::new(stream.try_clone()?)),
+                Conn::Plain(Arc::new(stream)),
+            )),
         });
     let (stream, write_stream) = match setup {
         Ok(halves) => halves,
@@ -305,10 +308,7 @@ fn serve(
     // The outbox: the hub writes to a plain socket directly while it keeps
     // up, and the writer thread writes whatever had to wait.
     let direct = match &write_stream {
-        Conn::Plain(sock) => match sock.try_clone() {
-            Ok(sock) => Some(sock),
-            Err(e) => return log::warn!("{conn}: socket setup failed: {e}"),
-        },
+        Conn::Plain(sock) => Some(sock.clone()),
         Conn::Tls(_) => None,
     };
     let (outbox, woken) = Outbox::new(direct);
