@@ -21,6 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::tls::retry_interrupted;
+
 /// Frames queued for one connection before it counts as too slow and is
 /// disconnected.
 pub const OUTBOX_FRAMES: usize = 1024;
@@ -263,12 +265,9 @@ fn send_now(sock: &TcpStream, frames: &[Frame]) -> io::Result<usize> {
         .take(SEND_FRAMES)
         .map(|f| IoSlice::new(f.bytes()))
         .collect();
-    loop {
-        match sock.send_vectored_with_flags(&slices, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            done => return done,
-        }
-    }
+    retry_interrupted(|| {
+        sock.send_vectored_with_flags(&slices, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    })
 }
 
 #[cfg(test)]

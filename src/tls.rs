@@ -126,7 +126,7 @@ fn flush_records(session: &mut ServerConnection, mut sock: &TcpStream) -> io::Re
 /// Repeats a socket call that a signal interrupted. Linux fails a blocking
 /// call on a socket with a timeout with EINTR even when the process was
 /// only stopped and continued (signal(7)), and nothing was transferred.
-fn retry_interrupted<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+pub fn retry_interrupted<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     loop {
         match call() {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use parlor::tls::retry_interrupted as retry;
 use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket};
 
@@ -15,15 +16,6 @@ use tungstenite::{Message, WebSocket};
 /// fails a blocking call on a socket with a timeout with EINTR when the
 /// process is stopped and continued, which is no reason to fail a test.
 pub struct Retry<S>(pub S);
-
-fn retry<T>(mut call: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
-    loop {
-        match call() {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            done => return done,
-        }
-    }
-}
 
 impl<S: std::io::Read> std::io::Read for Retry<S> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -9,6 +9,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use parlor::tls::retry_interrupted;
 use serde_json::{Value, json};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Bytes, Message, Utf8Bytes, WebSocket};
@@ -29,15 +30,6 @@ fn ws_config() -> WebSocketConfig {
 /// process was only stopped and continued (signal(7)), and tungstenite
 /// treats that as a broken connection.
 struct Socket(TcpStream);
-
-fn retry_interrupted<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
-    loop {
-        match call() {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            done => return done,
-        }
-    }
-}
 
 impl Read for Socket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
