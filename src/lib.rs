@@ -2,40 +2,60 @@
 //!
 //! # Layout
 //!
-//! - [`protocol`]: the JSON frames of the wire protocol and the validation of names and text.
-//! - [`store`]: the only user of SQLite — opening the file, schema, typed queries.
-//! - [`hub`]: the one thread that owns the store, rooms, presence, sessions and rate limits.
-//! - [`ws`]: the WebSocket listener and each connection's reader and writer threads.
-//! - [`outbox`]: how frames reach a connection's socket (at once, or queued for its writer).
-//! - `post`: the thread that carries out the hub's frames and closes for each batch.
-//! - [`admission`]: who may open a WebSocket (Origin allowlist, socket caps).
-//! - [`http`]: tiny_http serving the embedded page and `/healthz`, behind a bounded front.
-//! - [`tls`]: rustls sessions shared by a connection's two threads.
-//! - `random`: session tokens and CSP nonces from the operating system's generator.
+//! One process, std threads, no async runtime. The file tree is the
+//! architecture; arrows point one way (`lib` → listeners, hub, post;
+//! connections → hub by events only; hub → store; hub → post only through
+//! the mail sink it is handed).
 //!
-//! Threads talk through crossbeam channels: connections send [`hub::Event`]s
-//! to the hub; the hub hands each batch's encoded frames to the post, which
-//! puts them in each connection's bounded [`outbox::Outbox`]. Nothing shares
-//! chat state behind a lock (an outbox's lock guards only its socket queue).
+//! - [`protocol`]: every JSON frame of the wire protocol, and every rule
+//!   that needs no state (names, text, ids, page sizes), as pure functions.
+//! - [`store`]: the only user of SQLite: the file, the schema, typed queries.
+//! - `hub/`: the one thread that owns the store and all chat state; one file
+//!   per job (`sessions`, `rooms`, `messages`, `history`, `limits`,
+//!   `outgoing`). It never touches a socket.
+//! - `vocab`: what the hub, the post and the connections say to each other
+//!   (`ConnId`, `Event`, `Mail`, `MailSink`).
+//! - `post`: the thread that carries each batch's mail to the connections'
+//!   routes; `outbox`: a connection's bounded queue and its direct sends;
+//!   `frame`: a server frame encoded once for all its recipients.
+//! - `ws`: the WebSocket accept loop and each connection's reader and writer
+//!   threads; `admission`: who may open a WebSocket.
+//! - `front`: the bounded relay in front of tiny_http; `http`: the page and
+//!   `/healthz`.
+//! - [`net`]: the plain-or-TLS stream and socket helpers; `tls`: the
+//!   certificate and sessions; `random`: tokens and nonces.
+//! - `error`: [`Error`], the crate's error type.
+//!
+//! Threads talk through crossbeam channels: connections send `Event`s to
+//! the hub; the hub hands each batch's `Mail` to the post, which puts each
+//! frame in its connection's bounded outbox. Nothing shares chat state
+//! behind a lock (an outbox's lock guards only its socket queue; the routes'
+//! lock only the map of outboxes).
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
-pub mod admission;
-pub mod http;
-pub mod hub;
-pub mod outbox;
+mod admission;
+mod error;
+mod frame;
+mod front;
+mod http;
+mod hub;
+pub mod net;
+mod outbox;
 mod post;
 pub mod protocol;
 mod random;
 pub mod store;
-pub mod tls;
-pub mod ws;
+mod tls;
+mod vocab;
+mod ws;
 
-use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use error::Error;
 
 /// Everything `parlor` can be told on its command line.
 #[derive(Debug, Clone)]
@@ -80,48 +100,15 @@ impl Default for Config {
     }
 }
 
-/// Errors that stop Parlor from starting, or end a connection.
-#[derive(Debug)]
-pub enum Error {
-    /// A listener could not be bound. Ends start-up.
-    Bind { addr: String, message: String },
-    /// The database file could not be opened or is not Parlor's. Ends
-    /// start-up; the file is left untouched.
-    Database { path: PathBuf, message: String },
-    /// The TLS certificate or key could not be used. Ends start-up.
-    Tls { path: PathBuf, message: String },
-    /// A thread could not be started. Ends start-up.
-    Io(std::io::Error),
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Bind { addr, message } => write!(f, "cannot listen on {addr}: {message}"),
-            Error::Database { path, message } => {
-                write!(f, "database {}: {message}", path.display())
-            }
-            Error::Tls { path, message } => write!(f, "TLS file {}: {message}", path.display()),
-            Error::Io(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl From<std::io::Error> for Error {
-    fn from(e: std::io::Error) -> Error {
-        Error::Io(e)
-    }
-}
-
 /// A running Parlor. Dropping it without [`Server::shutdown`] leaves the
 /// threads running until the process exits.
 pub struct Server {
     secure: bool,
     http: http::HttpServer,
     ws: ws::Listener,
-    hub_tx: crossbeam_channel::Sender<hub::Event>,
+    /// To the hub, like every connection thread's copy; [`Server::shutdown`]
+    /// sends `Shutdown` on it.
+    hub_tx: crossbeam_channel::Sender<vocab::Event>,
     hub_thread: JoinHandle<()>,
 }
 
@@ -133,31 +120,36 @@ pub fn start(config: Config) -> Result<Server, Error> {
         None => None,
     };
     let store = store::Store::open(&config.db_path)?;
-    let ws_listener = std::net::TcpListener::bind(&config.ws_addr).map_err(|e| Error::Bind {
-        addr: config.ws_addr.clone(),
-        message: e.to_string(),
-    })?;
+    let ws_listener = bind(&config.ws_addr)?;
     let ws_addr = ws_listener.local_addr()?;
     let http = http::HttpServer::start(&config.http_addr, ws_addr.port(), tls.clone())?;
 
     // The hub's one inbox: every connection thread and the post hold a
     // sender; the hub exits on `Event::Shutdown`.
     let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
-    let post = post::Post::start(hub_tx.clone())?;
-    let hub = hub::Hub::new(store, &config).map_err(|e| Error::Database {
+    let routes = post::Routes::default();
+    let mut post = post::Post::start(routes.clone(), hub_tx.clone())?;
+    let settings = hub::Settings {
+        max_users: config.max_users,
+        messages_per_second: config.messages_per_second,
+        room_switches_per_minute: config.room_switches_per_minute,
+    };
+    let hub = hub::Hub::new(store, &settings).map_err(|e| Error::Database {
         path: config.db_path.clone(),
         message: e.to_string(),
+        source: Some(Box::new(e)),
     })?;
     let hub_thread = std::thread::Builder::new()
         .name("hub".into())
         .spawn(move || {
             // Without its hub Parlor can only refuse everyone: end the
             // process, loudly, so a supervisor restarts it.
-            let run = std::panic::AssertUnwindSafe(|| hub.run(hub_rx, post));
+            let run = std::panic::AssertUnwindSafe(|| hub.run(hub_rx, &mut post));
             if std::panic::catch_unwind(run).is_err() {
                 log::error!("the hub thread panicked; exiting");
                 std::process::exit(70);
             }
+            post.stop();
         })?;
     let origins = admission::OriginPolicy::new(http.addr(), &config.allow_origins);
     let limits = admission::SocketLimits {
@@ -167,10 +159,10 @@ pub fn start(config: Config) -> Result<Server, Error> {
             .unwrap_or(config.max_users * 2 + 8),
         handshaking: 64,
     };
-    warn_if_few_files(limits.total);
+    net::warn_if_few_files(limits.total);
     let ws = ws::Listener::start(
         ws_listener,
-        ws::Settings::chat(hub_tx.clone(), tls, origins, limits),
+        ws::Settings::chat(hub_tx.clone(), routes, tls, origins, limits),
     )?;
     let secure = config.tls.is_some();
     let (web, socket) = if secure {
@@ -193,51 +185,34 @@ pub fn start(config: Config) -> Result<Server, Error> {
     })
 }
 
-/// File descriptors one WebSocket connection holds (the reader's socket
-/// and the writer's clone, which its outbox shares).
-const FILES_PER_CONNECTION: u64 = 2;
-
-/// Logs a warning when the open-file limit cannot hold `connections`
-/// WebSockets (plus the page's 64 connections and the database), since
-/// accepting then fails at run time. Linux only; elsewhere it says nothing.
-fn warn_if_few_files(connections: usize) {
-    let Some(soft) = std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|limits| open_files_limit(&limits))
-    else {
-        return;
-    };
-    let needed = connections as u64 * FILES_PER_CONNECTION + 2 * 64 + 32;
-    if soft < needed {
-        log::warn!(
-            "the open-file limit is {soft}, but {connections} WebSockets need about {needed}; \
-             raise it (ulimit -n {needed}, or LimitNOFILE={needed} under systemd) \
-             or lower --max-connections"
-        );
-    }
+fn bind(addr: &str) -> Result<std::net::TcpListener, Error> {
+    std::net::TcpListener::bind(addr).map_err(|source| Error::Bind {
+        addr: addr.to_string(),
+        source,
+    })
 }
 
-/// The soft "Max open files" limit from the text of `/proc/self/limits`.
-fn open_files_limit(limits: &str) -> Option<u64> {
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = line
-        .trim_start_matches("Max open files")
-        .split_whitespace()
-        .next()?;
-    match soft {
-        "unlimited" => Some(u64::MAX),
-        n => n.parse().ok(),
+/// Writes a consistent copy of the Parlor database at `db` to `dest`, which
+/// must not exist, while a server may keep running on it.
+pub fn backup(db: &Path, dest: &Path) -> Result<(), Error> {
+    store::backup(db, dest)
+}
+
+/// A WebSocket server that echoes every message back (see [`start_echo`]).
+pub struct EchoServer(ws::Listener);
+
+impl EchoServer {
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr()
     }
 }
 
 /// Starts a WebSocket server that echoes every message back through Parlor's
 /// own connection code (reader and writer threads, close handling), for
 /// protocol conformance suites. Messages up to `max_message` bytes.
-pub fn start_echo(ws_addr: &str, max_message: usize) -> Result<ws::Listener, Error> {
-    let listener = std::net::TcpListener::bind(ws_addr).map_err(|e| Error::Bind {
-        addr: ws_addr.to_string(),
-        message: e.to_string(),
-    })?;
+pub fn start_echo(ws_addr: &str, max_message: usize) -> Result<EchoServer, Error> {
+    let listener = bind(ws_addr)?;
     let settings = ws::Settings {
         handler: ws::Handler::Echo,
         tls: None,
@@ -249,7 +224,7 @@ pub fn start_echo(ws_addr: &str, max_message: usize) -> Result<ws::Listener, Err
         },
         max_message,
     };
-    Ok(ws::Listener::start(listener, settings)?)
+    Ok(EchoServer(ws::Listener::start(listener, settings)?))
 }
 
 impl Server {
@@ -283,33 +258,10 @@ impl Server {
         self.http.stop();
         // The hub may already be gone if it panicked; there is nothing left
         // to tell it then.
-        let _ = self.hub_tx.send(hub::Event::Shutdown);
+        let _ = self.hub_tx.send(vocab::Event::Shutdown);
         if self.hub_thread.join().is_err() {
             log::error!("hub thread panicked");
         }
         log::info!("parlor stopped");
-    }
-}
-
-/// Milliseconds since the Unix epoch on the server's clock.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_open_file_limit_is_read_from_proc_limits() {
-        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
-                      Max processes             94621                94621                processes \n\
-                      Max open files            1024                 524288               files     \n";
-        assert_eq!(super::open_files_limit(limits), Some(1024));
-        let unlimited =
-            "Max open files            unlimited            unlimited            files\n";
-        assert_eq!(super::open_files_limit(unlimited), Some(u64::MAX));
-        assert_eq!(super::open_files_limit("Max processes 5 5\n"), None);
     }
 }

@@ -191,7 +191,7 @@ fn main() -> ExitCode {
     let (config, level) = match parse_args(std::env::args().skip(1)) {
         Ok(Action::Run(config, level)) => (config, level),
         Ok(Action::Backup { db, dest }) => {
-            return match parlor::store::backup(&db, &dest) {
+            return match parlor::backup(&db, &dest) {
                 Ok(()) => {
                     println!("Backed up {} to {}.", db.display(), dest.display());
                     ExitCode::SUCCESS

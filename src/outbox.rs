@@ -1,6 +1,6 @@
 //! A connection's outbox: how the hub's frames reach a client's socket.
 //!
-//! A frame is encoded and framed once ([`Frame`]) and shared by all its
+//! A frame is encoded and framed once (`frame::Frame`) and shared by all its
 //! recipients. When a plain (non-TLS) socket can take the whole frame at
 //! once, the post thread (which carries out the hub's mail, see `post`)
 //! writes it there itself with a non-blocking send: no other
@@ -21,64 +21,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::tls::retry_interrupted;
+use crate::frame::Frame;
+use crate::net::retry_interrupted;
 
 /// Frames queued for one connection before it counts as too slow and is
 /// disconnected.
 pub const OUTBOX_FRAMES: usize = 1024;
 
-/// A complete, unmasked WebSocket text frame (header and payload), shared.
-#[derive(Clone)]
-pub struct Frame(Arc<[u8]>);
-
-impl Frame {
-    /// Frames a text message as one final frame, as a server sends it.
-    pub fn text(payload: &str) -> Frame {
-        let len = payload.len();
-        let mut bytes = Vec::with_capacity(len + 10);
-        bytes.push(0x81); // FIN, opcode 1 (text)
-        if len < 126 {
-            bytes.push(len as u8);
-        } else if let Ok(short) = u16::try_from(len) {
-            bytes.push(126);
-            bytes.extend_from_slice(&short.to_be_bytes());
-        } else {
-            bytes.push(127);
-            bytes.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        bytes.extend_from_slice(payload.as_bytes());
-        Frame(bytes.into())
-    }
-
-    /// The whole frame as it goes on the wire.
-    pub fn bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    /// The text it carries.
-    pub fn payload(&self) -> &str {
-        let start = match self.0[1] {
-            126 => 4,
-            127 => 10,
-            _ => 2,
-        };
-        std::str::from_utf8(&self.0[start..]).expect("BUG: a frame is made from a str")
-    }
-}
-
-impl std::fmt::Debug for Frame {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Frame").field(&self.payload()).finish()
-    }
-}
-
 /// The queue is full: the client stopped reading.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Full;
 
-/// A handle on a connection's outbox: the hub holds one (the post pushes
-/// through it), the connection's writer thread another (see
-/// [`Outbox::new`]).
+/// A handle on a connection's outbox: the post holds one (in the
+/// connection's route) and pushes through it, the connection's writer
+/// thread another (see [`Outbox::new`]).
 #[derive(Clone)]
 pub struct Outbox(Arc<Shared>);
 
@@ -202,27 +158,31 @@ impl Outbox {
         self.lock().queue.len()
     }
 
-    /// Writer thread: takes the socket for itself. Until [`Outbox::release`]
+    /// Writer thread: takes the socket for itself. Until a call to
+    /// [`Outbox::next_run`] finds the queue empty (without `keep_claim`),
     /// pushes only queue, so the writer may write at will.
     pub fn claim(&self) {
         self.lock().writer_busy = true;
     }
 
-    /// Writer thread: the next queued bytes to write (the rest of the first
-    /// frame), claiming the socket; `None` when the queue is empty, which
-    /// releases the socket unless `keep_claim`.
+    /// Like [`Outbox::next_run`] for one frame: the next queued bytes to
+    /// write (the rest of the first frame).
+    #[cfg(test)]
     pub fn next(&self, keep_claim: bool) -> Option<(Frame, usize)> {
         self.next_run(0, keep_claim).pop()
     }
 
-    /// Writer thread: the frame [`Outbox::next`] returned is on the socket.
+    /// The frame [`Outbox::next`] returned is on the socket.
+    #[cfg(test)]
     pub fn written(&self) {
         self.written_n(1);
     }
 
-    /// Writer thread: like [`Outbox::next`], but the queue's next frames up
-    /// to about `max_bytes` (at least one), so that they can be written in
-    /// one call (over TLS, one record instead of one per frame).
+    /// Writer thread: the queue's next frames up to about `max_bytes` (at
+    /// least one), with where to start in the first (the rest of a frame
+    /// begun), so that they can be written in one call (over TLS, one record
+    /// instead of one per frame). Claims the socket; an empty run means the
+    /// queue is empty, which releases the socket unless `keep_claim`.
     pub fn next_run(&self, max_bytes: usize, keep_claim: bool) -> Vec<(Frame, usize)> {
         let mut state = self.lock();
         let mut run = Vec::new();
@@ -293,16 +253,6 @@ mod tests {
             texts.push(message.into_text().unwrap().to_string());
         }
         texts
-    }
-
-    #[test]
-    fn frames_of_every_length_class_read_back_as_sent() {
-        for len in [0, 1, 125, 126, 127, 65_535, 65_536, 200_000] {
-            let text: String = "é".repeat(len / 2) + &"x".repeat(len % 2);
-            let frame = Frame::text(&text);
-            assert_eq!(frame.payload(), text);
-            assert_eq!(read_as_client(frame.bytes().to_vec()), vec![text]);
-        }
     }
 
     #[test]

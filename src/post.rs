@@ -1,39 +1,78 @@
 //! The post: carries out what the hub asked of its connections in a batch
-//! (frames to send, connections to close), in the order it asked, on a
-//! thread of its own.
+//! (frames to send, connections to close or forget), in the order it asked,
+//! on a thread of its own.
 //!
 //! Sending is most of the work of a busy hub, and it needs no chat state:
-//! each frame is already encoded and each connection's outbox says where it
-//! goes. Handing a batch's mail to this thread lets the hub go on to its
-//! next batch, and wait for that batch's commit to reach the disk, while
-//! this one is still being sent. Frames for the same connection in one
-//! batch leave in one send call.
+//! each frame is already encoded, and [`Routes`] says which outbox each
+//! connection's mail goes to. Handing a batch's mail to this thread lets
+//! the hub go on to its next batch, and wait for that batch's commit to
+//! reach the disk, while this one is still being sent. Frames for the same
+//! connection in one batch leave in one send call.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::hub::{Command, ConnId, Event};
-use crate::outbox::{Frame, Full, Outbox};
+use crate::frame::Frame;
+use crate::outbox::{Full, Outbox};
+use crate::vocab::{ConnId, Event, Mail, MailSink};
 
-/// One thing the hub asks of a connection.
-pub enum Mail {
-    Frame(ConnId, Outbox, Frame),
-    /// Closes the outbox (queued frames still go out) and asks the writer
-    /// to end the connection.
-    Close {
-        conn: ConnId,
-        outbox: Outbox,
-        commands_tx: Sender<Command>,
-        command: Command,
-    },
+/// What the post asks of a connection's writer thread besides its outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseRequest {
+    /// The WebSocket close code.
+    pub code: u16,
+    /// The close frame's reason, for people.
+    pub reason: String,
+}
+
+/// How mail reaches one connection.
+pub struct Route {
+    /// The connection's outbox; the writer thread holds the other handle.
+    pub outbox: Outbox,
+    /// To the connection's writer thread: close with this code after the
+    /// queue. Dropping it (the route is forgotten) ends the writer with no
+    /// close frame.
+    pub close_tx: Sender<CloseRequest>,
+}
+
+/// Every open connection's route, by [`ConnId`]. A connection thread adds
+/// its route before telling the hub it is connected, so mail the hub sends
+/// afterwards always finds it; the post removes it when carrying out the
+/// hub's `Close` or `Forget`, in mail order. The lock is held for one map
+/// operation at a time.
+#[derive(Clone, Default)]
+pub struct Routes(Arc<Mutex<HashMap<ConnId, Route>>>);
+
+impl Routes {
+    fn lock(&self) -> MutexGuard<'_, HashMap<ConnId, Route>> {
+        self.0
+            .lock()
+            .expect("BUG: no thread panics while holding the routes")
+    }
+
+    /// Connection thread: mail for `conn` goes to `route` from now on.
+    pub fn add(&self, conn: ConnId, route: Route) {
+        self.lock().insert(conn, route);
+    }
+
+    /// Forgets a connection's route, returning it.
+    pub fn remove(&self, conn: ConnId) -> Option<Route> {
+        self.lock().remove(&conn)
+    }
+
+    fn outbox(&self, conn: ConnId) -> Option<Outbox> {
+        self.lock().get(&conn).map(|route| route.outbox.clone())
+    }
 }
 
 /// Carries out a batch of mail. Returns the connections found too far
 /// behind: their outboxes are closed and emptied, and the hub should end
 /// them.
-pub fn deliver(mail: Vec<Mail>) -> Vec<ConnId> {
+fn deliver(routes: &Routes, mail: Vec<Mail>) -> Vec<ConnId> {
     let mut too_slow = Vec::new();
     // Per connection, the frames not yet pushed, in order.
     let mut frames: HashMap<ConnId, (Outbox, Vec<Frame>)> = HashMap::new();
@@ -45,25 +84,29 @@ pub fn deliver(mail: Vec<Mail>) -> Vec<ConnId> {
     };
     for item in mail {
         match item {
-            Mail::Frame(conn, outbox, frame) => {
-                frames
-                    .entry(conn)
-                    .or_insert_with(|| (outbox, Vec::new()))
-                    .1
-                    .push(frame);
-            }
-            Mail::Close {
-                conn,
-                outbox,
-                commands_tx,
-                command,
-            } => {
+            Mail::Frame(conn, frame) => match frames.entry(conn) {
+                Entry::Occupied(entry) => entry.into_mut().1.push(frame),
+                Entry::Vacant(entry) => {
+                    // No route: the connection is gone already.
+                    if let Some(outbox) = routes.outbox(conn) {
+                        entry.insert((outbox, vec![frame]));
+                    }
+                }
+            },
+            Mail::Close { conn, code, reason } => {
                 if let Some((outbox, batch)) = frames.remove(&conn) {
                     push(conn, &outbox, &batch, &mut too_slow);
                 }
-                outbox.close(false);
-                // An error means the writer is already gone.
-                let _ = commands_tx.send(command);
+                if let Some(route) = routes.remove(conn) {
+                    route.outbox.close(false);
+                    // An error means the writer is already gone.
+                    let _ = route.close_tx.send(CloseRequest { code, reason });
+                }
+            }
+            Mail::Forget(conn) => {
+                // Its socket is gone: what was still to go cannot arrive.
+                frames.remove(&conn);
+                routes.remove(conn);
             }
         }
     }
@@ -73,8 +116,11 @@ pub fn deliver(mail: Vec<Mail>) -> Vec<ConnId> {
     too_slow
 }
 
-/// The running post thread.
+/// The running `post` thread, the hub's [`MailSink`].
 pub struct Post {
+    /// From the hub (sole sender) to the post thread, one batch at a time;
+    /// dropping it (in [`Post::stop`]) lets the thread deliver what it has
+    /// and end.
     mail_tx: Sender<Vec<Mail>>,
     thread: JoinHandle<()>,
 }
@@ -82,21 +128,14 @@ pub struct Post {
 impl Post {
     /// Starts the `post` thread. It tells the hub of connections too far
     /// behind with [`Event::TooSlow`].
-    pub fn start(hub_tx: Sender<Event>) -> std::io::Result<Post> {
+    pub fn start(routes: Routes, hub_tx: Sender<Event>) -> std::io::Result<Post> {
         // The hub may be one batch ahead; beyond that it waits, so a post
         // that cannot keep up slows the hub instead of piling up mail.
         let (mail_tx, mail_rx) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("post".into())
-            .spawn(move || run(&mail_rx, &hub_tx))?;
+            .spawn(move || run(&routes, &mail_rx, &hub_tx))?;
         Ok(Post { mail_tx, thread })
-    }
-
-    /// Hands over a batch of mail.
-    pub fn send(&self, mail: Vec<Mail>) {
-        self.mail_tx
-            .send(mail)
-            .expect("BUG: the post thread lives as long as the hub");
     }
 
     /// Delivers what was handed over and stops.
@@ -108,10 +147,98 @@ impl Post {
     }
 }
 
-fn run(mail_rx: &Receiver<Vec<Mail>>, hub_tx: &Sender<Event>) {
+impl MailSink for Post {
+    fn post(&mut self, mail: Vec<Mail>) {
+        self.mail_tx
+            .send(mail)
+            .expect("BUG: the post thread lives as long as the hub");
+    }
+}
+
+fn run(routes: &Routes, mail_rx: &Receiver<Vec<Mail>>, hub_tx: &Sender<Event>) {
     for mail in mail_rx {
-        for conn in deliver(mail) {
+        for conn in deliver(routes, mail) {
+            // The hub is gone only at shutdown, when no one needs to know.
             let _ = hub_tx.send(Event::TooSlow { conn });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::OUTBOX_FRAMES;
+
+    fn route(routes: &Routes, n: u64) -> (Outbox, Receiver<CloseRequest>) {
+        let (outbox, _woken) = Outbox::new(None);
+        let (close_tx, close_rx) = crossbeam_channel::unbounded();
+        routes.add(
+            ConnId(n),
+            Route {
+                outbox: outbox.clone(),
+                close_tx,
+            },
+        );
+        (outbox, close_rx)
+    }
+
+    fn drain(outbox: &Outbox) -> Vec<String> {
+        let mut texts = Vec::new();
+        while let Some((frame, _)) = outbox.next(false) {
+            outbox.written();
+            texts.push(frame.payload().to_string());
+        }
+        texts
+    }
+
+    #[test]
+    fn mail_is_carried_out_in_order_and_closes_forget_the_route() {
+        let routes = Routes::default();
+        let (a, a_close) = route(&routes, 1);
+        let (b, _b_close) = route(&routes, 2);
+        let mail = vec![
+            Mail::Frame(ConnId(1), Frame::text("one")),
+            Mail::Frame(ConnId(2), Frame::text("for b")),
+            Mail::Frame(ConnId(1), Frame::text("two")),
+            Mail::Close {
+                conn: ConnId(1),
+                code: 1008,
+                reason: "bye".into(),
+            },
+            Mail::Frame(ConnId(1), Frame::text("after the close")),
+            Mail::Frame(ConnId(9), Frame::text("nobody")),
+        ];
+        assert!(deliver(&routes, mail).is_empty());
+        assert_eq!(drain(&a), ["one", "two"]);
+        assert_eq!(drain(&b), ["for b"]);
+        assert_eq!(
+            a_close.try_recv(),
+            Ok(CloseRequest {
+                code: 1008,
+                reason: "bye".into()
+            })
+        );
+        assert!(routes.outbox(ConnId(1)).is_none());
+        deliver(&routes, vec![Mail::Forget(ConnId(2))]);
+        assert!(routes.outbox(ConnId(2)).is_none());
+    }
+
+    #[test]
+    fn a_connection_that_stops_reading_is_reported_and_its_queue_dropped() {
+        let routes = Routes::default();
+        let (slow, _close) = route(&routes, 3);
+        let (reader, _close) = route(&routes, 4);
+        let mut reported = Vec::new();
+        for n in 0..=OUTBOX_FRAMES {
+            let mail = vec![
+                Mail::Frame(ConnId(3), Frame::text(&format!("m{n}"))),
+                Mail::Frame(ConnId(4), Frame::text(&format!("m{n}"))),
+            ];
+            reported.extend(deliver(&routes, mail));
+            drain(&reader);
+        }
+        assert_eq!(reported, [ConnId(3)]);
+        // What it had not read is dropped, not kept.
+        assert_eq!(slow.queued(), 0);
     }
 }

@@ -1,9 +1,13 @@
 //! The wire protocol: every JSON frame a client may send or receive, and the
 //! validation rules for the names and text inside them.
 //!
-//! Parsing happens on the connection's reader thread, so the hub only ever sees
-//! well-formed [`Request`]s; the rules that need no state (name shapes, text
-//! length, control characters) live here too, as pure functions.
+//! Parsing and checking happen on the connection's reader thread: a text
+//! frame becomes a [`Request`] (its shape checked), and [`Request::check`]
+//! applies every rule that needs no state (name shapes, text length, control
+//! characters, page sizes), as pure functions. The hub only ever sees
+//! [`CheckedRequest`]s, and only decides what needs its state.
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +26,78 @@ pub const PAGE_SIZES: [u32; 4] = [50, 100, 200, 500];
 /// Largest WebSocket message (and frame) accepted; larger ones close the
 /// connection with 1009.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// A client `ts` further than this from the server's clock is replaced.
+pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// Milliseconds since the Unix epoch on the server's clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A message's place in the global order: assigned at commit, strictly
+/// increasing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Seq(pub i64);
+
+/// The identity of a username or room name: [`fold_case`]d, so names that
+/// differ only in case have the same key. Never shown to people; the display
+/// name is kept beside it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NameKey(String);
+
+impl NameKey {
+    /// The key of a (trimmed) name.
+    pub fn of(name: &str) -> NameKey {
+        NameKey(fold_case(name))
+    }
+
+    /// The folded text, as stored in the database.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A username that passed [`validate_username`], with its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Username {
+    /// As typed, trimmed.
+    pub name: String,
+    pub key: NameKey,
+}
+
+/// A new room's name that passed [`validate_room_name`], with its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomName {
+    /// As typed, trimmed.
+    pub name: String,
+    pub key: NameKey,
+}
+
+/// A room named by a request, to be looked up by its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRef {
+    pub key: NameKey,
+    /// As typed, trimmed, for "there is no room named …".
+    pub typed: String,
+}
+
+impl RoomRef {
+    fn new(raw: &str) -> RoomRef {
+        let typed = raw.trim().to_string();
+        RoomRef {
+            key: NameKey::of(&typed),
+            typed,
+        }
+    }
+}
+
+/// A client's id for one of its messages, checked by [`validate_client_id`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientMsgId(pub String);
 
 /// A frame's position in a room's `(ts, seq)` order, used as a page cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +195,138 @@ pub fn parse_request(text: &str) -> Result<Request, BadRequest> {
     }
 }
 
+/// The outcome of one stateless rule: the checked value, or the sentence
+/// telling the client what is wrong. The hub answers an `Err` at the point
+/// where the rule's check stood among its own, so the order of errors a
+/// client sees does not depend on where a rule runs.
+pub type Checked<T> = Result<T, String>;
+
+/// Which slice of a room's history to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageQuery {
+    Newest,
+    Before(Cursor),
+    After(Cursor),
+    SinceSeq(i64),
+}
+
+/// A request with every stateless rule applied (see [`Request::check`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedRequest {
+    pub req: Option<String>,
+    pub frame: CheckedFrame,
+}
+
+/// A client frame whose fields have been checked: `Err` fields carry the
+/// message of the error the hub sends, with the code named on each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckedFrame {
+    /// `invalid_username` on `Err`.
+    Hello {
+        username: Checked<Username>,
+        resume: Option<String>,
+    },
+    /// `invalid_room_name` on `Err`.
+    CreateRoom { room: Checked<RoomName> },
+    DeleteRoom { room: RoomRef },
+    /// `bad_request` on `Err`.
+    Join { room: RoomRef, limit: Checked<u32> },
+    Leave,
+    /// `invalid_message` on `Err`; `ts` is the client's clock, unchecked
+    /// (see [`message_ts`]).
+    Send {
+        id: Checked<ClientMsgId>,
+        text: Checked<String>,
+        ts: Option<i64>,
+    },
+    /// `bad_request` on `Err`.
+    History {
+        room: RoomRef,
+        limit: Checked<u32>,
+        query: Checked<PageQuery>,
+    },
+    Ping,
+}
+
+impl Request {
+    /// Applies every rule that needs no server state.
+    pub fn check(self) -> CheckedRequest {
+        let frame = match self.frame {
+            ClientFrame::Hello { username, resume } => CheckedFrame::Hello {
+                username: validate_username(&username).map(|name| Username {
+                    key: NameKey::of(&name),
+                    name,
+                }),
+                resume,
+            },
+            ClientFrame::CreateRoom { room } => CheckedFrame::CreateRoom {
+                room: validate_room_name(&room).map(|name| RoomName {
+                    key: NameKey::of(&name),
+                    name,
+                }),
+            },
+            ClientFrame::DeleteRoom { room } => CheckedFrame::DeleteRoom {
+                room: RoomRef::new(&room),
+            },
+            ClientFrame::Join { room, limit } => CheckedFrame::Join {
+                room: RoomRef::new(&room),
+                limit: page_limit(limit),
+            },
+            ClientFrame::Leave => CheckedFrame::Leave,
+            ClientFrame::Send { id, text, ts } => CheckedFrame::Send {
+                id: validate_client_id(&id).map(|()| ClientMsgId(id)),
+                text: validate_text(&text),
+                ts,
+            },
+            ClientFrame::History {
+                room,
+                limit,
+                before,
+                after,
+                since_seq,
+            } => CheckedFrame::History {
+                room: RoomRef::new(&room),
+                limit: page_limit(limit),
+                query: match (before, after, since_seq) {
+                    (None, None, None) => Ok(PageQuery::Newest),
+                    (Some(c), None, None) => Ok(PageQuery::Before(c)),
+                    (None, Some(c), None) => Ok(PageQuery::After(c)),
+                    (None, None, Some(s)) => Ok(PageQuery::SinceSeq(s)),
+                    _ => Err("Use at most one of \"before\", \"after\" and \"since_seq\".".into()),
+                },
+            },
+            ClientFrame::Ping => CheckedFrame::Ping,
+        };
+        CheckedRequest {
+            req: self.req,
+            frame,
+        }
+    }
+}
+
+/// A page size from a request: one of [`PAGE_SIZES`], the first by default.
+fn page_limit(limit: Option<u32>) -> Checked<u32> {
+    match limit {
+        None => Ok(PAGE_SIZES[0]),
+        Some(limit) if PAGE_SIZES.contains(&limit) => Ok(limit),
+        Some(limit) => Err(format!(
+            "A page holds 50, 100, 200 or 500 messages, not {limit}."
+        )),
+    }
+}
+
+/// The timestamp a message is stored with: the client's `ts` when it is
+/// within [`MAX_CLOCK_SKEW_MS`] of `now`, else `now`. Also returns how far
+/// off a refused client clock was, in whole seconds, for the log.
+pub fn message_ts(client: Option<i64>, now: i64) -> (i64, Option<i64>) {
+    match client {
+        // `abs_diff` cannot overflow, whatever the client sent.
+        Some(ts) if ts.abs_diff(now) <= MAX_CLOCK_SKEW_MS.unsigned_abs() => (ts, None),
+        Some(ts) => (now, Some(ts.saturating_sub(now) / 1000)),
+        None => (now, None),
+    }
+}
+
 /// Everything the server sends. Serialized once per event and shared between
 /// all recipients.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -142,7 +350,7 @@ pub enum ServerFrame {
     Ack {
         id: String,
         room: String,
-        seq: i64,
+        seq: Seq,
         ts: i64,
     },
     Message(ChatMessage),
@@ -200,7 +408,7 @@ impl ServerFrame {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChatMessage {
     pub room: String,
-    pub seq: i64,
+    pub seq: Seq,
     pub id: String,
     pub from: String,
     pub text: String,
@@ -465,7 +673,7 @@ mod tests {
             room: "general".into(),
             messages: vec![PageMessage(ChatMessage {
                 room: "general".into(),
-                seq: 1,
+                seq: Seq(1),
                 id: "c".into(),
                 from: "a".into(),
                 text: "t".into(),

@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 
+use rusqlite::types::{FromSql, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+
 use crate::Error;
-use crate::protocol::{ChatMessage, Cursor, PageMessage, fold_case};
+use crate::protocol::{ChatMessage, NameKey, PageMessage, PageQuery, Seq, now_ms};
 
 /// `PRAGMA application_id` of a Parlor database ("PRLR").
 const APPLICATION_ID: i64 = 0x5052_4c52;
@@ -51,10 +53,38 @@ CREATE INDEX messages_room_ts ON messages(room_id, ts, seq);
 CREATE INDEX messages_room_seq ON messages(room_id, seq);
 ";
 
+/// A user's row id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UserId(pub i64);
+
+/// A room's row id (a deleted room's name may be reused; its id never is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RoomId(pub i64);
+
+macro_rules! sql_id {
+    ($name:ident) => {
+        impl ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                self.0.to_sql()
+            }
+        }
+
+        impl FromSql for $name {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                i64::column_result(value).map($name)
+            }
+        }
+    };
+}
+
+sql_id!(UserId);
+sql_id!(RoomId);
+sql_id!(Seq);
+
 /// A live room as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomRecord {
-    pub id: i64,
+    pub id: RoomId,
     pub name: String,
     pub created_at: i64,
     pub created_by: Option<String>,
@@ -64,14 +94,14 @@ pub struct RoomRecord {
 /// A user as stored; `name` keeps the casing first used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {
-    pub id: i64,
+    pub id: UserId,
     pub name: String,
 }
 
 /// Where an already-stored message went, to repeat its ack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentRecord {
-    pub seq: i64,
+    pub seq: Seq,
     pub room: String,
     pub ts: i64,
 }
@@ -79,21 +109,12 @@ pub struct SentRecord {
 /// A message about to be stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
-    pub room_id: i64,
-    pub user_id: i64,
+    pub room_id: RoomId,
+    pub user_id: UserId,
     pub client_id: String,
     pub text: String,
     pub ts: i64,
     pub received_at: i64,
-}
-
-/// Which slice of a room's history to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PageQuery {
-    Newest,
-    Before(Cursor),
-    After(Cursor),
-    SinceSeq(i64),
 }
 
 /// A slice of history, oldest first.
@@ -104,6 +125,7 @@ pub struct PageRows {
     pub has_newer: bool,
 }
 
+/// The open database: one connection, owned by the hub thread.
 pub struct Store {
     conn: Connection,
 }
@@ -113,22 +135,20 @@ impl Store {
     /// not SQLite, or is SQLite but not Parlor's, is refused and left
     /// untouched.
     pub fn open(path: &Path) -> Result<Store, Error> {
-        let fail = |message: String| Error::Database {
-            path: path.to_path_buf(),
-            message,
-        };
-        prepare_file(path).map_err(|e| fail(e.to_string()))?;
+        let fail = |message: String| database_error(path, message, None);
+        prepare_file(path).map_err(|e| database_error(path, e.to_string(), Some(e.into())))?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|e| fail(format!("cannot open it: {e}")))?;
+        .map_err(|e| database_error(path, format!("cannot open it: {e}"), Some(e.into())))?;
         // Read before writing anything: a file that is not a database fails
         // here, while it is still byte-for-byte what it was.
         let (tables, app_id, version) = read_identity(&conn).map_err(|e| {
-            fail(format!(
+            let message = format!(
                 "it is not a readable SQLite database ({e}); move it away or pass another --db"
-            ))
+            );
+            database_error(path, message, Some(e.into()))
         })?;
         if app_id != APPLICATION_ID && !(app_id == 0 && tables == 0) {
             return Err(fail(
@@ -144,7 +164,7 @@ impl Store {
         store
             .configure()
             .and_then(|()| store.migrate(version))
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| database_error(path, e.to_string(), Some(e.into())))?;
         tighten_permissions(path);
         Ok(store)
     }
@@ -171,7 +191,7 @@ impl Store {
             tx.execute_batch(SCHEMA_V1)?;
             tx.execute(
                 "INSERT INTO rooms (name, name_key, created_at) VALUES ('general', 'general', ?1)",
-                [crate::now_ms()],
+                [now_ms()],
             )?;
             tx.pragma_update(None, "application_id", APPLICATION_ID)?;
         }
@@ -201,13 +221,14 @@ impl Store {
     /// Records a login: creates the user on first use (keeping that casing)
     /// and updates `last_seen`.
     pub fn login_user(&self, name: &str, now: i64) -> rusqlite::Result<UserRecord> {
+        let key = NameKey::of(name);
         self.conn
             .prepare_cached(
                 "INSERT INTO users (name, name_key, created_at, last_seen) VALUES (?1, ?2, ?3, ?3)
                  ON CONFLICT (name_key) DO UPDATE SET last_seen = excluded.last_seen
                  RETURNING id, name",
             )?
-            .query_row(params![name, fold_case(name), now], |row| {
+            .query_row(params![name, key.as_str(), now], |row| {
                 Ok(UserRecord {
                     id: row.get(0)?,
                     name: row.get(1)?,
@@ -215,25 +236,28 @@ impl Store {
             })
     }
 
-    pub fn touch_user(&self, user_id: i64, now: i64) -> rusqlite::Result<()> {
+    /// Records when a user was last online.
+    pub fn touch_user(&self, user_id: UserId, now: i64) -> rusqlite::Result<()> {
         self.conn
             .prepare_cached("UPDATE users SET last_seen = ?2 WHERE id = ?1")?
             .execute(params![user_id, now])?;
         Ok(())
     }
 
-    pub fn create_room(&self, name: &str, created_by: i64, now: i64) -> rusqlite::Result<i64> {
+    /// Creates a live room; fails if a live room has the same key.
+    pub fn create_room(&self, name: &str, created_by: UserId, now: i64) -> rusqlite::Result<RoomId> {
+        let key = NameKey::of(name);
         self.conn
             .prepare_cached(
                 "INSERT INTO rooms (name, name_key, created_at, created_by) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![name, fold_case(name), now, created_by])?;
-        Ok(self.conn.last_insert_rowid())
+            .execute(params![name, key.as_str(), now, created_by])?;
+        Ok(RoomId(self.conn.last_insert_rowid()))
     }
 
     /// Marks a room deleted. Its messages stay in the file but are no longer
     /// reachable through any live room.
-    pub fn delete_room(&self, room_id: i64, now: i64) -> rusqlite::Result<()> {
+    pub fn delete_room(&self, room_id: RoomId, now: i64) -> rusqlite::Result<()> {
         self.conn
             .prepare_cached("UPDATE rooms SET deleted_at = ?2 WHERE id = ?1")?
             .execute(params![room_id, now])?;
@@ -241,7 +265,7 @@ impl Store {
     }
 
     /// The message this user already sent with this client id, if any.
-    pub fn find_sent(&self, user_id: i64, client_id: &str) -> rusqlite::Result<Option<SentRecord>> {
+    pub fn find_sent(&self, user_id: UserId, client_id: &str) -> rusqlite::Result<Option<SentRecord>> {
         self.conn
             .prepare_cached(
                 "SELECT m.seq, r.name, m.ts FROM messages m JOIN rooms r ON r.id = m.room_id
@@ -262,7 +286,7 @@ impl Store {
     pub fn insert_messages<'a>(
         &mut self,
         batch: impl IntoIterator<Item = &'a NewMessage>,
-    ) -> rusqlite::Result<Vec<i64>> {
+    ) -> rusqlite::Result<Vec<Seq>> {
         let tx = self.conn.transaction()?;
         let mut seqs = Vec::new();
         {
@@ -282,7 +306,7 @@ impl Store {
                     m.ts,
                     m.received_at
                 ])?;
-                seqs.push(tx.last_insert_rowid());
+                seqs.push(Seq(tx.last_insert_rowid()));
                 count.execute([m.room_id])?;
             }
         }
@@ -293,30 +317,34 @@ impl Store {
     /// Reads one page of a room's history, oldest first.
     pub fn page(
         &self,
-        room_id: i64,
+        room_id: RoomId,
         room: &str,
         query: PageQuery,
         limit: u32,
     ) -> rusqlite::Result<PageRows> {
         const COLUMNS: &str = "SELECT m.seq, m.client_id, u.name, m.text, m.ts
              FROM messages m JOIN users u ON u.id = m.user_id WHERE m.room_id = ?1";
+        const NEWEST_FIRST: &str = "m.ts DESC, m.seq DESC";
         let fetch = i64::from(limit) + 1;
-        let (filter, order, cursor): (&str, &str, &[i64]) = match &query {
-            PageQuery::Newest => ("", "m.ts DESC, m.seq DESC", &[]),
+        // Pages walking back in time read newest first and are reversed.
+        let (filter, order, cursor, newest_first): (&str, &str, &[i64], bool) = match &query {
+            PageQuery::Newest => ("", NEWEST_FIRST, &[], true),
             PageQuery::Before(c) => (
                 "AND (m.ts, m.seq) < (?3, ?4)",
-                "m.ts DESC, m.seq DESC",
+                NEWEST_FIRST,
                 &[c.ts, c.seq],
+                true,
             ),
             PageQuery::After(c) => (
                 "AND (m.ts, m.seq) > (?3, ?4)",
                 "m.ts, m.seq",
                 &[c.ts, c.seq],
+                false,
             ),
-            PageQuery::SinceSeq(s) => ("AND m.seq > ?3", "m.seq", std::slice::from_ref(s)),
+            PageQuery::SinceSeq(s) => ("AND m.seq > ?3", "m.seq", std::slice::from_ref(s), false),
         };
         let sql = format!("{COLUMNS} {filter} ORDER BY {order} LIMIT ?2");
-        let args = [room_id, fetch].into_iter().chain(cursor.iter().copied());
+        let args = [room_id.0, fetch].into_iter().chain(cursor.iter().copied());
         let mut messages = self
             .conn
             .prepare_cached(&sql)?
@@ -333,7 +361,7 @@ impl Store {
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let more = messages.len() > limit as usize;
         messages.truncate(limit as usize);
-        if order.contains("DESC") {
+        if newest_first {
             messages.reverse();
         }
         // The page holds everything between its cursor and its far end, so
@@ -372,13 +400,13 @@ impl Store {
             .expect("page_count is always readable")
     }
 
-    fn exists(&self, room_id: i64, condition: &str, args: &[i64]) -> rusqlite::Result<bool> {
+    fn exists(&self, room_id: RoomId, condition: &str, args: &[i64]) -> rusqlite::Result<bool> {
         self.conn
             .prepare_cached(&format!(
                 "SELECT EXISTS (SELECT 1 FROM messages WHERE room_id = ?1 AND {condition})"
             ))?
             .query_row(
-                params_from_iter(std::iter::once(room_id).chain(args.iter().copied())),
+                params_from_iter(std::iter::once(room_id.0).chain(args.iter().copied())),
                 |row| row.get(0),
             )
     }
@@ -389,10 +417,7 @@ impl Store {
 /// reads one snapshot of the WAL database. The copy is created with mode
 /// 0600 and opens like any Parlor database.
 pub fn backup(db: &Path, dest: &Path) -> Result<(), Error> {
-    let fail = |path: &Path, message: String| Error::Database {
-        path: path.to_path_buf(),
-        message,
-    };
+    let fail = |path: &Path, message: String| database_error(path, message, None);
     if !db.is_file() {
         return Err(fail(db, "there is no database file here".into()));
     }
@@ -418,6 +443,18 @@ pub fn backup(db: &Path, dest: &Path) -> Result<(), Error> {
         return Err(fail(dest, format!("the copy failed: {e}")));
     }
     Ok(())
+}
+
+fn database_error(
+    path: &Path,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+) -> Error {
+    Error::Database {
+        path: path.to_path_buf(),
+        message,
+        source,
+    }
 }
 
 /// Creates the file with mode 0600 if it does not exist, so the database is
@@ -480,43 +517,20 @@ fn read_identity(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::protocol::Cursor;
+    use tempfile::TempDir;
 
-    pub(crate) fn temp_store() -> (tempdir::TempDir, Store) {
-        let dir = tempdir::TempDir::new();
+    /// A store on a new database in a directory removed on drop.
+    pub(crate) fn temp_store() -> (TempDir, Store) {
+        let dir = TempDir::new().unwrap();
         let store = Store::open(&dir.path().join("t.db")).unwrap();
         (dir, store)
     }
 
-    /// A self-removing directory for store tests.
-    pub(crate) mod tempdir {
-        use std::path::{Path, PathBuf};
+    /// `general`, the room of a new database.
+    const GENERAL: RoomId = RoomId(1);
 
-        pub struct TempDir(PathBuf);
-
-        impl TempDir {
-            pub fn new() -> TempDir {
-                let path = std::env::temp_dir().join(format!(
-                    "parlor-store-{}-{}",
-                    std::process::id(),
-                    crate::random::token()
-                ));
-                std::fs::create_dir_all(&path).unwrap();
-                TempDir(path)
-            }
-
-            pub fn path(&self) -> &Path {
-                &self.0
-            }
-        }
-
-        impl Drop for TempDir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
-    }
-
-    fn message(room_id: i64, user_id: i64, id: &str, ts: i64) -> NewMessage {
+    fn message(room_id: RoomId, user_id: UserId, id: &str, ts: i64) -> NewMessage {
         NewMessage {
             room_id,
             user_id,
@@ -547,7 +561,7 @@ pub(crate) mod tests {
 
     #[test]
     fn refuses_files_that_are_not_parlor_databases_and_leaves_them_untouched() {
-        let dir = tempdir::TempDir::new();
+        let dir = TempDir::new().unwrap();
         let junk = dir.path().join("junk.db");
         let bytes = b"this is a text file, not a database, at least 100 bytes long so SQLite reads its header fully.....".to_vec();
         fs::write(&junk, &bytes).unwrap();
@@ -606,11 +620,11 @@ pub(crate) mod tests {
         let (_dir, mut store) = temp_store();
         let user = store.login_user("carol", 1).unwrap();
         let seqs = store
-            .insert_messages(&[message(1, user.id, "x", 10)])
+            .insert_messages(&[message(GENERAL, user.id, "x", 10)])
             .unwrap();
         assert!(
             store
-                .insert_messages(&[message(1, user.id, "x", 11)])
+                .insert_messages(&[message(GENERAL, user.id, "x", 11)])
                 .is_err()
         );
         let sent = store.find_sent(user.id, "x").unwrap().unwrap();
@@ -632,23 +646,23 @@ pub(crate) mod tests {
         let user = store.login_user("dan", 1).unwrap();
         // ts goes backwards for some messages: order is by (ts, seq), not seq.
         let batch: Vec<_> = (0..25)
-            .map(|i| message(1, user.id, &format!("m{i}"), 1000 + (i % 5) * 10 - i))
+            .map(|i| message(GENERAL, user.id, &format!("m{i}"), 1000 + (i % 5) * 10 - i))
             .collect();
         store.insert_messages(&batch).unwrap();
         let mut all: Vec<(i64, i64)> = store
-            .page(1, "general", PageQuery::SinceSeq(0), 500)
+            .page(GENERAL, "general", PageQuery::SinceSeq(0), 500)
             .unwrap()
             .messages
             .iter()
-            .map(|m| (m.0.ts, m.0.seq))
+            .map(|m| (m.0.ts, m.0.seq.0))
             .collect();
         assert_eq!(all.len(), 25);
         all.sort();
         let keys = |rows: &PageRows| -> Vec<(i64, i64)> {
-            rows.messages.iter().map(|m| (m.0.ts, m.0.seq)).collect()
+            rows.messages.iter().map(|m| (m.0.ts, m.0.seq.0)).collect()
         };
 
-        let newest = store.page(1, "general", PageQuery::Newest, 10).unwrap();
+        let newest = store.page(GENERAL, "general", PageQuery::Newest, 10).unwrap();
         assert_eq!(keys(&newest), all[15..]);
         assert!(newest.has_older && !newest.has_newer);
 
@@ -656,7 +670,7 @@ pub(crate) mod tests {
             ts: all[15].0,
             seq: all[15].1,
         };
-        let before = store.page(1, "general", PageQuery::Before(c), 10).unwrap();
+        let before = store.page(GENERAL, "general", PageQuery::Before(c), 10).unwrap();
         assert_eq!(keys(&before), all[5..15]);
         assert!(before.has_older && before.has_newer);
 
@@ -664,7 +678,7 @@ pub(crate) mod tests {
             ts: all[5].0,
             seq: all[5].1,
         };
-        let oldest = store.page(1, "general", PageQuery::Before(c), 10).unwrap();
+        let oldest = store.page(GENERAL, "general", PageQuery::Before(c), 10).unwrap();
         assert_eq!(keys(&oldest), all[..5]);
         assert!(!oldest.has_older && oldest.has_newer);
 
@@ -672,22 +686,22 @@ pub(crate) mod tests {
             ts: all[4].0,
             seq: all[4].1,
         };
-        let after = store.page(1, "general", PageQuery::After(c), 10).unwrap();
+        let after = store.page(GENERAL, "general", PageQuery::After(c), 10).unwrap();
         assert_eq!(keys(&after), all[5..15]);
         assert!(after.has_older && after.has_newer);
 
         let since = store
-            .page(1, "general", PageQuery::SinceSeq(20), 10)
+            .page(GENERAL, "general", PageQuery::SinceSeq(20), 10)
             .unwrap();
-        let seqs: Vec<i64> = since.messages.iter().map(|m| m.0.seq).collect();
-        let first = since.messages[0].0.seq;
+        let seqs: Vec<i64> = since.messages.iter().map(|m| m.0.seq.0).collect();
+        let first = since.messages[0].0.seq.0;
         assert_eq!(seqs, (first..first + 5).collect::<Vec<_>>());
         assert!(since.has_older && !since.has_newer);
     }
 
     #[test]
     fn restart_keeps_everything() {
-        let dir = tempdir::TempDir::new();
+        let dir = TempDir::new().unwrap();
         let path = dir.path().join("r.db");
         {
             let mut store = Store::open(&path).unwrap();

@@ -6,9 +6,12 @@
 //! the reader owns a `WebSocket` over [`ReadHalf`], whose writes go nowhere,
 //! and forwards pings and closes to the writer; the writer owns a server-role
 //! `WebSocketContext` over a clone of the socket for its control frames. The
-//! hub's frames arrive through the connection's [`Outbox`], which sends them
-//! at once while the socket takes them and otherwise queues them for the
-//! writer; only one of the two writes at any time.
+//! hub's frames arrive through the connection's [`Outbox`]: the post sends
+//! them at once while the socket takes them and otherwise queues them for
+//! the writer; only one of the two writes at any time.
+//!
+//! The reader parses and checks every text frame (see `protocol`) before the
+//! hub sees it, so that work is spread over the connections' threads.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -25,11 +28,14 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Bytes, Message, WebSocket};
 
+use crate::Error;
 use crate::admission::{Admitted, OriginPolicy, SocketLimits, SocketTable};
-use crate::hub::{Command, ConnId, Event};
+use crate::net::{Stream, wake_listener};
 use crate::outbox::Outbox;
+use crate::post::{CloseRequest, Route, Routes};
 use crate::protocol::{BadRequest, MAX_FRAME_BYTES, parse_request};
-use crate::tls::{Conn, TlsConfig, wake_addr};
+use crate::tls::TlsConfig;
+use crate::vocab::{ConnId, Event};
 
 /// Time allowed for the opening HTTP handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,9 +64,16 @@ fn ws_config(max_message: usize) -> WebSocketConfig {
 /// What a connection's data messages are for.
 #[derive(Clone)]
 pub enum Handler {
-    /// Parlor itself: parse each text frame and hand it to the hub, which
-    /// hears of every connection (`Connected`/`Disconnected`).
-    Hub(Sender<Event>),
+    /// Parlor itself: parse and check each text frame and hand it to the
+    /// hub, which hears of every connection (`Connected`/`Disconnected`);
+    /// the hub's mail reaches the connection through its route.
+    Hub {
+        /// To the hub: one sender per connection thread; the hub's receiver
+        /// ends when the hub does.
+        hub_tx: Sender<Event>,
+        /// Where this connection's route is added for the post.
+        routes: Routes,
+    },
     /// Conformance testing: send every message straight back, through the
     /// same reader and writer threads.
     Echo,
@@ -68,10 +81,13 @@ pub enum Handler {
 
 /// How the listener treats its connections.
 pub struct Settings {
+    /// Where messages go.
     pub handler: Handler,
     /// Speak WSS instead of WS.
     pub tls: Option<TlsConfig>,
+    /// Which browser origins may connect.
     pub origins: OriginPolicy,
+    /// Caps on open sockets.
     pub limits: SocketLimits,
     /// Largest message (and frame) accepted; larger ones close with 1009.
     pub max_message: usize,
@@ -81,12 +97,13 @@ impl Settings {
     /// Parlor's own settings: frames go to the hub, at most 64 KiB.
     pub fn chat(
         hub_tx: Sender<Event>,
+        routes: Routes,
         tls: Option<TlsConfig>,
         origins: OriginPolicy,
         limits: SocketLimits,
     ) -> Settings {
         Settings {
-            handler: Handler::Hub(hub_tx),
+            handler: Handler::Hub { hub_tx, routes },
             tls,
             origins,
             limits,
@@ -120,6 +137,7 @@ impl Listener {
         })
     }
 
+    /// Where the listener listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -128,7 +146,7 @@ impl Listener {
     /// connecting to it once.
     pub fn stop(self) {
         self.stopping.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&wake_addr(self.addr), Duration::from_secs(1));
+        wake_listener(self.addr);
         if self.thread.join().is_err() {
             log::error!("ws-accept thread panicked");
         }
@@ -167,7 +185,17 @@ fn accept_loop(
         let spawned = std::thread::Builder::new()
             .name(format!("conn-{}-rx", conn.0))
             .stack_size(CONN_STACK)
-            .spawn(move || serve(conn, stream, peer, admitted, &settings));
+            .spawn(move || {
+                // A connection's errors end only that connection; they are
+                // logged here, once.
+                match serve(conn, stream, peer, admitted, &settings) {
+                    Ok(()) => {}
+                    Err(Error::WebSocket(e)) => {
+                        log::info!("{conn}: WebSocket handshake from {peer} failed: {e}")
+                    }
+                    Err(e) => log::warn!("{conn}: {e}"),
+                }
+            });
         if let Err(e) = spawned {
             log::error!("{conn}: cannot start its thread: {e}");
         }
@@ -178,7 +206,7 @@ fn accept_loop(
 /// socket; writes reach it only during the handshake and are discarded after,
 /// because the writer thread sends every reply (pongs and closes included).
 struct ReadHalf {
-    stream: Conn,
+    stream: Stream,
     discard_writes: bool,
     /// While set, reads fail once it passes, however slowly bytes trickle in.
     deadline: Option<Instant>,
@@ -260,28 +288,18 @@ fn close_frame(code: CloseCode, reason: &str) -> Option<CloseFrame> {
 }
 
 /// Runs a connection: the handshake, then the reader loop on this thread
-/// and the writer on a `conn-N-tx` thread.
+/// and the writer on a `conn-N-tx` thread. Returns when the reader ends;
+/// the writer ends the connection.
 fn serve(
     conn: ConnId,
     stream: TcpStream,
     peer: SocketAddr,
     admitted: Admitted,
     settings: &Settings,
-) {
-    let setup = stream
-        .set_write_timeout(Some(WRITE_TIMEOUT))
-        .and_then(|()| stream.set_nodelay(true))
-        .and_then(|()| match &settings.tls {
-            Some(tls) => tls.accept(&stream),
-            None => Ok((
-                Conn::Plain(Arc::new(stream.try_clone()?)),
-                Conn::Plain(Arc::new(stream)),
-            )),
-        });
-    let (stream, write_stream) = match setup {
-        Ok(halves) => halves,
-        Err(e) => return log::warn!("{conn}: socket setup failed: {e}"),
-    };
+) -> Result<(), Error> {
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    let (stream, write_stream) = Stream::pair(stream, settings.tls.as_ref())?;
     let read_half = ReadHalf {
         stream,
         discard_writes: false,
@@ -293,27 +311,30 @@ fn serve(
         origins: &settings.origins,
     };
     let config = ws_config(settings.max_message);
-    let mut ws = match tungstenite::accept_hdr_with_config(read_half, check, Some(config)) {
-        Ok(ws) => ws,
-        Err(e) => return log::info!("{conn}: WebSocket handshake from {peer} failed: {e}"),
-    };
+    let mut ws = tungstenite::accept_hdr_with_config(read_half, check, Some(config))
+        .map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(e) => Error::WebSocket(e),
+            tungstenite::HandshakeError::Interrupted(_) => {
+                Error::Io(io::ErrorKind::WouldBlock.into())
+            }
+        })?;
     admitted.handshake_done();
     let half = ws.get_mut();
     half.discard_writes = true;
     half.deadline = None;
-    if let Err(e) = half.stream.tcp().set_read_timeout(Some(PING_AFTER)) {
-        return log::warn!("{conn}: socket setup failed: {e}");
-    }
+    half.stream.tcp().set_read_timeout(Some(PING_AFTER))?;
 
-    // The outbox: the hub writes to a plain socket directly while it keeps
+    // The outbox: the post writes to a plain socket directly while it keeps
     // up, and the writer thread writes whatever had to wait.
     let direct = match &write_stream {
-        Conn::Plain(sock) => Some(sock.clone()),
-        Conn::Tls(_) => None,
+        Stream::Plain(sock) => Some(sock.clone()),
+        Stream::Tls(_) => None,
     };
     let (outbox, woken) = Outbox::new(direct);
-    // The hub's commands (close with a reason) to the writer.
-    let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
+    // From the post (which holds the sender in the connection's route) to
+    // the writer: close after the queue. The route being forgotten drops
+    // the sender, which ends the writer without a close frame.
+    let (close_tx, close_rx) = crossbeam_channel::unbounded();
     // The reader's requests (pong, ping, echo, close) to the writer. Bounded:
     // a client that floods pings while not reading must not grow it.
     let (control_tx, control_rx) = crossbeam_channel::bounded(CONTROL_QUEUE);
@@ -328,28 +349,24 @@ fn serve(
                 config,
                 outbox_w,
                 woken,
-                commands_rx,
+                close_rx,
                 control_rx,
             )
-        });
-    if let Err(e) = writer {
-        return log::error!("{conn}: cannot start its writer: {e}");
-    }
+        })?;
+    drop(writer);
     match &settings.handler {
-        Handler::Hub(hub_tx) => {
-            let connected = Event::Connected {
-                conn,
-                peer,
-                outbox,
-                commands_tx,
-            };
-            if hub_tx.send(connected).is_err() {
+        Handler::Hub { hub_tx, routes } => {
+            // The route first: mail the hub sends once it hears of the
+            // connection must find it.
+            routes.add(conn, Route { outbox, close_tx });
+            if hub_tx.send(Event::Connected { conn, peer }).is_err() {
                 // The hub has stopped: the server is shutting down.
+                routes.remove(conn);
                 let _ = control_tx.send(Control::Close(close_frame(
                     CloseCode::Away,
                     "server shutting down",
                 )));
-                return;
+                return Ok(());
             }
             read_loop(conn, &mut ws, &settings.handler, &control_tx);
             // The writer owns the end of the connection: it sends any close
@@ -358,9 +375,10 @@ fn serve(
         }
         Handler::Echo => {
             read_loop(conn, &mut ws, &settings.handler, &control_tx);
-            drop((outbox, commands_tx));
+            drop((outbox, close_tx));
         }
     }
+    Ok(())
 }
 
 fn read_loop(
@@ -431,11 +449,14 @@ fn read_loop(
                 let _ = control_tx.send(Control::Echo(message));
                 continue;
             }
-            (Message::Text(text), Handler::Hub(_)) => match parse_request(&text) {
-                Ok(request) => Event::Request { conn, request },
+            (Message::Text(text), Handler::Hub { .. }) => match parse_request(&text) {
+                Ok(request) => Event::Request {
+                    conn,
+                    request: request.check(),
+                },
                 Err(error) => Event::BadFrame { conn, error },
             },
-            (Message::Binary(_), Handler::Hub(_)) => Event::BadFrame {
+            (Message::Binary(_), Handler::Hub { .. }) => Event::BadFrame {
                 conn,
                 error: BadRequest {
                     req: None,
@@ -443,7 +464,7 @@ fn read_loop(
                 },
             },
         };
-        if let Handler::Hub(hub_tx) = handler
+        if let Handler::Hub { hub_tx, .. } = handler
             && hub_tx.send(event).is_err()
         {
             return close(CloseCode::Away, "server shutting down");
@@ -456,11 +477,11 @@ fn read_loop(
 /// wait, and the connection's control frames.
 fn write_loop(
     conn: ConnId,
-    mut stream: Conn,
+    mut stream: Stream,
     config: WebSocketConfig,
     outbox: Outbox,
     woken: Receiver<()>,
-    commands_rx: Receiver<Command>,
+    close_rx: Receiver<CloseRequest>,
     control_rx: Receiver<Control>,
 ) {
     let mut ctx = WebSocketContext::new(Role::Server, Some(config));
@@ -469,14 +490,14 @@ fn write_loop(
             select! {
                 // `woken` never disconnects: this thread holds the outbox.
                 recv(woken) -> _ => {}
-                recv(commands_rx) -> command => {
-                    // The hub has closed the outbox; what it queued before
+                recv(close_rx) -> request => {
+                    // The post has closed the outbox; what it queued before
                     // goes out first (at least the rest of a frame already
                     // begun, so the close frame does not land inside it).
                     outbox.claim();
                     write_queued(&outbox, &mut stream, true)?;
-                    let frame = match command {
-                        Ok(Command::Close { code, reason }) => close_frame(code.into(), &reason),
+                    let frame = match request {
+                        Ok(CloseRequest { code, reason }) => close_frame(code.into(), &reason),
                         // The hub forgot this connection.
                         Err(_) => None,
                     };
@@ -512,7 +533,7 @@ fn write_loop(
 /// Writes out the outbox's queue. Once it is empty the socket is released
 /// to direct sends again, unless `keep_claim` (the writer has a control
 /// frame of its own to send next).
-fn write_queued(outbox: &Outbox, stream: &mut Conn, keep_claim: bool) -> io::Result<()> {
+fn write_queued(outbox: &Outbox, stream: &mut Stream, keep_claim: bool) -> io::Result<()> {
     let mut buf = Vec::new();
     loop {
         let run = outbox.next_run(WRITE_RUN, keep_claim);
@@ -532,7 +553,7 @@ fn write_queued(outbox: &Outbox, stream: &mut Conn, keep_claim: bool) -> io::Res
 /// client sees the end of the stream.
 fn close_with(
     ctx: &mut WebSocketContext,
-    stream: &mut Conn,
+    stream: &mut Stream,
     frame: Option<CloseFrame>,
 ) -> tungstenite::Result<()> {
     match ctx.close(stream, frame) {

@@ -57,7 +57,7 @@ fn server_with_config(
 
 fn seed(db: &Path, rooms: &[(&str, usize)]) {
     let mut store = Store::open(db).expect("open the database to seed it");
-    let now = parlor::now_ms();
+    let now = parlor::protocol::now_ms();
     let carol = store.login_user("carol", now).expect("add carol");
     let dave = store.login_user("dave", now).expect("add dave");
     for &(room, count) in rooms {

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use parlor::tls::retry_interrupted as retry;
+use parlor::net::retry_interrupted as retry;
 use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket};
 
@@ -300,7 +300,7 @@ impl Client {
 }
 
 pub fn now_ms() -> i64 {
-    parlor::now_ms()
+    parlor::protocol::now_ms()
 }
 
 /// Asserts an error frame with this code.

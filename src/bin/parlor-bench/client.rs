@@ -9,7 +9,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use parlor::tls::retry_interrupted;
+use parlor::net::retry_interrupted;
 use serde_json::{Value, json};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Bytes, Message, Utf8Bytes, WebSocket};

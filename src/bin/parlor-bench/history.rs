@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use parlor::store::{NewMessage, Store};
+use parlor::store::{NewMessage, Store, UserId};
 use serde_json::{Value, json};
 
 use crate::client::Conn;
@@ -88,7 +88,7 @@ fn database(options: &HistoryOptions) -> Result<(PathBuf, i64, Option<Duration>)
         let _ = std::fs::remove_file(PathBuf::from(name));
     }
     let started = Instant::now();
-    let base = parlor::now_ms() - 40 * 24 * 3600 * 1000;
+    let base = parlor::protocol::now_ms() - 40 * 24 * 3600 * 1000;
     build(&path, options.messages, base)?;
     std::fs::write(&manifest_path, manifest(options.messages, base).to_string())
         .map_err(|e| format!("cannot write {}: {e}", manifest_path.display()))?;
@@ -101,7 +101,7 @@ fn build(path: &Path, messages: usize, base: i64) -> Result<(), String> {
         return Err("--messages must be a positive multiple of 25".into());
     }
     let mut store = Store::open(path).map_err(|e| fail(&e))?;
-    let users: Vec<i64> = (0..USERS)
+    let users: Vec<UserId> = (0..USERS)
         .map(|u| store.login_user(&format!("user-{u}"), base).map(|r| r.id))
         .collect::<Result<_, _>>()
         .map_err(|e| fail(&e))?;
@@ -134,7 +134,7 @@ fn build(path: &Path, messages: usize, base: i64) -> Result<(), String> {
         if batch.len() == BATCH || i + 1 == total {
             let seqs = store.insert_messages(&batch).map_err(|e| fail(&e))?;
             let first = (i + 1 - batch.len()) as i64 + 1;
-            if seqs.first() != Some(&first) {
+            if seqs.first().map(|s| s.0) != Some(first) {
                 return Err(fail(&"sequence numbers are not contiguous from 1"));
             }
             batch.clear();

@@ -453,7 +453,7 @@ impl Fleet {
             None => None,
         };
         let origin = Instant::now();
-        let origin_wall_ms = parlor::now_ms();
+        let origin_wall_ms = parlor::protocol::now_ms();
         let progress = Arc::new(Progress {
             received: (0..MAX_STEPS).map(|_| AtomicU64::new(0)).collect(),
             acked: (0..MAX_STEPS).map(|_| AtomicU64::new(0)).collect(),

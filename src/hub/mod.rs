@@ -1,0 +1,510 @@
+//! The hub: the one thread that owns the [`Store`] and all chat state, fed
+//! by a single channel of [`Event`]s. It never touches a socket: what it has
+//! to say goes out as [`Mail`](crate::vocab::Mail) through the
+//! [`MailSink`] it is handed.
+//!
+//! Sends are group-committed: the hub drains whatever is waiting on its
+//! channel, stores all sends of that batch in one transaction, and only then
+//! acks and broadcasts them. Any other request first commits the pending
+//! batch, so every reply reflects everything acknowledged before it.
+//!
+//! Each job keeps its state in a type of its own, in a file of its own:
+//! [`sessions`] (connections, sign-in, resume), [`rooms`] (rooms, presence,
+//! the room list), [`messages`] (sends and the commit), [`history`] (pages),
+//! [`limits`] (rate limits), and [`outgoing`] (the batch's mail). A handler
+//! is given the parts it needs.
+
+mod history;
+mod limits;
+mod messages;
+mod outgoing;
+mod rooms;
+mod sessions;
+
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use crate::protocol::{CheckedFrame, CheckedRequest, ErrorCode, ServerFrame};
+use crate::store::Store;
+use crate::vocab::{ConnId, Event, MailSink, close};
+
+use limits::Limits;
+use messages::Sends;
+use outgoing::{Outgoing, To};
+use rooms::Rooms;
+use sessions::{Caller, HELLO_TIMEOUT, Sessions};
+
+/// Most events handled before the pending sends are committed.
+const MAX_BATCH: usize = 1024;
+
+/// What the hub is told at start-up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Most distinct users online at once.
+    pub max_users: usize,
+    /// Most messages one user may send in any one-second window.
+    pub messages_per_second: u32,
+    /// Most joins into another room one user may make in any 60 s window.
+    pub room_switches_per_minute: u32,
+}
+
+/// The hub's state; [`Hub::run`] is its thread.
+pub struct Hub {
+    store: Store,
+    sessions: Sessions,
+    rooms: Rooms,
+    sends: Sends,
+    limits: Limits,
+    /// What this batch says to connections, handed to the sink at its end.
+    out: Outgoing,
+}
+
+impl Hub {
+    /// Loads the live rooms from `store`.
+    pub fn new(store: Store, settings: &Settings) -> rusqlite::Result<Hub> {
+        Ok(Hub {
+            rooms: Rooms::load(&store)?,
+            store,
+            sessions: Sessions::new(settings.max_users),
+            sends: Sends::default(),
+            limits: Limits::new(
+                settings.messages_per_second,
+                settings.room_switches_per_minute,
+            ),
+            out: Outgoing::default(),
+        })
+    }
+
+    /// Runs until [`Event::Shutdown`] (or until every sender of `events_rx`
+    /// is gone), handing each batch's mail to `sink`.
+    pub fn run(mut self, events_rx: Receiver<Event>, sink: &mut impl MailSink) {
+        loop {
+            // Block until an event arrives or the next deadline passes; an
+            // idle hub sleeps.
+            let first = match self.next_deadline() {
+                Some(deadline) => match events_rx.recv_deadline(deadline) {
+                    Ok(event) => Some(event),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match events_rx.recv() {
+                    Ok(event) => Some(event),
+                    Err(_) => break,
+                },
+            };
+            self.expire_hellos(Instant::now());
+            let mut running = first.is_none_or(|event| self.handle(event));
+            let mut handled = 1;
+            while running && handled < MAX_BATCH {
+                match events_rx.try_recv() {
+                    Ok(event) => running = self.handle(event),
+                    Err(_) => break,
+                }
+                handled += 1;
+            }
+            self.end_batch(sink);
+            if !running {
+                self.sessions
+                    .close_all(&mut self.out, close::GOING_AWAY, "server shutting down");
+                break;
+            }
+        }
+        self.end_batch(sink);
+    }
+
+    /// After each batch of events: commit the pending sends, send the room
+    /// list if it is due, and hand the batch's mail to the sink.
+    fn end_batch(&mut self, sink: &mut impl MailSink) {
+        self.sends
+            .commit(&mut self.store, &mut self.rooms, &mut self.out);
+        if self.rooms.list_due.is_some_and(|due| due <= Instant::now()) {
+            self.send_room_list(None);
+        }
+        if !self.out.mail.is_empty() {
+            sink.post(std::mem::take(&mut self.out.mail));
+        }
+    }
+
+    /// The earliest of the oldest hello deadline and the room list's.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        let hello = self.sessions.next_hello_deadline();
+        match (hello, self.rooms.list_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn expire_hellos(&mut self, now: Instant) {
+        for conn in self.sessions.expired_hellos(now) {
+            log::info!("{conn}: no hello within {HELLO_TIMEOUT:?}; closing");
+            self.drop_conn(conn, close::POLICY, "no hello within 10 seconds");
+        }
+    }
+
+    fn drop_conn(&mut self, conn: ConnId, code: u16, reason: &str) {
+        self.sessions.drop_conn(
+            &self.store,
+            &mut self.rooms,
+            &mut self.out,
+            conn,
+            code,
+            reason,
+        );
+    }
+
+    /// Sends the room list to everyone signed in; `requester` gets its copy
+    /// with its `req`.
+    fn send_room_list(&mut self, requester: Option<&To>) {
+        self.rooms
+            .send_list(self.sessions.online_conns(), &mut self.out, requester);
+    }
+
+    /// Handles one event; false means shut down.
+    fn handle(&mut self, event: Event) -> bool {
+        match event {
+            Event::Connected { conn, peer } => self.sessions.connected(conn, peer),
+            Event::Request { conn, request } => {
+                if !matches!(
+                    request.frame,
+                    CheckedFrame::Send { .. } | CheckedFrame::Ping
+                ) {
+                    self.sends
+                        .commit(&mut self.store, &mut self.rooms, &mut self.out);
+                }
+                self.request(conn, request);
+            }
+            Event::BadFrame { conn, error } => {
+                let to = To {
+                    conn,
+                    req: error.req.as_deref(),
+                };
+                self.out
+                    .error(&to, ErrorCode::BadRequest, error.message.clone());
+            }
+            Event::Disconnected { conn } => {
+                self.sessions
+                    .disconnected(&self.store, &mut self.rooms, &mut self.out, conn)
+            }
+            Event::TooSlow { conn } => {
+                if self.sessions.knows(conn) {
+                    log::warn!("{conn}: outbox full (client too slow); disconnecting it");
+                    self.drop_conn(conn, close::POLICY, "too far behind; reconnect to catch up");
+                }
+            }
+            Event::Shutdown => return false,
+        }
+        true
+    }
+
+    /// Dispatches a request by what it is and who sent it.
+    fn request(&mut self, conn: ConnId, request: CheckedRequest) {
+        let CheckedRequest { req, frame } = request;
+        let to = To {
+            conn,
+            req: req.as_deref(),
+        };
+        let out = &mut self.out;
+        let user = match (self.sessions.caller(conn), frame) {
+            (Caller::Gone, _) => return,
+            (Caller::Anonymous, CheckedFrame::Hello { username, resume }) => {
+                return self.sessions.hello(
+                    &self.store,
+                    &mut self.rooms,
+                    &self.limits,
+                    out,
+                    &to,
+                    username,
+                    resume,
+                );
+            }
+            (Caller::SignedIn(user), CheckedFrame::Hello { .. }) => {
+                let message = format!("This connection is already signed in as {}.", user.name);
+                return out.error(&to, ErrorCode::BadRequest, message);
+            }
+            (_, CheckedFrame::Ping) => return out.reply(&to, &ServerFrame::Pong),
+            (Caller::Anonymous, _) => {
+                return out.error(
+                    &to,
+                    ErrorCode::NotLoggedIn,
+                    "Say hello with a username first.",
+                );
+            }
+            (Caller::SignedIn(user), frame) => (user, frame),
+        };
+        let (user, frame) = user;
+        match frame {
+            CheckedFrame::CreateRoom { room } => {
+                if self.rooms.create(&self.store, out, &to, user, room) {
+                    self.rooms
+                        .send_list(self.sessions.online_conns(), out, Some(&to));
+                }
+            }
+            CheckedFrame::DeleteRoom { room } => {
+                if self.rooms.delete(&self.store, out, &to, user, &room) {
+                    self.rooms
+                        .send_list(self.sessions.online_conns(), out, Some(&to));
+                }
+            }
+            CheckedFrame::Join { room, limit } => {
+                self.rooms
+                    .join(&self.store, &mut self.limits, out, &to, user, &room, limit)
+            }
+            CheckedFrame::Leave => self.rooms.leave(out, &to, &user.key),
+            CheckedFrame::Send { id, text, ts } => self.sends.send(
+                &self.store,
+                &self.rooms,
+                &mut self.limits,
+                out,
+                to.req,
+                user,
+                id,
+                text,
+                ts,
+            ),
+            CheckedFrame::History { room, limit, query } => {
+                history::history(&self.store, &self.rooms, out, &to, &room, limit, query)
+            }
+            CheckedFrame::Hello { .. } | CheckedFrame::Ping => {
+                unreachable!("BUG: answered above")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{now_ms, parse_request};
+    use crate::store::tests::temp_store;
+    use crate::vocab::Mail;
+    use serde_json::{Value, json};
+    use std::collections::HashMap;
+
+    /// A hub driven by hand: events in, mail out, no threads or sockets.
+    struct Harness {
+        hub: Hub,
+        _dir: tempfile::TempDir,
+        /// The sink: every batch's mail.
+        mail: Vec<Mail>,
+        /// What each connection has been sent and not yet read, and whether
+        /// it was closed.
+        inboxes: HashMap<u64, Vec<Value>>,
+        closed: HashMap<u64, u16>,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            let (dir, store) = temp_store();
+            let settings = Settings {
+                max_users: 10,
+                messages_per_second: 1000,
+                room_switches_per_minute: 5,
+            };
+            Harness {
+                hub: Hub::new(store, &settings).unwrap(),
+                _dir: dir,
+                mail: Vec::new(),
+                inboxes: HashMap::new(),
+                closed: HashMap::new(),
+            }
+        }
+
+        fn connect(&mut self, n: u64) {
+            self.hub.handle(Event::Connected {
+                conn: ConnId(n),
+                peer: "127.0.0.1:1".parse().unwrap(),
+            });
+        }
+
+        /// Hands a request to the hub without committing, as when more
+        /// events are waiting on its channel.
+        fn queue(&mut self, n: u64, frame: Value) {
+            let request = parse_request(&frame.to_string()).unwrap().check();
+            assert!(self.hub.handle(Event::Request {
+                conn: ConnId(n),
+                request
+            }));
+        }
+
+        fn end_batch(&mut self) {
+            self.hub.end_batch(&mut self.mail);
+            for mail in self.mail.drain(..) {
+                match mail {
+                    Mail::Frame(conn, frame) => self
+                        .inboxes
+                        .entry(conn.0)
+                        .or_default()
+                        .push(serde_json::from_str(frame.payload()).unwrap()),
+                    Mail::Close { conn, code, .. } => {
+                        self.closed.insert(conn.0, code);
+                    }
+                    Mail::Forget(conn) => {
+                        self.closed.insert(conn.0, 0);
+                    }
+                }
+            }
+        }
+
+        /// Hands a request over and ends the batch.
+        fn request(&mut self, n: u64, frame: Value) {
+            self.queue(n, frame);
+            self.end_batch();
+        }
+
+        fn frames(&mut self, n: u64) -> Vec<Value> {
+            self.inboxes.remove(&n).unwrap_or_default()
+        }
+
+        fn sign_in(&mut self, n: u64, name: &str) {
+            self.connect(n);
+            self.request(n, json!({"type": "hello", "username": name}));
+            self.request(n, json!({"type": "join", "room": "general"}));
+            self.frames(n);
+        }
+    }
+
+    fn send(id: &str, text: &str) -> Value {
+        json!({"type": "send", "id": id, "text": text, "ts": now_ms()})
+    }
+
+    #[test]
+    fn a_client_too_slow_to_read_is_dropped_and_the_room_sees_it_leave() {
+        let mut h = Harness::new();
+        h.sign_in(1, "alice");
+        h.sign_in(2, "carol");
+        h.sign_in(3, "bob");
+        h.frames(1);
+        h.frames(2);
+        h.request(1, send("before", "hello"));
+        h.frames(1);
+        // The post found bob's outbox full.
+        assert!(h.hub.handle(Event::TooSlow { conn: ConnId(3) }));
+        h.end_batch();
+        assert_eq!(h.closed.get(&3), Some(&close::POLICY));
+        let alice = h.frames(1);
+        assert!(
+            alice
+                .iter()
+                .any(|f| f["type"] == "presence" && f["user"] == "bob" && f["state"] == "left"),
+            "alice never saw bob leave: {alice:?}"
+        );
+        assert!(h.hub.sessions.is_online("alice"));
+        assert!(!h.hub.sessions.is_online("bob"), "bob is still signed in");
+        assert!(!h.hub.sessions.knows(ConnId(3)));
+        h.frames(3);
+        h.request(1, send("after", "still chatting"));
+        let alice = h.frames(1);
+        assert!(
+            alice
+                .iter()
+                .any(|f| f["type"] == "ack" && f["id"] == "after"),
+            "{alice:?}"
+        );
+        assert!(h.frames(3).is_empty(), "a dropped client gets nothing more");
+    }
+
+    #[test]
+    fn a_batch_is_acked_only_after_its_commit() {
+        let mut h = Harness::new();
+        h.sign_in(1, "alice");
+        h.sign_in(2, "bob");
+        h.frames(1);
+        h.queue(1, send("a", "one"));
+        h.queue(2, send("b", "two"));
+        h.queue(1, send("a", "one again"));
+        assert!(h.hub.out.mail.is_empty(), "nothing is acked before the commit");
+        h.end_batch();
+        let alice: Vec<String> = h
+            .frames(1)
+            .iter()
+            .map(|f| format!("{}:{}", f["type"], f["id"]))
+            .collect();
+        assert_eq!(
+            alice,
+            [
+                r#""ack":"a""#,
+                r#""message":"a""#,
+                r#""message":"b""#,
+                r#""ack":"a""#
+            ]
+        );
+        let bob = h.frames(2);
+        assert_eq!(bob.iter().filter(|f| f["type"] == "message").count(), 2);
+    }
+
+    #[test]
+    fn member_count_changes_are_sent_as_one_room_list() {
+        let mut h = Harness::new();
+        h.connect(1);
+        h.request(1, json!({"type": "hello", "username": "watcher"}));
+        h.frames(1);
+        for (n, name) in [(2, "a"), (3, "b"), (4, "c")] {
+            h.sign_in(n, name);
+        }
+        assert!(h.frames(1).is_empty(), "the list waits for its deadline");
+        let due = h.hub.rooms.list_due.expect("a list is due");
+        assert!(due <= Instant::now() + rooms::ROOMS_COALESCE);
+        // The deadline passes (the run loop wakes for it).
+        h.hub.rooms.list_due = Some(Instant::now());
+        h.end_batch();
+        let lists = h.frames(1);
+        assert_eq!(lists.len(), 1, "{lists:?}");
+        assert_eq!(lists[0]["type"], "rooms");
+        assert_eq!(lists[0]["rooms"][0]["members"], 3);
+        assert_eq!(h.hub.rooms.list_due, None);
+    }
+
+    #[test]
+    fn a_resumed_session_gets_the_room_mail_on_its_new_connection() {
+        let mut h = Harness::new();
+        h.sign_in(1, "alice");
+        h.connect(9);
+        h.request(9, json!({"type": "hello", "username": "zed"}));
+        let session = h.frames(9)[0]["session"].as_str().unwrap().to_string();
+        h.request(9, json!({"type": "join", "room": "general"}));
+        h.frames(9);
+        h.frames(1);
+        // zed's page reconnects with its token.
+        h.connect(3);
+        h.request(3, json!({"type": "hello", "username": "zed", "resume": session}));
+        assert_eq!(h.closed.get(&9), Some(&close::REPLACED));
+        let welcome = h.frames(3);
+        assert_eq!(welcome[0]["type"], "welcome");
+        assert_eq!(welcome[0]["room"], "general");
+        assert!(h.frames(1).is_empty(), "alice saw zed come or go");
+        h.request(1, send("m", "to everyone"));
+        assert!(h.frames(3).iter().any(|f| f["type"] == "message"));
+        assert!(h.frames(9).is_empty());
+    }
+
+    #[test]
+    fn a_full_disk_fails_the_batch_keeps_reads_working_and_recovers() {
+        let mut h = Harness::new();
+        h.sign_in(1, "alice");
+        h.request(1, send("ok", "stored before the disk filled"));
+        h.frames(1);
+        let pages: i64 = h.hub.store.conn_page_count();
+        h.hub.store.set_max_pages(pages).unwrap();
+        let big = "x".repeat(4000);
+        for n in 0..3 {
+            h.queue(1, send(&format!("full{n}"), &big));
+        }
+        h.end_batch();
+        let frames = h.frames(1);
+        assert_eq!(frames.len(), 3, "{frames:?}");
+        for f in &frames {
+            assert_eq!(f["code"], "storage_error", "{f}");
+        }
+        // Reads keep working and show nothing of the failed batch.
+        h.request(1, json!({"type": "history", "room": "general"}));
+        let page = h.frames(1).pop().unwrap();
+        assert_eq!(page["total"], 1);
+        assert_eq!(page["messages"].as_array().unwrap().len(), 1);
+        // Space comes back: the same ids go through.
+        h.hub.store.set_max_pages(1_000_000).unwrap();
+        h.request(1, send("full0", &big));
+        let frames = h.frames(1);
+        assert_eq!(frames[0]["type"], "ack", "{frames:?}");
+    }
+}

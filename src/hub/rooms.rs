@@ -1,0 +1,338 @@
+//! Rooms: the live rooms, who is in which, presence, and the room list
+//! every signed-in client is sent when rooms or member counts change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::protocol::{
+    Checked, ErrorCode, NameKey, Page, PageQuery, PresenceState, RoomInfo, RoomName, RoomRef,
+    ServerFrame, now_ms,
+};
+use crate::store::{RoomId, Store};
+use crate::vocab::ConnId;
+
+use super::history::read_page;
+use super::limits::Limits;
+use super::outgoing::{Outgoing, To, encode};
+use super::sessions::Online;
+
+/// Longest a member count change waits to be sent in a room list.
+pub(super) const ROOMS_COALESCE: Duration = Duration::from_millis(100);
+
+/// Someone in a room.
+struct Member {
+    /// Display name.
+    name: String,
+    /// Where their mail goes (changes when they resume their session).
+    conn: ConnId,
+}
+
+/// A live room.
+pub(super) struct Room {
+    pub id: RoomId,
+    /// Display name, as created.
+    pub name: String,
+    created_at: i64,
+    created_by: Option<String>,
+    /// The users present, by key.
+    members: BTreeMap<NameKey, Member>,
+    /// Messages stored in the room, for pages' `total`.
+    pub total: u64,
+}
+
+/// The live rooms and who is in them.
+pub(super) struct Rooms {
+    rooms: BTreeMap<NameKey, Room>,
+    /// The room each signed-in user is in, if any, by user key.
+    whereabouts: HashMap<NameKey, NameKey>,
+    /// When the room list is due, after a member count changed.
+    pub list_due: Option<Instant>,
+}
+
+impl Rooms {
+    /// The live rooms from the store, all empty.
+    pub fn load(store: &Store) -> rusqlite::Result<Rooms> {
+        let rooms = store
+            .live_rooms()?
+            .into_iter()
+            .map(|r| {
+                let room = Room {
+                    id: r.id,
+                    name: r.name,
+                    created_at: r.created_at,
+                    created_by: r.created_by,
+                    members: BTreeMap::new(),
+                    total: r.message_count,
+                };
+                (NameKey::of(&room.name), room)
+            })
+            .collect();
+        Ok(Rooms {
+            rooms,
+            whereabouts: HashMap::new(),
+            list_due: None,
+        })
+    }
+
+    pub fn get(&self, key: &NameKey) -> Option<&Room> {
+        self.rooms.get(key)
+    }
+
+    pub fn get_mut(&mut self, key: &NameKey) -> Option<&mut Room> {
+        self.rooms.get_mut(key)
+    }
+
+    /// The key of the room `user` is in.
+    pub fn room_of(&self, user: &NameKey) -> Option<&NameKey> {
+        self.whereabouts.get(user)
+    }
+
+    /// Where the members of room `key` get their mail.
+    pub fn member_conns(&self, key: &NameKey) -> impl Iterator<Item = ConnId> + '_ {
+        self.rooms
+            .get(key)
+            .into_iter()
+            .flat_map(|r| r.members.values().map(|m| m.conn))
+    }
+
+    /// A resumed session: `user`'s mail now goes to `conn`.
+    pub fn reconnect(&mut self, user: &NameKey, conn: ConnId) {
+        if let Some(room) = self.whereabouts.get(user)
+            && let Some(member) = self
+                .rooms
+                .get_mut(room)
+                .and_then(|r| r.members.get_mut(user))
+        {
+            member.conn = conn;
+        }
+    }
+
+    /// A member count changed: the room list goes out within
+    /// [`ROOMS_COALESCE`]. A burst of joins (every page reconnecting after a
+    /// restart) thus costs each client a few lists rather than one per join;
+    /// presence itself is never delayed.
+    fn changed(&mut self) {
+        self.list_due
+            .get_or_insert_with(|| Instant::now() + ROOMS_COALESCE);
+    }
+
+    /// The room list, sorted by name.
+    pub fn infos(&self) -> Vec<RoomInfo> {
+        let mut rooms: Vec<RoomInfo> = self
+            .rooms
+            .values()
+            .map(|r| RoomInfo {
+                name: r.name.clone(),
+                created_at: r.created_at,
+                created_by: r.created_by.clone(),
+                members: r.members.len(),
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.name.cmp(&b.name));
+        rooms
+    }
+
+    /// Sends the room list to every signed-in connection (`online`);
+    /// `requester` gets its copy with its `req`.
+    pub fn send_list(
+        &mut self,
+        online: impl Iterator<Item = ConnId>,
+        out: &mut Outgoing,
+        requester: Option<&To>,
+    ) {
+        self.list_due = None;
+        let frame = ServerFrame::Rooms {
+            rooms: self.infos(),
+        };
+        let shared = encode(&frame);
+        for conn in online {
+            match requester {
+                Some(to) if to.conn == conn => out.reply(to, &frame),
+                _ => out.frame(conn, shared.clone()),
+            }
+        }
+    }
+
+    /// Answers `create_room`.
+    pub fn create(
+        &mut self,
+        store: &Store,
+        out: &mut Outgoing,
+        to: &To,
+        user: &Online,
+        room: Checked<RoomName>,
+    ) -> bool {
+        let RoomName { name, key } = match room {
+            Ok(room) => room,
+            Err(message) => {
+                out.error(to, ErrorCode::InvalidRoomName, message);
+                return false;
+            }
+        };
+        if let Some(room) = self.rooms.get(&key) {
+            let message = format!("A room named {} already exists.", room.name);
+            out.error(to, ErrorCode::RoomExists, message);
+            return false;
+        }
+        let now = now_ms();
+        let id = match store.create_room(&name, user.user_id, now) {
+            Ok(id) => id,
+            Err(e) => {
+                out.storage_failed(to, "creating a room", &e);
+                return false;
+            }
+        };
+        log::info!("{}: {} created room {name}", to.conn, user.name);
+        self.rooms.insert(
+            key,
+            Room {
+                id,
+                name,
+                created_at: now,
+                created_by: Some(user.name.clone()),
+                members: BTreeMap::new(),
+                total: 0,
+            },
+        );
+        true
+    }
+
+    /// Answers `delete_room`; true when the room is gone (the caller then
+    /// sends the new room list).
+    pub fn delete(
+        &mut self,
+        store: &Store,
+        out: &mut Outgoing,
+        to: &To,
+        user: &Online,
+        room: &RoomRef,
+    ) -> bool {
+        let Some(live) = self.rooms.get(&room.key) else {
+            out.no_such_room(to, &room.typed);
+            return false;
+        };
+        if let Err(e) = store.delete_room(live.id, now_ms()) {
+            out.storage_failed(to, "deleting a room", &e);
+            return false;
+        }
+        let live = self.rooms.remove(&room.key).expect("BUG: looked up above");
+        log::info!("{}: {} deleted room {}", to.conn, user.name, live.name);
+        let deleted = encode(&ServerFrame::RoomDeleted {
+            room: live.name.clone(),
+        });
+        for (member, Member { conn, .. }) in live.members {
+            self.whereabouts.remove(&member);
+            out.frame(conn, deleted.clone());
+        }
+        true
+    }
+
+    /// Answers `join`: leaves the current room first unless it is the same
+    /// one, which changes nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn join(
+        &mut self,
+        store: &Store,
+        limits: &mut Limits,
+        out: &mut Outgoing,
+        to: &To,
+        user: &Online,
+        room: &RoomRef,
+        limit: Checked<u32>,
+    ) {
+        let limit = match limit {
+            Ok(limit) => limit,
+            Err(message) => return out.error(to, ErrorCode::BadRequest, message),
+        };
+        let key = &room.key;
+        let Some(live) = self.rooms.get(key) else {
+            return out.no_such_room(to, &room.typed);
+        };
+        let history = match read_page(store, live, PageQuery::Newest, limit) {
+            Ok(page) => page,
+            Err(e) => return out.storage_failed(to, "loading history", &e),
+        };
+        if self.whereabouts.get(&user.key) == Some(key) {
+            return out.reply(to, &self.joined_frame(key, history));
+        }
+        if let Err(refusal) = limits.switch(&user.key, Instant::now()) {
+            log::warn!("{}: {} hit the room switch rate limit", to.conn, user.name);
+            return out.rate_limited(to, refusal.message, refusal.wait);
+        }
+        if let Some(previous) = self.whereabouts.get(&user.key).cloned() {
+            self.remove_member(&user.key, &previous, out);
+        }
+        self.whereabouts.insert(user.key.clone(), key.clone());
+        let live = self.rooms.get_mut(key).expect("BUG: looked up above");
+        live.members.insert(
+            user.key.clone(),
+            Member {
+                name: user.name.clone(),
+                conn: user.conn,
+            },
+        );
+        log::info!("{}: {} joined {}", user.conn, user.name, live.name);
+        let presence = encode(&ServerFrame::Presence {
+            room: live.name.clone(),
+            user: user.name.clone(),
+            state: PresenceState::Joined,
+        });
+        let others: Vec<ConnId> = self
+            .member_conns(key)
+            .filter(|c| *c != user.conn)
+            .collect();
+        out.reply(to, &self.joined_frame(key, history));
+        for other in others {
+            out.frame(other, presence.clone());
+        }
+        self.changed();
+    }
+
+    fn joined_frame(&self, key: &NameKey, history: Page) -> ServerFrame {
+        let room = &self.rooms[key];
+        ServerFrame::Joined {
+            room: room.name.clone(),
+            members: room.members.values().map(|m| m.name.clone()).collect(),
+            history,
+        }
+    }
+
+    /// Answers `leave`.
+    pub fn leave(&mut self, out: &mut Outgoing, to: &To, user: &NameKey) {
+        let Some(key) = self.whereabouts.get(user).cloned() else {
+            return out.error(to, ErrorCode::NotInRoom, "You are not in a room.");
+        };
+        let name = self.rooms[&key].name.clone();
+        self.remove_member(user, &key, out);
+        self.whereabouts.remove(user);
+        out.reply(to, &ServerFrame::Left { room: name });
+        self.changed();
+    }
+
+    /// `user` signed out: they leave their room, if any.
+    pub fn signed_out(&mut self, user: &NameKey, out: &mut Outgoing) {
+        if let Some(room) = self.whereabouts.remove(user) {
+            self.remove_member(user, &room, out);
+            self.changed();
+        }
+    }
+
+    /// Takes `user` out of room `key` and tells the members left behind.
+    fn remove_member(&mut self, user: &NameKey, key: &NameKey, out: &mut Outgoing) {
+        let Some(room) = self.rooms.get_mut(key) else {
+            return;
+        };
+        let Some(member) = room.members.remove(user) else {
+            return;
+        };
+        log::info!("{} left {}", member.name, room.name);
+        let presence = encode(&ServerFrame::Presence {
+            room: room.name.clone(),
+            user: member.name,
+            state: PresenceState::Left,
+        });
+        for conn in self.member_conns(key) {
+            out.frame(conn, presence.clone());
+        }
+    }
+}

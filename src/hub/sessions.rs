@@ -1,0 +1,310 @@
+//! Sessions: every connection the hub knows, who is signed in on which,
+//! `hello` (sign-in and resume), the deadline for saying hello, and
+//! signing out when a connection ends.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::protocol::{Checked, ErrorCode, Limits as WireLimits, MAX_TEXT_CHARS, NameKey, PAGE_SIZES, ServerFrame, Username, now_ms};
+use crate::store::{Store, UserId};
+use crate::vocab::{ConnId, close};
+
+use super::limits::Limits;
+use super::outgoing::{Outgoing, To};
+use super::rooms::Rooms;
+
+/// How long a new connection has to say hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection the hub knows.
+struct Connection {
+    peer: SocketAddr,
+    /// The signed-in user's key once a hello succeeded.
+    user: Option<NameKey>,
+}
+
+/// A signed-in user.
+pub(super) struct Online {
+    pub key: NameKey,
+    pub user_id: UserId,
+    /// Display name: the casing first used.
+    pub name: String,
+    /// The connection their mail goes to.
+    pub conn: ConnId,
+    /// The resume token.
+    session: String,
+}
+
+/// Every connection and every signed-in user.
+pub(super) struct Sessions {
+    /// Most distinct users online at once.
+    max_users: usize,
+    conns: HashMap<ConnId, Connection>,
+    /// Connections that have not said hello yet, oldest first, with their
+    /// deadlines. Entries of connections that have since signed in or gone
+    /// are skipped when they come up.
+    hello_deadlines: VecDeque<(Instant, ConnId)>,
+    online: HashMap<NameKey, Online>,
+}
+
+/// What a request's connection is, for the dispatch.
+pub(super) enum Caller<'a> {
+    /// The hub does not know the connection (it was closed meanwhile).
+    Gone,
+    Anonymous,
+    SignedIn(&'a Online),
+}
+
+impl Sessions {
+    pub fn new(max_users: usize) -> Sessions {
+        Sessions {
+            max_users,
+            conns: HashMap::new(),
+            hello_deadlines: VecDeque::new(),
+            online: HashMap::new(),
+        }
+    }
+
+    /// A new connection: it has [`HELLO_TIMEOUT`] to sign in.
+    pub fn connected(&mut self, conn: ConnId, peer: SocketAddr) {
+        log::info!("{conn}: connected from {peer}");
+        self.conns.insert(conn, Connection { peer, user: None });
+        self.hello_deadlines
+            .push_back((Instant::now() + HELLO_TIMEOUT, conn));
+    }
+
+    pub fn knows(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
+    pub fn caller(&self, conn: ConnId) -> Caller<'_> {
+        match self.conns.get(&conn) {
+            None => Caller::Gone,
+            Some(Connection { user: None, .. }) => Caller::Anonymous,
+            Some(Connection {
+                user: Some(user), ..
+            }) => Caller::SignedIn(&self.online[user]),
+        }
+    }
+
+    /// Where every signed-in user's mail goes.
+    pub fn online_conns(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.online.values().map(|o| o.conn)
+    }
+
+    /// The oldest hello deadline still pending.
+    pub fn next_hello_deadline(&mut self) -> Option<Instant> {
+        while let Some(&(deadline, conn)) = self.hello_deadlines.front() {
+            if self.conns.get(&conn).is_some_and(|c| c.user.is_none()) {
+                return Some(deadline);
+            }
+            self.hello_deadlines.pop_front();
+        }
+        None
+    }
+
+    /// Connections whose hello deadline has passed without a hello.
+    pub fn expired_hellos(&mut self, now: Instant) -> Vec<ConnId> {
+        let mut expired = Vec::new();
+        while let Some(&(deadline, conn)) = self.hello_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.hello_deadlines.pop_front();
+            if self.conns.get(&conn).is_some_and(|c| c.user.is_none()) {
+                expired.push(conn);
+            }
+        }
+        expired
+    }
+
+    /// Answers `hello`: a new sign-in, or the resume of a live session.
+    #[allow(clippy::too_many_arguments)]
+    pub fn hello(
+        &mut self,
+        store: &Store,
+        rooms: &mut Rooms,
+        limits: &Limits,
+        out: &mut Outgoing,
+        to: &To,
+        username: Checked<Username>,
+        resume: Option<String>,
+    ) {
+        let peer = self.conns[&to.conn].peer;
+        let Username { name, key } = match username {
+            Ok(username) => username,
+            Err(message) => {
+                log::info!("{}: login refused from {peer}: invalid username", to.conn);
+                return out.error(to, ErrorCode::InvalidUsername, message);
+            }
+        };
+        if let Some(online) = self.online.get(&key)
+            && resume.as_deref() != Some(online.session.as_str())
+        {
+            log::info!(
+                "{}: login refused from {peer}: {name} is already online",
+                to.conn
+            );
+            let message = format!("{} is already signed in. Choose another name.", online.name);
+            return out.error(to, ErrorCode::UsernameTaken, message);
+        }
+        if let Some(online) = self.online.get_mut(&key) {
+            // Resume: the new connection takes over the session, its room and
+            // its presence; the others in the room see no change.
+            let old = std::mem::replace(&mut online.conn, to.conn);
+            let (name, session) = (online.name.clone(), online.session.clone());
+            if let Some(old_conn) = self.conns.get_mut(&old) {
+                old_conn.user = None;
+            }
+            self.drop_conn(
+                store,
+                rooms,
+                out,
+                old,
+                close::REPLACED,
+                "signed in again from another connection",
+            );
+            self.conns
+                .get_mut(&to.conn)
+                .expect("BUG: the caller checked the conn")
+                .user = Some(key.clone());
+            rooms.reconnect(&key, to.conn);
+            log::info!(
+                "{}: {name} resumed their session from {peer} (replacing {old})",
+                to.conn
+            );
+            let room = rooms
+                .room_of(&key)
+                .and_then(|r| rooms.get(r))
+                .map(|r| r.name.clone());
+            return welcome(rooms, limits, out, to, name, session, room);
+        }
+        if self.online.len() >= self.max_users {
+            log::warn!(
+                "{}: login refused from {peer}: server full ({} users)",
+                to.conn,
+                self.max_users
+            );
+            return out.error(
+                to,
+                ErrorCode::ServerFull,
+                format!(
+                    "The server is full ({} people are online). Try again later.",
+                    self.max_users
+                ),
+            );
+        }
+        let user = match store.login_user(&name, now_ms()) {
+            Ok(user) => user,
+            Err(e) => return out.storage_failed(to, "recording a login", &e),
+        };
+        let session = crate::random::token();
+        self.online.insert(
+            key.clone(),
+            Online {
+                key: key.clone(),
+                user_id: user.id,
+                name: user.name.clone(),
+                conn: to.conn,
+                session: session.clone(),
+            },
+        );
+        self.conns
+            .get_mut(&to.conn)
+            .expect("BUG: the caller checked the conn")
+            .user = Some(key);
+        log::info!("{}: {} signed in from {peer}", to.conn, user.name);
+        welcome(rooms, limits, out, to, user.name, session, None);
+    }
+
+    /// The connection's reader ended: forget it and sign its user out.
+    pub fn disconnected(
+        &mut self,
+        store: &Store,
+        rooms: &mut Rooms,
+        out: &mut Outgoing,
+        conn: ConnId,
+    ) {
+        let Some(state) = self.conns.remove(&conn) else {
+            return;
+        };
+        log::info!("{conn}: disconnected ({})", state.peer);
+        out.forget(conn);
+        if let Some(user) = state.user {
+            self.sign_out(store, rooms, out, &user);
+        }
+    }
+
+    /// Ends a connection from the hub's side: closes it with a reason and
+    /// forgets it, signing its user out.
+    pub fn drop_conn(
+        &mut self,
+        store: &Store,
+        rooms: &mut Rooms,
+        out: &mut Outgoing,
+        conn: ConnId,
+        code: u16,
+        reason: &str,
+    ) {
+        let Some(state) = self.conns.remove(&conn) else {
+            return;
+        };
+        out.close(conn, code, reason);
+        if let Some(user) = state.user {
+            self.sign_out(store, rooms, out, &user);
+        }
+    }
+
+    fn sign_out(&mut self, store: &Store, rooms: &mut Rooms, out: &mut Outgoing, user: &NameKey) {
+        let Some(online) = self.online.remove(user) else {
+            return;
+        };
+        log::info!("{} signed out", online.name);
+        if let Err(e) = store.touch_user(online.user_id, now_ms()) {
+            log::warn!(
+                "storage: could not record when {} was last seen: {e}",
+                online.name
+            );
+        }
+        rooms.signed_out(user, out);
+    }
+
+    /// Closes every connection (at shutdown).
+    pub fn close_all(&mut self, out: &mut Outgoing, code: u16, reason: &str) {
+        for (conn, _) in self.conns.drain() {
+            out.close(conn, code, reason);
+        }
+        self.online.clear();
+    }
+
+    /// Whether `user` is signed in (for tests of the hub).
+    #[cfg(test)]
+    pub fn is_online(&self, user: &str) -> bool {
+        self.online.contains_key(&NameKey::of(user))
+    }
+}
+
+fn welcome(
+    rooms: &Rooms,
+    limits: &Limits,
+    out: &mut Outgoing,
+    to: &To,
+    username: String,
+    session: String,
+    room: Option<String>,
+) {
+    let frame = ServerFrame::Welcome {
+        username,
+        session,
+        room,
+        rooms: rooms.infos(),
+        limits: WireLimits {
+            max_text_chars: MAX_TEXT_CHARS,
+            page_sizes: PAGE_SIZES,
+            messages_per_second: limits.messages_per_second,
+            room_switches_per_minute: limits.room_switches_per_minute,
+        },
+    };
+    out.reply(to, &frame);
+}
