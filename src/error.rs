@@ -117,7 +117,10 @@ mod tests {
             message: "it is not a Parlor database".into(),
             source: None,
         };
-        assert_eq!(database.to_string(), "database x.db: it is not a Parlor database");
+        assert_eq!(
+            database.to_string(),
+            "database x.db: it is not a Parlor database"
+        );
         assert!(database.source().is_none());
     }
 }

@@ -118,4 +118,3 @@ fn relay(sock: TcpStream, backend: SocketAddr, tls: Option<&TlsConfig>) -> std::
     let _ = back.join();
     Ok(())
 }
-

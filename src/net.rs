@@ -77,7 +77,10 @@ impl Stream {
     }
 }
 
-fn flush_records(session: &mut MutexGuard<'_, ServerConnection>, mut sock: &TcpStream) -> io::Result<()> {
+fn flush_records(
+    session: &mut MutexGuard<'_, ServerConnection>,
+    mut sock: &TcpStream,
+) -> io::Result<()> {
     while session.wants_write() {
         retry_interrupted(|| session.write_tls(&mut sock))?;
     }

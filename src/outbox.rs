@@ -154,6 +154,7 @@ impl Outbox {
     }
 
     /// Frames queued and not yet fully written.
+    #[cfg(test)]
     pub fn queued(&self) -> usize {
         self.lock().queue.len()
     }

@@ -66,6 +66,7 @@ impl NameKey {
 pub struct Username {
     /// As typed, trimmed.
     pub name: String,
+    /// Its identity.
     pub key: NameKey,
 }
 
@@ -74,12 +75,14 @@ pub struct Username {
 pub struct RoomName {
     /// As typed, trimmed.
     pub name: String,
+    /// Its identity.
     pub key: NameKey,
 }
 
 /// A room named by a request, to be looked up by its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomRef {
+    /// The identity looked up.
     pub key: NameKey,
     /// As typed, trimmed, for "there is no room named …".
     pub typed: String,
@@ -102,37 +105,44 @@ pub struct ClientMsgId(pub String);
 /// A frame's position in a room's `(ts, seq)` order, used as a page cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {
+    /// The message's `ts`.
     pub ts: i64,
+    /// The message's `seq` (as on the wire: any number).
     pub seq: i64,
 }
 
-/// One client request, parsed and shape-checked.
+/// One client request as it arrives, shape-checked (the README's Protocol
+/// section says what each means).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(missing_docs)] // The fields are the wire protocol's, documented there.
 pub enum ClientFrame {
+    /// Sign in, or resume a live session with its token.
     Hello {
         username: String,
         #[serde(default)]
         resume: Option<String>,
     },
-    CreateRoom {
-        room: String,
-    },
-    DeleteRoom {
-        room: String,
-    },
+    /// Create a room.
+    CreateRoom { room: String },
+    /// Delete a room.
+    DeleteRoom { room: String },
+    /// Enter a room (leaving the current one) with its newest page.
     Join {
         room: String,
         #[serde(default)]
         limit: Option<u32>,
     },
+    /// Leave the current room.
     Leave,
+    /// Send a message to the current room.
     Send {
         id: String,
         text: String,
         #[serde(default)]
         ts: Option<i64>,
     },
+    /// Read a page of a room's history.
     History {
         room: String,
         #[serde(default)]
@@ -144,13 +154,28 @@ pub enum ClientFrame {
         #[serde(default)]
         since_seq: Option<i64>,
     },
+    /// Ask for a `pong`.
     Ping,
 }
+
+/// Every `type` a client may send.
+const FRAME_TYPES: [&str; 8] = [
+    "hello",
+    "create_room",
+    "delete_room",
+    "join",
+    "leave",
+    "send",
+    "history",
+    "ping",
+];
 
 /// A client frame together with its optional `req` correlation string.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
+    /// The client's correlation string, echoed in the reply.
     pub req: Option<String>,
+    /// The request itself.
     pub frame: ClientFrame,
 }
 
@@ -158,7 +183,9 @@ pub struct Request {
 /// `bad_request` error that echoes `req` when it could be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadRequest {
+    /// The frame's `req`, when it could be read.
     pub req: Option<String>,
+    /// What is wrong, for people.
     pub message: String,
 }
 
@@ -186,11 +213,11 @@ pub fn parse_request(text: &str) -> Result<Request, BadRequest> {
         Some(_) => return Err(bad(req, "\"type\" must be a string.".into())),
         None => return Err(bad(req, "The frame has no \"type\".".into())),
     };
+    if !FRAME_TYPES.contains(&kind.as_str()) {
+        return Err(bad(req, format!("Unknown frame type \"{kind}\".")));
+    }
     match serde_json::from_value::<ClientFrame>(value) {
         Ok(frame) => Ok(Request { req, frame }),
-        Err(e) if e.to_string().starts_with("unknown variant") => {
-            Err(bad(req, format!("Unknown frame type \"{kind}\".")))
-        }
         Err(e) => Err(bad(req, format!("Invalid \"{kind}\" frame: {e}."))),
     }
 }
@@ -204,22 +231,29 @@ pub type Checked<T> = Result<T, String>;
 /// Which slice of a room's history to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageQuery {
+    /// The newest page.
     Newest,
+    /// The page just older than this message.
     Before(Cursor),
+    /// The page just newer than this message.
     After(Cursor),
+    /// Messages after this `seq`, in `seq` order.
     SinceSeq(i64),
 }
 
 /// A request with every stateless rule applied (see [`Request::check`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedRequest {
+    /// The client's correlation string, echoed in the reply.
     pub req: Option<String>,
+    /// The request, its fields checked.
     pub frame: CheckedFrame,
 }
 
 /// A client frame whose fields have been checked: `Err` fields carry the
 /// message of the error the hub sends, with the code named on each.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)] // The fields are [`ClientFrame`]'s, checked.
 pub enum CheckedFrame {
     /// `invalid_username` on `Err`.
     Hello {
@@ -228,9 +262,11 @@ pub enum CheckedFrame {
     },
     /// `invalid_room_name` on `Err`.
     CreateRoom { room: Checked<RoomName> },
+    /// Delete a room.
     DeleteRoom { room: RoomRef },
     /// `bad_request` on `Err`.
     Join { room: RoomRef, limit: Checked<u32> },
+    /// Leave the current room.
     Leave,
     /// `invalid_message` on `Err`; `ts` is the client's clock, unchecked
     /// (see [`message_ts`]).
@@ -245,6 +281,7 @@ pub enum CheckedFrame {
         limit: Checked<u32>,
         query: Checked<PageQuery>,
     },
+    /// Ask for a `pong`.
     Ping,
 }
 
@@ -331,6 +368,7 @@ pub fn message_ts(client: Option<i64>, now: i64) -> (i64, Option<i64>) {
 /// all recipients.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(missing_docs)] // The fields are the wire protocol's, documented there.
 pub enum ServerFrame {
     Welcome {
         username: String,
@@ -407,11 +445,17 @@ impl ServerFrame {
 /// One stored chat message, as broadcast and as listed in history pages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChatMessage {
+    /// The room's display name.
     pub room: String,
+    /// Its place in the global order.
     pub seq: Seq,
+    /// The sender's client id for it.
     pub id: String,
+    /// The sender's display name.
     pub from: String,
+    /// The text, checked.
     pub text: String,
+    /// When it was sent, in ms since the epoch.
     pub ts: i64,
 }
 
@@ -439,22 +483,34 @@ impl Serialize for PageMessage {
 /// A page of a room's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Page {
+    /// The room's display name.
     pub room: String,
+    /// Oldest first.
     pub messages: Vec<PageMessage>,
+    /// Whether the room has older messages than these.
     pub has_older: bool,
+    /// Whether the room has newer messages than these.
     pub has_newer: bool,
+    /// How many messages the room holds.
     pub total: u64,
 }
 
+/// A room in a room list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RoomInfo {
+    /// Display name.
     pub name: String,
+    /// When it was created, in ms since the epoch.
     pub created_at: i64,
+    /// Who created it; None for `general`.
     pub created_by: Option<String>,
+    /// How many people are in it now.
     pub members: usize,
 }
 
+/// The limits a `welcome` tells the client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[allow(missing_docs)] // Each is the constant or setting of the same name.
 pub struct Limits {
     pub max_text_chars: usize,
     pub page_sizes: [u32; 4],
@@ -462,16 +518,20 @@ pub struct Limits {
     pub room_switches_per_minute: u32,
 }
 
+/// Whether someone came or went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
 pub enum PresenceState {
     Joined,
     Left,
 }
 
-/// The stable error codes of `error` frames.
+/// The stable error codes of `error` frames (the README's Errors section
+/// says when each is sent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
 pub enum ErrorCode {
     BadRequest,
     NotLoggedIn,
@@ -746,6 +806,85 @@ mod tests {
             validate_text("<img src=x onerror=alert(1)>").unwrap(),
             "<img src=x onerror=alert(1)>"
         );
+    }
+
+    #[test]
+    fn checking_a_request_applies_every_stateless_rule_and_keeps_the_message() {
+        let check = |text: &str| parse_request(text).unwrap().check().frame;
+        let CheckedFrame::Hello { username, .. } = check(r#"{"type":"hello","username":" Bob "}"#)
+        else {
+            panic!("not a hello");
+        };
+        let username = username.unwrap();
+        assert_eq!(username.name, "Bob");
+        assert_eq!(username.key, NameKey::of("BOB"));
+        let CheckedFrame::Hello { username, .. } = check(r#"{"type":"hello","username":"a b"}"#)
+        else {
+            panic!("not a hello");
+        };
+        assert_eq!(username, Err(validate_username("a b").unwrap_err()));
+        let CheckedFrame::Send { id, text, ts } =
+            check(r#"{"type":"send","id":"","text":"a\r\nb","ts":5}"#)
+        else {
+            panic!("not a send");
+        };
+        assert!(id.is_err());
+        assert_eq!(text, Ok("a\nb".into()));
+        assert_eq!(ts, Some(5));
+        assert_eq!(
+            check(r#"{"type":"join","room":" Design ","limit":7}"#),
+            CheckedFrame::Join {
+                room: RoomRef {
+                    key: NameKey::of("design"),
+                    typed: "Design".into()
+                },
+                limit: Err("A page holds 50, 100, 200 or 500 messages, not 7.".into())
+            }
+        );
+        let CheckedFrame::History { limit, query, .. } =
+            check(r#"{"type":"history","room":"g","before":{"ts":1,"seq":2},"since_seq":3}"#)
+        else {
+            panic!("not a history");
+        };
+        assert_eq!(limit, Ok(50));
+        assert!(query.unwrap_err().contains("at most one"));
+        let CheckedFrame::CreateRoom { room } = check(r#"{"type":"create_room","room":"\u200b"}"#)
+        else {
+            panic!("not a create_room");
+        };
+        assert!(room.is_err());
+    }
+
+    #[test]
+    fn unknown_types_are_told_apart_from_bad_fields_without_reading_serde_messages() {
+        let err = parse_request(r#"{"type":"teleport"}"#).unwrap_err();
+        assert_eq!(err.message, "Unknown frame type \"teleport\".");
+        let err = parse_request(r#"{"type":"send","id":"x"}"#).unwrap_err();
+        assert!(
+            err.message.starts_with("Invalid \"send\" frame"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_client_clock_is_kept_within_five_minutes_and_never_overflows() {
+        let now = 1_764_086_400_000;
+        assert_eq!(message_ts(None, now), (now, None));
+        assert_eq!(message_ts(Some(now - 1000), now), (now - 1000, None));
+        assert_eq!(
+            message_ts(Some(now + MAX_CLOCK_SKEW_MS), now),
+            (now + MAX_CLOCK_SKEW_MS, None)
+        );
+        assert_eq!(
+            message_ts(Some(now + MAX_CLOCK_SKEW_MS + 1), now),
+            (now, Some(300))
+        );
+        for extreme in [i64::MIN, i64::MIN + now, i64::MAX, -1, 0] {
+            let (ts, skew) = message_ts(Some(extreme), now);
+            assert_eq!(ts, now, "{extreme}");
+            assert!(skew.is_some(), "{extreme}");
+        }
     }
 
     #[test]

@@ -84,44 +84,63 @@ sql_id!(Seq);
 /// A live room as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomRecord {
+    /// Row id.
     pub id: RoomId,
+    /// Display name, as created.
     pub name: String,
+    /// When it was created, in ms since the epoch.
     pub created_at: i64,
+    /// The creator's display name; None for `general`.
     pub created_by: Option<String>,
+    /// How many messages it holds.
     pub message_count: u64,
 }
 
 /// A user as stored; `name` keeps the casing first used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {
+    /// Row id.
     pub id: UserId,
+    /// Display name: the casing first used.
     pub name: String,
 }
 
 /// Where an already-stored message went, to repeat its ack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentRecord {
+    /// Its place in the global order.
     pub seq: Seq,
+    /// The display name of its room.
     pub room: String,
+    /// Its timestamp.
     pub ts: i64,
 }
 
 /// A message about to be stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
+    /// The room it goes to.
     pub room_id: RoomId,
+    /// Its sender.
     pub user_id: UserId,
+    /// The sender's id for it, unique per sender.
     pub client_id: String,
+    /// Checked text.
     pub text: String,
+    /// The timestamp it is shown with (see `protocol::message_ts`).
     pub ts: i64,
+    /// The server's clock when it arrived.
     pub received_at: i64,
 }
 
 /// A slice of history, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageRows {
+    /// The messages, oldest first.
     pub messages: Vec<PageMessage>,
+    /// Whether the room has older messages than these.
     pub has_older: bool,
+    /// Whether the room has newer messages than these.
     pub has_newer: bool,
 }
 
@@ -245,7 +264,12 @@ impl Store {
     }
 
     /// Creates a live room; fails if a live room has the same key.
-    pub fn create_room(&self, name: &str, created_by: UserId, now: i64) -> rusqlite::Result<RoomId> {
+    pub fn create_room(
+        &self,
+        name: &str,
+        created_by: UserId,
+        now: i64,
+    ) -> rusqlite::Result<RoomId> {
         let key = NameKey::of(name);
         self.conn
             .prepare_cached(
@@ -265,7 +289,11 @@ impl Store {
     }
 
     /// The message this user already sent with this client id, if any.
-    pub fn find_sent(&self, user_id: UserId, client_id: &str) -> rusqlite::Result<Option<SentRecord>> {
+    pub fn find_sent(
+        &self,
+        user_id: UserId,
+        client_id: &str,
+    ) -> rusqlite::Result<Option<SentRecord>> {
         self.conn
             .prepare_cached(
                 "SELECT m.seq, r.name, m.ts FROM messages m JOIN rooms r ON r.id = m.room_id
@@ -662,7 +690,9 @@ pub(crate) mod tests {
             rows.messages.iter().map(|m| (m.0.ts, m.0.seq.0)).collect()
         };
 
-        let newest = store.page(GENERAL, "general", PageQuery::Newest, 10).unwrap();
+        let newest = store
+            .page(GENERAL, "general", PageQuery::Newest, 10)
+            .unwrap();
         assert_eq!(keys(&newest), all[15..]);
         assert!(newest.has_older && !newest.has_newer);
 
@@ -670,7 +700,9 @@ pub(crate) mod tests {
             ts: all[15].0,
             seq: all[15].1,
         };
-        let before = store.page(GENERAL, "general", PageQuery::Before(c), 10).unwrap();
+        let before = store
+            .page(GENERAL, "general", PageQuery::Before(c), 10)
+            .unwrap();
         assert_eq!(keys(&before), all[5..15]);
         assert!(before.has_older && before.has_newer);
 
@@ -678,7 +710,9 @@ pub(crate) mod tests {
             ts: all[5].0,
             seq: all[5].1,
         };
-        let oldest = store.page(GENERAL, "general", PageQuery::Before(c), 10).unwrap();
+        let oldest = store
+            .page(GENERAL, "general", PageQuery::Before(c), 10)
+            .unwrap();
         assert_eq!(keys(&oldest), all[..5]);
         assert!(!oldest.has_older && oldest.has_newer);
 
@@ -686,7 +720,9 @@ pub(crate) mod tests {
             ts: all[4].0,
             seq: all[4].1,
         };
-        let after = store.page(GENERAL, "general", PageQuery::After(c), 10).unwrap();
+        let after = store
+            .page(GENERAL, "general", PageQuery::After(c), 10)
+            .unwrap();
         assert_eq!(keys(&after), all[5..15]);
         assert!(after.has_older && after.has_newer);
 

@@ -311,13 +311,14 @@ fn serve(
         origins: &settings.origins,
     };
     let config = ws_config(settings.max_message);
-    let mut ws = tungstenite::accept_hdr_with_config(read_half, check, Some(config))
-        .map_err(|e| match e {
+    let mut ws = tungstenite::accept_hdr_with_config(read_half, check, Some(config)).map_err(
+        |e| match e {
             tungstenite::HandshakeError::Failure(e) => Error::WebSocket(e),
             tungstenite::HandshakeError::Interrupted(_) => {
                 Error::Io(io::ErrorKind::WouldBlock.into())
             }
-        })?;
+        },
+    )?;
     admitted.handshake_done();
     let half = ws.get_mut();
     half.discard_writes = true;

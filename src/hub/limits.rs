@@ -106,8 +106,7 @@ mod tests {
         assert!(limits.send(&alice, t0 + Duration::from_millis(100)).is_ok());
         let refused = limits
             .send(&alice, t0 + Duration::from_millis(400))
-            .err()
-            .expect("the third send in a second is refused");
+            .expect_err("the third send in a second is refused");
         assert_eq!(refused.wait, Duration::from_millis(600));
         assert!(refused.message.contains("at most 2 messages a second"));
         // A refused attempt is not recorded: the window frees at t0 + 1 s.

@@ -413,7 +413,10 @@ mod tests {
         h.queue(1, send("a", "one"));
         h.queue(2, send("b", "two"));
         h.queue(1, send("a", "one again"));
-        assert!(h.hub.out.mail.is_empty(), "nothing is acked before the commit");
+        assert!(
+            h.hub.out.mail.is_empty(),
+            "nothing is acked before the commit"
+        );
         h.end_batch();
         let alice: Vec<String> = h
             .frames(1)
@@ -467,7 +470,10 @@ mod tests {
         h.frames(1);
         // zed's page reconnects with its token.
         h.connect(3);
-        h.request(3, json!({"type": "hello", "username": "zed", "resume": session}));
+        h.request(
+            3,
+            json!({"type": "hello", "username": "zed", "resume": session}),
+        );
         assert_eq!(h.closed.get(&9), Some(&close::REPLACED));
         let welcome = h.frames(3);
         assert_eq!(welcome[0]["type"], "welcome");

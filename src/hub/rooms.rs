@@ -277,10 +277,7 @@ impl Rooms {
             user: user.name.clone(),
             state: PresenceState::Joined,
         });
-        let others: Vec<ConnId> = self
-            .member_conns(key)
-            .filter(|c| *c != user.conn)
-            .collect();
+        let others: Vec<ConnId> = self.member_conns(key).filter(|c| *c != user.conn).collect();
         out.reply(to, &self.joined_frame(key, history));
         for other in others {
             out.frame(other, presence.clone());

@@ -6,7 +6,10 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{Checked, ErrorCode, Limits as WireLimits, MAX_TEXT_CHARS, NameKey, PAGE_SIZES, ServerFrame, Username, now_ms};
+use crate::protocol::{
+    Checked, ErrorCode, Limits as WireLimits, MAX_TEXT_CHARS, NameKey, PAGE_SIZES, ServerFrame,
+    Username, now_ms,
+};
 use crate::store::{Store, UserId};
 use crate::vocab::{ConnId, close};
 
