@@ -11,18 +11,11 @@
 
 #![forbid(unsafe_code)]
 
-// The modules live in `parlor-bench/`; a crate root looks beside itself.
-#[path = "parlor-bench/client.rs"]
 mod client;
-#[path = "parlor-bench/history.rs"]
 mod history;
-#[path = "parlor-bench/load.rs"]
 mod load;
-#[path = "parlor-bench/report.rs"]
 mod report;
-#[path = "parlor-bench/server.rs"]
 mod server;
-#[path = "parlor-bench/stats.rs"]
 mod stats;
 
 use std::net::SocketAddr;
@@ -30,6 +23,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+// Parlor's clock (message timestamps are its milliseconds), for every module.
+use parlor::now_ms;
 use serde_json::{Value, json};
 
 use load::{Fleet, Protocol, Shape, StepResult};
