@@ -1,9 +1,12 @@
 //! The `parlor` command: parses the command line into a [`Config`], starts
 //! logging and the server, and stops cleanly on SIGINT or SIGTERM.
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
 
+use lexopt::Arg::{Long, Short, Value};
 use parlor::Config;
 
 const USAGE: &str = "\
@@ -37,79 +40,51 @@ Options:
 
 enum Action {
     Run(Config, Option<log::LevelFilter>),
-    Backup {
-        db: std::path::PathBuf,
-        dest: std::path::PathBuf,
-    },
-    Echo {
-        ws: String,
-        max_message: usize,
-    },
+    Backup { db: PathBuf, dest: PathBuf },
+    Echo { ws: String, max_message: usize },
     Help,
     Version,
 }
 
-fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Action, String> {
+fn parse_args<I>(args: I) -> Result<Action, String>
+where
+    I: IntoIterator,
+    I::Item: Into<OsString>,
+{
+    let mut parser = lexopt::Parser::from_args(args);
     let mut config = Config::default();
     let mut level = None;
-    let (mut tls_cert, mut tls_key): (Option<std::path::PathBuf>, _) = (None, None);
-    let mut args = args.into_iter().peekable();
-    match args.peek().map(String::as_str) {
-        Some("backup") => {
-            args.next();
-            return parse_backup(args);
-        }
-        Some("conformance-echo") => {
-            args.next();
-            return parse_echo(args);
-        }
-        _ => {}
-    }
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => {
-                (flag.to_string(), Some(value.to_string()))
-            }
-            _ => (arg.clone(), None),
+    let (mut tls_cert, mut tls_key) = (None, None);
+    let mut first = true;
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        let flag = match arg {
+            Long(name) => format!("--{name}"),
+            Short(letter) => format!("-{letter}"),
+            Value(word) if first && word == "backup" => return parse_backup(parser),
+            Value(word) if first && word == "conformance-echo" => return parse_echo(parser),
+            Value(word) => return Err(format!("unknown argument {word:?} (see --help)")),
         };
-        let mut value = |name: &str| {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
+        first = false;
         match flag.as_str() {
             "-h" | "--help" => return Ok(Action::Help),
             "-V" | "--version" => return Ok(Action::Version),
-            "--http" => config.http_addr = value("--http")?,
-            "--ws" => config.ws_addr = value("--ws")?,
-            "--db" => config.db_path = value("--db")?.into(),
-            "--max-users" => config.max_users = positive("--max-users", &value("--max-users")?)?,
-            "--messages-per-second" => {
-                config.messages_per_second =
-                    positive("--messages-per-second", &value("--messages-per-second")?)?
-            }
+            "--http" => config.http_addr = value(&mut parser, &flag)?,
+            "--ws" => config.ws_addr = value(&mut parser, &flag)?,
+            "--db" => config.db_path = path(&mut parser, &flag)?,
+            "--max-users" => config.max_users = positive(&mut parser, &flag)?,
+            "--messages-per-second" => config.messages_per_second = positive(&mut parser, &flag)?,
             "--room-switches-per-minute" => {
-                config.room_switches_per_minute = positive(
-                    "--room-switches-per-minute",
-                    &value("--room-switches-per-minute")?,
-                )?
+                config.room_switches_per_minute = positive(&mut parser, &flag)?
             }
-            "--tls-cert" => tls_cert = Some(value("--tls-cert")?.into()),
-            "--tls-key" => tls_key = Some(value("--tls-key")?.into()),
-            "--allow-origin" => config.allow_origins.push(value("--allow-origin")?),
-            "--max-connections" => {
-                config.max_connections =
-                    Some(positive("--max-connections", &value("--max-connections")?)?)
-            }
+            "--tls-cert" => tls_cert = Some(path(&mut parser, &flag)?),
+            "--tls-key" => tls_key = Some(path(&mut parser, &flag)?),
+            "--allow-origin" => config.allow_origins.push(value(&mut parser, &flag)?),
+            "--max-connections" => config.max_connections = Some(positive(&mut parser, &flag)?),
             "--max-connections-per-ip" => {
-                config.max_connections_per_ip = Some(positive(
-                    "--max-connections-per-ip",
-                    &value("--max-connections-per-ip")?,
-                )?)
+                config.max_connections_per_ip = Some(positive(&mut parser, &flag)?)
             }
             "--log-level" => {
-                let raw = value("--log-level")?;
+                let raw = value(&mut parser, &flag)?;
                 level = Some(log::LevelFilter::from_str(&raw).map_err(|_| {
                     format!("--log-level must be error, warn, info, debug or trace, not {raw:?}")
                 })?)
@@ -125,53 +100,76 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Action, String> 
     Ok(Action::Run(config, level))
 }
 
-fn parse_backup(args: impl Iterator<Item = String>) -> Result<Action, String> {
+fn parse_backup(mut parser: lexopt::Parser) -> Result<Action, String> {
     let mut db = Config::default().db_path;
     let mut dest = None;
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--db" => db = args.next().ok_or("--db needs a value")?.into(),
-            flag if flag.starts_with("--db=") => db = flag["--db=".len()..].into(),
-            flag if flag.starts_with('-') => {
-                return Err(format!("unknown backup argument {flag:?} (see --help)"));
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        let flag = match arg {
+            Long(name) => format!("--{name}"),
+            Short(letter) => format!("-{letter}"),
+            Value(_) if dest.is_some() => return Err("backup takes one destination".into()),
+            Value(path) => {
+                dest = Some(path.into());
+                continue;
             }
-            _ if dest.is_some() => return Err("backup takes one destination".into()),
-            path => dest = Some(path.into()),
+        };
+        match flag.as_str() {
+            "--db" => db = path(&mut parser, &flag)?,
+            other => return Err(format!("unknown backup argument {other:?} (see --help)")),
         }
     }
     let dest = dest.ok_or("backup needs a destination file: parlor backup [--db PATH] DEST")?;
     Ok(Action::Backup { db, dest })
 }
 
-fn parse_echo(args: impl Iterator<Item = String>) -> Result<Action, String> {
+fn parse_echo(mut parser: lexopt::Parser) -> Result<Action, String> {
     let mut ws = "127.0.0.1:9001".to_string();
     let mut max_message = 16 * 1024 * 1024;
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--ws" => ws = args.next().ok_or("--ws needs a value")?,
-            "--max-message" => {
-                max_message = positive(
-                    "--max-message",
-                    &args.next().ok_or("--max-message needs a value")?,
-                )?
-            }
-            other => {
-                return Err(format!(
-                    "unknown conformance-echo argument {other:?} (see --help)"
-                ));
-            }
+    let unknown = |arg: &dyn std::fmt::Debug| {
+        format!("unknown conformance-echo argument {arg:?} (see --help)")
+    };
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        let flag = match arg {
+            Long(name) => format!("--{name}"),
+            Short(letter) => format!("-{letter}"),
+            Value(word) => return Err(unknown(&word)),
+        };
+        match flag.as_str() {
+            "--ws" => ws = value(&mut parser, &flag)?,
+            "--max-message" => max_message = positive(&mut parser, &flag)?,
+            other => return Err(unknown(&other)),
         }
     }
     Ok(Action::Echo { ws, max_message })
 }
 
-fn positive<T: FromStr + PartialOrd + Default>(name: &str, raw: &str) -> Result<T, String> {
+/// The value of `flag`, given as `flag VALUE` or `flag=VALUE`.
+fn value(parser: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
+    parser
+        .value()
+        .map_err(|_| format!("{flag} needs a value"))?
+        .into_string()
+        .map_err(|raw| format!("{flag} must be valid UTF-8, not {raw:?}"))
+}
+
+/// The value of `flag` as a path, which need not be UTF-8.
+fn path(parser: &mut lexopt::Parser, flag: &str) -> Result<PathBuf, String> {
+    parser
+        .value()
+        .map(PathBuf::from)
+        .map_err(|_| format!("{flag} needs a value"))
+}
+
+/// The value of `flag` as a whole number above zero.
+fn positive<T: FromStr + PartialOrd + Default>(
+    parser: &mut lexopt::Parser,
+    flag: &str,
+) -> Result<T, String> {
+    let raw = value(parser, flag)?;
     match raw.parse::<T>() {
         Ok(n) if n > T::default() => Ok(n),
         _ => Err(format!(
-            "{name} must be a positive whole number, not {raw:?}"
+            "{flag} must be a positive whole number, not {raw:?}"
         )),
     }
 }
@@ -188,7 +186,7 @@ fn init_logging(level: Option<log::LevelFilter>) {
 }
 
 fn main() -> ExitCode {
-    let (config, level) = match parse_args(std::env::args().skip(1)) {
+    let (config, level) = match parse_args(std::env::args_os().skip(1)) {
         Ok(Action::Run(config, level)) => (config, level),
         Ok(Action::Backup { db, dest }) => {
             return match parlor::backup(&db, &dest) {
@@ -265,9 +263,23 @@ mod tests {
     use super::*;
 
     fn run(args: &[&str]) -> Result<Config, String> {
-        match parse_args(args.iter().map(|s| s.to_string()))? {
+        match parse_args(args)? {
             Action::Run(config, _) => Ok(config),
             _ => Err("not a run".into()),
+        }
+    }
+
+    fn backup(args: &[&str]) -> Result<(PathBuf, PathBuf), String> {
+        match parse_args(args)? {
+            Action::Backup { db, dest } => Ok((db, dest)),
+            _ => Err("not a backup".into()),
+        }
+    }
+
+    fn echo(args: &[&str]) -> Result<(String, usize), String> {
+        match parse_args(args)? {
+            Action::Echo { ws, max_message } => Ok((ws, max_message)),
+            _ => Err("not an echo".into()),
         }
     }
 
@@ -290,7 +302,132 @@ mod tests {
         assert_eq!(config.http_addr, "0.0.0.0:80");
         assert_eq!(config.ws_addr, "0.0.0.0:81");
         assert_eq!(config.max_users, 3);
-        assert_eq!(config.db_path, std::path::PathBuf::from("x.db"));
+        assert_eq!(config.db_path, PathBuf::from("x.db"));
+    }
+
+    #[test]
+    fn flag_value_and_flag_equals_value_agree() {
+        let spaced = run(&[
+            "--ws",
+            "0.0.0.0:81",
+            "--max-connections",
+            "7",
+            "--allow-origin",
+            "https://a.example",
+            "--allow-origin",
+            "https://b.example",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ])
+        .unwrap();
+        let joined = run(&[
+            "--ws=0.0.0.0:81",
+            "--max-connections=7",
+            "--allow-origin=https://a.example",
+            "--allow-origin=https://b.example",
+            "--tls-cert=c.pem",
+            "--tls-key=k.pem",
+        ])
+        .unwrap();
+        for config in [spaced, joined] {
+            assert_eq!(config.ws_addr, "0.0.0.0:81");
+            assert_eq!(config.max_connections, Some(7));
+            assert_eq!(
+                config.allow_origins,
+                ["https://a.example", "https://b.example"]
+            );
+            assert_eq!(config.tls, Some(("c.pem".into(), "k.pem".into())));
+        }
+        assert!(matches!(
+            parse_args(["--log-level=debug"]),
+            Ok(Action::Run(_, Some(log::LevelFilter::Debug)))
+        ));
+    }
+
+    #[test]
+    fn backup_takes_a_database_and_one_destination() {
+        let default_db = Config::default().db_path;
+        assert_eq!(
+            backup(&["backup", "copy.db"]).unwrap(),
+            (default_db, "copy.db".into())
+        );
+        let cases: [&[&str]; 3] = [
+            &["backup", "--db", "x.db", "copy.db"],
+            &["backup", "--db=x.db", "copy.db"],
+            &["backup", "copy.db", "--db", "x.db"],
+        ];
+        for args in cases {
+            assert_eq!(
+                backup(args).unwrap(),
+                ("x.db".into(), "copy.db".into()),
+                "{args:?}"
+            );
+        }
+        assert!(backup(&["backup"]).unwrap_err().contains("destination"));
+        assert!(
+            backup(&["backup", "a.db", "b.db"])
+                .unwrap_err()
+                .contains("one destination")
+        );
+        assert!(
+            backup(&["backup", "--db"])
+                .unwrap_err()
+                .contains("--db needs a value")
+        );
+        assert!(
+            backup(&["backup", "--ws=x", "copy.db"])
+                .unwrap_err()
+                .contains("unknown backup argument \"--ws\"")
+        );
+        // The subcommand comes first; later it is a stray word.
+        assert!(
+            run(&["--db", "x.db", "backup", "copy.db"])
+                .unwrap_err()
+                .contains("unknown argument \"backup\"")
+        );
+    }
+
+    #[test]
+    fn conformance_echo_flags() {
+        assert_eq!(
+            echo(&["conformance-echo"]).unwrap(),
+            ("127.0.0.1:9001".into(), 16 * 1024 * 1024)
+        );
+        let cases: [&[&str]; 2] = [
+            &[
+                "conformance-echo",
+                "--ws",
+                "127.0.0.1:0",
+                "--max-message",
+                "5",
+            ],
+            &["conformance-echo", "--ws=127.0.0.1:0", "--max-message=5"],
+        ];
+        for args in cases {
+            assert_eq!(echo(args).unwrap(), ("127.0.0.1:0".into(), 5), "{args:?}");
+        }
+        assert!(
+            echo(&["conformance-echo", "--max-message=0"])
+                .unwrap_err()
+                .contains("--max-message must be a positive whole number")
+        );
+        assert!(
+            echo(&["conformance-echo", "--ws"])
+                .unwrap_err()
+                .contains("--ws needs a value")
+        );
+        assert!(
+            echo(&["conformance-echo", "--db", "x.db"])
+                .unwrap_err()
+                .contains("unknown conformance-echo argument \"--db\"")
+        );
+        assert!(
+            echo(&["conformance-echo", "extra"])
+                .unwrap_err()
+                .contains("unknown conformance-echo argument \"extra\"")
+        );
     }
 
     #[test]
@@ -301,20 +438,47 @@ mod tests {
                 .unwrap_err()
                 .contains("positive")
         );
+        assert!(run(&["--max-users=-1"]).unwrap_err().contains("positive"));
         assert!(run(&["--db"]).unwrap_err().contains("needs a value"));
+        assert!(run(&["--ws="]).is_ok_and(|c| c.ws_addr.is_empty()));
+        assert!(
+            run(&["--http"])
+                .unwrap_err()
+                .contains("--http needs a value")
+        );
         assert!(
             run(&["--frobnicate"])
                 .unwrap_err()
-                .contains("unknown argument")
+                .contains("unknown argument \"--frobnicate\"")
+        );
+        assert!(
+            run(&["--frobnicate=3"])
+                .unwrap_err()
+                .contains("unknown argument \"--frobnicate\"")
+        );
+        assert!(
+            run(&["-x"])
+                .unwrap_err()
+                .contains("unknown argument \"-x\"")
+        );
+        assert!(
+            run(&["chat"])
+                .unwrap_err()
+                .contains("unknown argument \"chat\"")
         );
         assert!(
             run(&["--log-level", "loud"])
                 .unwrap_err()
                 .contains("--log-level")
         );
-        assert!(matches!(
-            parse_args(["--help".to_string()]),
-            Ok(Action::Help)
-        ));
+        assert!(
+            run(&["--tls-cert", "c.pem"])
+                .unwrap_err()
+                .contains("go together")
+        );
+        assert!(matches!(parse_args(["--help"]), Ok(Action::Help)));
+        assert!(matches!(parse_args(["-h"]), Ok(Action::Help)));
+        assert!(matches!(parse_args(["--version"]), Ok(Action::Version)));
+        assert!(matches!(parse_args(["-V"]), Ok(Action::Version)));
     }
 }

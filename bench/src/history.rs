@@ -15,6 +15,7 @@ use parlor::store::{NewMessage, Store, UserId};
 use serde_json::{Value, json};
 
 use crate::client::Conn;
+use crate::now_ms;
 use crate::server::{ParlorLaunch, ServerProcess, TempDir};
 use crate::stats::{Summary, round3};
 
@@ -88,7 +89,7 @@ fn database(options: &HistoryOptions) -> Result<(PathBuf, i64, Option<Duration>)
         let _ = std::fs::remove_file(PathBuf::from(name));
     }
     let started = Instant::now();
-    let base = parlor::protocol::now_ms() - 40 * 24 * 3600 * 1000;
+    let base = now_ms() - 40 * 24 * 3600 * 1000;
     build(&path, options.messages, base)?;
     std::fs::write(&manifest_path, manifest(options.messages, base).to_string())
         .map_err(|e| format!("cannot write {}: {e}", manifest_path.display()))?;

@@ -21,6 +21,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::client::{Conn, Frame, SharedWriter, hang_up, write_text};
+use crate::now_ms;
 use crate::server::ServerProcess;
 use crate::stats::{Summary, round3};
 
@@ -453,7 +454,7 @@ impl Fleet {
             None => None,
         };
         let origin = Instant::now();
-        let origin_wall_ms = parlor::protocol::now_ms();
+        let origin_wall_ms = now_ms();
         let progress = Arc::new(Progress {
             received: (0..MAX_STEPS).map(|_| AtomicU64::new(0)).collect(),
             acked: (0..MAX_STEPS).map(|_| AtomicU64::new(0)).collect(),

@@ -11,25 +11,23 @@
 
 #![forbid(unsafe_code)]
 
-// The modules live in `parlor-bench/`; a crate root looks beside itself.
-#[path = "parlor-bench/client.rs"]
 mod client;
-#[path = "parlor-bench/history.rs"]
 mod history;
-#[path = "parlor-bench/load.rs"]
 mod load;
-#[path = "parlor-bench/report.rs"]
 mod report;
-#[path = "parlor-bench/server.rs"]
 mod server;
-#[path = "parlor-bench/stats.rs"]
 mod stats;
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::time::Duration;
 
+use lexopt::Arg;
+// Parlor's clock (message timestamps are its milliseconds), for every module.
+use parlor::protocol::now_ms;
 use serde_json::{Value, json};
 
 use load::{Fleet, Protocol, Shape, StepResult};
@@ -160,16 +158,19 @@ struct Options {
     pin: bool,
 }
 
-fn parse_args(args: Vec<String>) -> Result<Option<Options>, String> {
-    let mut args = args.into_iter();
-    let command = match args.next().as_deref() {
-        Some("fanout") => Command::Fanout,
-        Some("sweep") => Command::Sweep,
-        Some("history") => Command::History,
-        Some("-h" | "--help") | None => return Ok(None),
-        Some(other) => return Err(format!("unknown command {other:?} (see --help)")),
+fn parse_args(args: Vec<OsString>) -> Result<Option<Options>, String> {
+    // --quick changes the default of every flag not given, wherever it
+    // stands, so look for it before parsing.
+    let quick = args.iter().any(|a| a == "--quick");
+    let mut parser = lexopt::Parser::from_args(args);
+    let command = match next(&mut parser)? {
+        None | Some(Arg::Short('h') | Arg::Long("help")) => return Ok(None),
+        Some(Arg::Value(word)) if word == "fanout" => Command::Fanout,
+        Some(Arg::Value(word)) if word == "sweep" => Command::Sweep,
+        Some(Arg::Value(word)) if word == "history" => Command::History,
+        Some(Arg::Value(word)) => return Err(format!("unknown command {word:?} (see --help)")),
+        Some(_) => return Err("the command comes first: fanout, sweep or history".into()),
     };
-    let quick = args.as_slice().iter().any(|a| a == "--quick");
     let mut o = Options {
         command,
         subjects: Vec::new(),
@@ -199,22 +200,17 @@ fn parse_args(args: Vec<String>) -> Result<Option<Options>, String> {
     };
     let mut protocol = Protocol::Parlor;
     let mut ws: Option<Vec<SocketAddr>> = None;
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{flag} needs a value"))
+    while let Some(arg) = next(&mut parser)? {
+        let flag = match arg {
+            Arg::Long(name) => format!("--{name}"),
+            Arg::Short(letter) => format!("-{letter}"),
+            Arg::Value(word) => return Err(format!("unknown argument {word:?} (see --help)")),
         };
         match flag.as_str() {
-            "--spawn" => o.subjects.push(Subject::Spawn(value()?.into())),
-            "--relay" => o.subjects.push(Subject::Relay(value()?.into())),
+            "--spawn" => o.subjects.push(Subject::Spawn(path(&mut parser, &flag)?)),
+            "--relay" => o.subjects.push(Subject::Relay(path(&mut parser, &flag)?)),
             "--ws" => {
-                let addrs = value()?
+                let addrs = value(&mut parser, &flag)?
                     .split(',')
                     .map(|a| a.trim_start_matches("ws://").trim_end_matches('/').parse())
                     .collect::<Result<Vec<SocketAddr>, _>>()
@@ -222,36 +218,34 @@ fn parse_args(args: Vec<String>) -> Result<Option<Options>, String> {
                 ws = Some(addrs);
             }
             "--protocol" => {
-                protocol = match value()?.as_str() {
+                protocol = match value(&mut parser, &flag)?.as_str() {
                     "parlor" => Protocol::Parlor,
                     "raw" => Protocol::Raw,
                     other => return Err(format!("--protocol is parlor or raw, not {other:?}")),
                 }
             }
-            "--node" => o.node = value()?,
-            "--connections" => o.connections = number(&flag, &value()?)?,
-            "--rooms" => o.rooms = number(&flag, &value()?)?,
-            "--senders" => o.senders = Some(number(&flag, &value()?)?),
-            "--rate" => o.rate = positive(&flag, &value()?)?,
-            "--duration" => o.duration = positive(&flag, &value()?)?,
-            "--drain" => o.drain = Some(positive(&flag, &value()?)?),
-            "--text-bytes" => {
-                o.text_bytes = value()?.parse().map_err(|_| format!("{flag}: a number"))?
-            }
-            "--stall" => o.stall = Some(positive(&flag, &value()?)?),
-            "--stall-for" => o.stall_for = Some(positive(&flag, &value()?)?),
-            "--from" => o.from = positive(&flag, &value()?)?,
-            "--factor" => o.factor = positive(&flag, &value()?)?,
-            "--max-rate" => o.max_rate = positive(&flag, &value()?)?,
-            "--refine" => o.refine = value()?.parse().map_err(|_| format!("{flag}: a number"))?,
-            "--retries" => o.retries = value()?.parse().map_err(|_| format!("{flag}: a number"))?,
-            "--p99-limit" => o.p99_limit = positive(&flag, &value()?)?,
-            "--messages" => o.messages = number(&flag, &value()?)?,
-            "--catch-up" => o.catch_up = number(&flag, &value()?)?,
-            "--reps" => o.reps = number(&flag, &value()?)?,
-            "--startups" => o.startups = number(&flag, &value()?)?,
+            "--node" => o.node = value(&mut parser, &flag)?,
+            "--connections" => o.connections = number(&mut parser, &flag)?,
+            "--rooms" => o.rooms = number(&mut parser, &flag)?,
+            "--senders" => o.senders = Some(number(&mut parser, &flag)?),
+            "--rate" => o.rate = positive(&mut parser, &flag)?,
+            "--duration" => o.duration = positive(&mut parser, &flag)?,
+            "--drain" => o.drain = Some(positive(&mut parser, &flag)?),
+            "--text-bytes" => o.text_bytes = whole(&mut parser, &flag)?,
+            "--stall" => o.stall = Some(positive(&mut parser, &flag)?),
+            "--stall-for" => o.stall_for = Some(positive(&mut parser, &flag)?),
+            "--from" => o.from = positive(&mut parser, &flag)?,
+            "--factor" => o.factor = positive(&mut parser, &flag)?,
+            "--max-rate" => o.max_rate = positive(&mut parser, &flag)?,
+            "--refine" => o.refine = whole(&mut parser, &flag)?,
+            "--retries" => o.retries = whole(&mut parser, &flag)?,
+            "--p99-limit" => o.p99_limit = positive(&mut parser, &flag)?,
+            "--messages" => o.messages = number(&mut parser, &flag)?,
+            "--catch-up" => o.catch_up = number(&mut parser, &flag)?,
+            "--reps" => o.reps = number(&mut parser, &flag)?,
+            "--startups" => o.startups = number(&mut parser, &flag)?,
             "--rebuild" => o.rebuild = true,
-            "--out" => o.out = value()?.into(),
+            "--out" => o.out = path(&mut parser, &flag)?,
             "--no-pin" => o.pin = false,
             "--quick" => {}
             "-h" | "--help" => return Ok(None),
@@ -273,7 +267,42 @@ fn parse_args(args: Vec<String>) -> Result<Option<Options>, String> {
     Ok(Some(o))
 }
 
-fn number(flag: &str, raw: &str) -> Result<usize, String> {
+/// The next argument; a value given to a flag that takes none
+/// (`--rebuild=yes`) is an error.
+fn next(parser: &mut lexopt::Parser) -> Result<Option<Arg<'_>>, String> {
+    parser.next().map_err(|e| match e {
+        lexopt::Error::UnexpectedValue { option, .. } => format!("{option} takes no value"),
+        e => e.to_string(),
+    })
+}
+
+/// The value of `flag`, given as `flag VALUE` or `flag=VALUE`.
+fn value(parser: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
+    parser
+        .value()
+        .map_err(|_| format!("{flag} needs a value"))?
+        .into_string()
+        .map_err(|raw| format!("{flag} must be valid UTF-8, not {raw:?}"))
+}
+
+/// The value of `flag` as a path, which need not be UTF-8.
+fn path(parser: &mut lexopt::Parser, flag: &str) -> Result<PathBuf, String> {
+    parser
+        .value()
+        .map(PathBuf::from)
+        .map_err(|_| format!("{flag} needs a value"))
+}
+
+/// The value of `flag` as a whole number, zero included.
+fn whole<T: FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T, String> {
+    let raw = value(parser, flag)?;
+    raw.parse()
+        .map_err(|_| format!("{flag} must be a whole number, not {raw:?}"))
+}
+
+/// The value of `flag` as a whole number above zero.
+fn number(parser: &mut lexopt::Parser, flag: &str) -> Result<usize, String> {
+    let raw = value(parser, flag)?;
     match raw.parse() {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(format!(
@@ -282,7 +311,9 @@ fn number(flag: &str, raw: &str) -> Result<usize, String> {
     }
 }
 
-fn positive(flag: &str, raw: &str) -> Result<f64, String> {
+/// The value of `flag` as a finite number above zero.
+fn positive(parser: &mut lexopt::Parser, flag: &str) -> Result<f64, String> {
+    let raw = value(parser, flag)?;
     match raw.parse::<f64>() {
         Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
         _ => Err(format!("{flag} must be a positive number, not {raw:?}")),
@@ -290,7 +321,7 @@ fn positive(flag: &str, raw: &str) -> Result<f64, String> {
 }
 
 fn main() -> ExitCode {
-    let options = match parse_args(std::env::args().skip(1).collect()) {
+    let options = match parse_args(std::env::args_os().skip(1).collect()) {
         Ok(Some(options)) => options,
         Ok(None) => {
             print!("{USAGE}");
@@ -627,4 +658,78 @@ fn history(options: &Options, pinned: bool) -> Result<(&'static str, Value), Str
         out: options.out.clone(),
     })?;
     Ok(("history", result))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Options>, String> {
+        parse_args(args.iter().map(OsString::from).collect())
+    }
+
+    fn options(args: &[&str]) -> Options {
+        parse(args)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .expect("options, not help")
+    }
+
+    fn error(args: &[&str]) -> String {
+        parse(args)
+            .err()
+            .unwrap_or_else(|| panic!("{args:?} parsed"))
+    }
+
+    #[test]
+    fn flag_value_and_flag_equals_value_agree() {
+        let cases: [&[&str]; 2] = [
+            &["fanout", "--spawn", "p", "--rate", "5", "--out", "o"],
+            &["fanout", "--spawn=p", "--rate=5", "--out=o"],
+        ];
+        for args in cases {
+            let o = options(args);
+            assert!(matches!(o.subjects.as_slice(), [Subject::Spawn(p)] if p == Path::new("p")));
+            assert_eq!(o.rate, 5.0);
+            assert_eq!(o.out, Path::new("o"));
+        }
+    }
+
+    #[test]
+    fn quick_changes_the_defaults_wherever_it_stands() {
+        let normal = options(&["sweep", "--spawn", "p"]);
+        assert_eq!(
+            (normal.connections, normal.rate, normal.pin),
+            (10, 100.0, true)
+        );
+        let cases: [&[&str]; 2] = [
+            &["sweep", "--quick", "--spawn", "p"],
+            &["sweep", "--spawn", "p", "--quick"],
+        ];
+        for args in cases {
+            let quick = options(args);
+            assert_eq!((quick.connections, quick.rate, quick.pin), (6, 40.0, false));
+        }
+        let given = options(&["sweep", "--quick", "--spawn", "p", "--connections=8"]);
+        assert_eq!(given.connections, 8);
+        assert!(!options(&["sweep", "--spawn", "p", "--no-pin"]).pin);
+    }
+
+    #[test]
+    fn bad_arguments_say_why() {
+        assert!(error(&["fanout", "--spawn"]).contains("--spawn needs a value"));
+        assert!(error(&["fanout", "--spawn", "p", "--rate=0"]).contains("positive number"));
+        assert!(error(&["fanout", "--spawn", "p", "--refine", "x"]).contains("whole number"));
+        assert!(error(&["fanout", "--spawn", "p", "--rebuild=yes"]).contains("takes no value"));
+        assert!(error(&["fanout", "--spawn", "p", "--frob"]).contains("unknown argument"));
+        assert!(error(&["fanout", "--spawn", "p", "extra"]).contains("unknown argument"));
+        assert!(error(&["fanout"]).contains("say what to measure"));
+        assert!(error(&["history", "--ws", "127.0.0.1:1"]).contains("history needs"));
+        assert!(error(&["frobnicate"]).contains("unknown command"));
+        assert!(error(&["--spawn", "p", "fanout"]).contains("command comes first"));
+        for help in [&["--help"][..], &[], &["fanout", "--spawn", "p", "-h"]] {
+            assert!(matches!(parse(help), Ok(None)), "{help:?}");
+        }
+    }
 }

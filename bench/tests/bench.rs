@@ -7,13 +7,45 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::Value;
 use tungstenite::{Message, WebSocket};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_parlor-bench");
-const PARLOR: &str = env!("CARGO_BIN_EXE_parlor");
+
+/// The `parlor` binary, built by the cargo that runs these tests.
+///
+/// Cargo hands a test only its own package's binaries (`CARGO_BIN_EXE_*`),
+/// and parlor is another package of the workspace. So the first test to ask
+/// runs `cargo build -p parlor --bin parlor` (a no-op when it is fresh;
+/// cargo holds no lock on the target directory while tests run) and takes
+/// the path cargo reports instead of guessing one, so a test never runs a
+/// stale or missing binary. By hand rather than with escargot: one command
+/// and one JSON field.
+fn parlor() -> &'static str {
+    static PARLOR: OnceLock<String> = OnceLock::new();
+    PARLOR.get_or_init(|| {
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let output = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--package", "parlor", "--bin", "parlor"])
+            .args(["--message-format", "json-render-diagnostics"])
+            .args(["--manifest-path", manifest])
+            .output()
+            .expect("run cargo build");
+        assert!(
+            output.status.success(),
+            "cargo build --bin parlor failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "parlor")
+            .find_map(|m| m["executable"].as_str().map(String::from))
+            .expect("cargo build names the parlor executable")
+    })
+}
 
 /// An output directory of its own, removed afterwards.
 struct OutDir(PathBuf);
@@ -98,7 +130,7 @@ fn assert_books_balance(step: &Value, with_acks: bool) {
 #[test]
 fn quick_fanout_against_parlor_counts_every_delivery() {
     let out = OutDir::new("fanout");
-    let report = bench(&out.0, &["fanout", "--quick", "--spawn", PARLOR]);
+    let report = bench(&out.0, &["fanout", "--quick", "--spawn", parlor()]);
     assert_eq!(report["kind"], "fanout");
     let run = &report["result"]["runs"][0];
     assert_eq!(run["server"], "parlor");
@@ -129,7 +161,7 @@ fn quick_sweep_reports_a_passing_rate() {
             "sweep",
             "--quick",
             "--spawn",
-            PARLOR,
+            parlor(),
             "--p99-limit",
             "600000",
         ],
@@ -168,7 +200,7 @@ fn quick_fanout_against_a_raw_relay_counts_every_delivery() {
 #[test]
 fn quick_history_catches_up_exactly() {
     let out = OutDir::new("history");
-    let report = bench(&out.0, &["history", "--quick", "--spawn", PARLOR]);
+    let report = bench(&out.0, &["history", "--quick", "--spawn", parlor()]);
     let result = &report["result"];
     assert_eq!(result["database"]["big_room_messages"], 20_000);
     assert_eq!(result["catch_up"]["messages"], 1_000);
