@@ -36,32 +36,27 @@ impl<S: std::io::Write> std::io::Write for Retry<S> {
 /// How long a test waits for a frame before failing.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A directory removed when dropped.
-pub struct TempDir(PathBuf);
+/// A fresh directory under the system's temporary directory, removed with
+/// everything in it when dropped; `tag` names it, for whoever looks there
+/// while a test runs.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("parlor-test-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("parlor-test-{tag}-"))
+            .tempdir()
+            .expect("create a temporary directory");
+        TempDir(dir)
     }
 
     pub fn path(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
 
+    /// Where a test's database goes.
     pub fn db(&self) -> PathBuf {
-        self.0.join("parlor.db")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.path().join("parlor.db")
     }
 }
 
