@@ -1,12 +1,10 @@
 //! The HTTP side: the page with its security headers and the WebSocket port
 //! filled in, the health check, and refusals for everything else.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
-use support::TestServer;
+use crate::support::TestServer;
 
 /// Sends one HTTP/1.0 request and returns (status, headers, body).
 fn fetch(

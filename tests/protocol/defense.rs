@@ -2,14 +2,13 @@
 //! sockets, slow HTTP clients, WebSocket protocol violations, a client that
 //! stops reading, and database file permissions.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::{Client, Retry, TestServer, now_ms};
 use serde_json::json;
-use support::{Client, Retry, TestServer, now_ms};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{Data, OpCode};

@@ -2,17 +2,16 @@
 //! HTTPS and people chat over WSS; a certificate made at run time stands in
 //! for a real one.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support;
+use crate::support::{Retry, TempDir, TestServer};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use serde_json::{Value, json};
-use support::{Retry, TempDir, TestServer};
 use tungstenite::{Message, WebSocket};
 
 type TlsStream = StreamOwned<ClientConnection, Retry<TcpStream>>;

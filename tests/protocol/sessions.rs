@@ -1,12 +1,11 @@
 //! Signing in, sessions and resume, presence, rooms and room switching, at
 //! the protocol level against a real server.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support;
+use crate::support::{TestServer, assert_error};
 use serde_json::json;
-use support::{TestServer, assert_error};
 use tungstenite::Message;
 
 #[test]
