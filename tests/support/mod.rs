@@ -1,11 +1,14 @@
 //! Shared helpers for the integration tests: a server on port 0 with a
-//! temporary database, and a blocking WebSocket client that waits for frames
-//! with a timeout instead of sleeping.
+//! temporary database, the built `parlor` binary as a child process, and a
+//! blocking WebSocket client that waits for frames with a timeout instead of
+//! sleeping.
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use parlor::tls::retry_interrupted as retry;
@@ -137,6 +140,96 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The built `parlor` binary.
+pub const PARLOR: &str = env!("CARGO_BIN_EXE_parlor");
+
+/// A `parlor` child process on ports chosen by the system, killed (if still
+/// running) when dropped. Its stdout is closed once it has printed where it
+/// listens: it logs to stderr, which goes nowhere.
+pub struct Running {
+    pub child: Child,
+    pub ws: SocketAddr,
+}
+
+impl Running {
+    /// Starts `parlor` on the database `db`, logging warnings only, with
+    /// `extra` arguments after those, and waits for its start-up line.
+    pub fn start(db: &Path, extra: &[&str]) -> Running {
+        let mut child = Command::new(PARLOR)
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--ws",
+                "127.0.0.1:0",
+                "--log-level",
+                "warn",
+                "--db",
+            ])
+            .arg(db)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start parlor");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the start-up line");
+        let ws = line
+            .split("ws://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|addr| addr.parse().ok());
+        match ws {
+            Some(ws) => Running { child, ws },
+            None => {
+                let _ = child.kill();
+                let status = child.wait().expect("reap");
+                panic!("parlor {extra:?} did not start ({status}); it printed {line:?}")
+            }
+        }
+    }
+
+    /// SIGKILL: no shutdown, no checkpoint, whatever is in flight.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    /// Sends the signal `name` (`TERM`, `STOP`, ...) with `kill`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed: {status}");
+    }
+
+    /// The exit status, once the process has exited; fails the test if that
+    /// takes longer than `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(exit) = self.child.try_wait().expect("wait") {
+                return exit;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "parlor has not exited within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
