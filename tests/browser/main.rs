@@ -10,8 +10,8 @@
 //! Without Chromium these tests say so loudly and pass, except under
 //! `CI=true`, where a missing browser is a failure.
 
-#[path = "browser/cdp.rs"]
 mod cdp;
+#[path = "../support/mod.rs"]
 mod support;
 
 use std::path::Path;
@@ -33,11 +33,22 @@ const PRESENCE_BOUND: Duration = Duration::from_millis(500);
 
 // ---- Servers ------------------------------------------------------------------
 
-/// A server on port 0 whose database already holds `rooms` (name, number of
-/// messages "<room> message <i>" by carol and dave, one a minute up to now).
-/// Seeding through the store is much faster than through the protocol.
-fn server_with(rooms: &[(&str, usize)]) -> TestServer {
-    server_with_config(rooms, |_| {})
+/// How every test begins: its turn on Chromium, a server on port 0 whose
+/// database already holds `rooms` (see [`seed`]), and the page's URL. None
+/// when there is no Chromium to drive (see [`Browser::launch`]).
+fn set_up(test: &str, rooms: &[(&str, usize)]) -> Option<(Browser, TestServer, String)> {
+    set_up_with(test, rooms, |_| {})
+}
+
+fn set_up_with(
+    test: &str,
+    rooms: &[(&str, usize)],
+    tweak: impl FnOnce(&mut parlor::Config),
+) -> Option<(Browser, TestServer, String)> {
+    let browser = Browser::launch(test)?;
+    let server = server_with_config(rooms, tweak);
+    let url = server.server.as_ref().expect("running").url();
+    Some((browser, server, url))
 }
 
 fn server_with_config(
@@ -55,6 +66,9 @@ fn server_with_config(
     }
 }
 
+/// Fills the database at `db` with `rooms`: (name, number of messages
+/// "<room> message <i>" by carol and dave, one a minute up to now). Seeding
+/// through the store is much faster than through the protocol.
 fn seed(db: &Path, rooms: &[(&str, usize)]) {
     let mut store = Store::open(db).expect("open the database to seed it");
     let now = parlor::now_ms();
@@ -81,10 +95,6 @@ fn seed(db: &Path, rooms: &[(&str, usize)]) {
             .collect();
         store.insert_messages(&batch).expect("add messages");
     }
-}
-
-fn url(server: &TestServer) -> String {
-    server.server.as_ref().expect("running").url()
 }
 
 // ---- What the page shows --------------------------------------------------------
@@ -288,11 +298,9 @@ fn millis(from: i64, to: i64) -> Duration {
 
 #[test]
 fn two_browsers_chat_and_both_see_the_message_and_the_senders_tick() {
-    let Some(mut browser) = Browser::launch("chat") else {
+    let Some((mut browser, _server, url)) = set_up("chat", &[]) else {
         return;
     };
-    let server = server_with(&[]);
-    let url = url(&server);
     let mut alice = browser.new_person("alice");
     let mut bob = browser.new_person("bob");
     sign_in(&mut alice, &url, "alice");
@@ -402,11 +410,9 @@ fn two_browsers_chat_and_both_see_the_message_and_the_senders_tick() {
 
 #[test]
 fn presence_appears_and_disappears_live() {
-    let Some(mut browser) = Browser::launch("presence") else {
+    let Some((mut browser, server, url)) = set_up("presence", &[]) else {
         return;
     };
-    let server = server_with(&[]);
-    let url = url(&server);
     let mut alice = browser.new_person("alice");
     sign_in(&mut alice, &url, "alice");
     wait_people(&mut alice, &["alice"]);
@@ -441,11 +447,10 @@ fn presence_appears_and_disappears_live() {
 
 #[test]
 fn switching_rooms_moves_presence_and_loads_history() {
-    let Some(mut browser) = Browser::launch("switch") else {
+    let Some((mut browser, _server, url)) = set_up("switch", &[("general", 20), ("design", 30)])
+    else {
         return;
     };
-    let server = server_with(&[("general", 20), ("design", 30)]);
-    let url = url(&server);
     let mut alice = browser.new_person("alice");
     let mut bob = browser.new_person("bob");
     sign_in(&mut alice, &url, "alice");
@@ -512,11 +517,9 @@ fn switching_rooms_moves_presence_and_loads_history() {
 
 #[test]
 fn creating_a_room_joins_it_and_deleting_it_asks_first() {
-    let Some(mut browser) = Browser::launch("rooms") else {
+    let Some((mut browser, server, url)) = set_up("rooms", &[]) else {
         return;
     };
-    let server = server_with(&[]);
-    let url = url(&server);
     let mut bob = server.login_in("bob", "general");
     let mut alice = browser.new_person("alice");
     sign_in(&mut alice, &url, "alice");
@@ -613,11 +616,9 @@ fn creating_a_room_joins_it_and_deleting_it_asks_first() {
 
 #[test]
 fn history_pages_and_page_sizes_over_1234_messages() {
-    let Some(mut browser) = Browser::launch("history") else {
+    let Some((mut browser, _server, url)) = set_up("history", &[("general", 1234)]) else {
         return;
     };
-    let server = server_with(&[("general", 1234)]);
-    let url = url(&server);
     let mut alice = browser.new_person("alice");
     sign_in(&mut alice, &url, "alice");
 
@@ -727,11 +728,9 @@ fn thousands(n: usize) -> String {
 
 #[test]
 fn html_in_messages_and_room_names_is_shown_as_text_and_runs_nothing() {
-    let Some(mut browser) = Browser::launch("html") else {
+    let Some((mut browser, server, url)) = set_up("html", &[]) else {
         return;
     };
-    let server = server_with(&[]);
-    let url = url(&server);
     let mut alice = browser.new_person("alice");
     let mut bob = browser.new_person("bob");
     sign_in(&mut alice, &url, "alice");
@@ -811,12 +810,10 @@ fn restart_on_same_ports(server: &mut TestServer, http: &str, ws: &str) {
 
 #[test]
 fn after_a_restart_reconnect_catches_up_and_resends() {
-    let Some(mut browser) = Browser::launch("reconnect") else {
+    let Some((mut browser, mut server, url)) = set_up("reconnect", &[("general", 5)]) else {
         return;
     };
-    let mut server = server_with(&[("general", 5)]);
     let (http, ws) = (server.http_addr().to_string(), server.ws_addr().to_string());
-    let url = url(&server);
     let mut alice = browser.new_person("alice");
     sign_in(&mut alice, &url, "alice");
     assert!(alice.text("#conn").contains("Connected"));
@@ -980,11 +977,10 @@ fn tab_to(page: &mut Page, target: &str, backwards: bool) {
 
 #[test]
 fn keyboard_alone_signs_in_sends_and_switches_rooms() {
-    let Some(mut browser) = Browser::launch("keyboard") else {
+    let Some((mut browser, _server, url)) = set_up("keyboard", &[("general", 3), ("random", 4)])
+    else {
         return;
     };
-    let server = server_with(&[("general", 3), ("random", 4)]);
-    let url = url(&server);
     let mut kim = browser.new_person("kim");
     kim.goto(&url);
     kim.wait_for(
@@ -1037,11 +1033,9 @@ fn keyboard_alone_signs_in_sends_and_switches_rooms() {
 
 #[test]
 fn sign_in_errors_are_shown_inline() {
-    let Some(mut browser) = Browser::launch("signin") else {
+    let Some((mut browser, server, url)) = set_up_with("signin", &[], |c| c.max_users = 2) else {
         return;
     };
-    let server = server_with_config(&[], |c| c.max_users = 2);
-    let url = url(&server);
     let mut bob = server.login_in("bob", "general");
     let mut page = browser.new_person("visitor");
     page.goto(&url);
@@ -1108,14 +1102,14 @@ fn sign_in_errors_are_shown_inline() {
 
 #[test]
 fn first_view_and_room_switch_are_within_the_specs_bounds() {
-    let Some(mut browser) = Browser::launch("timing") else {
+    // More switches than the default rate limit allows, to measure several.
+    let Some((mut browser, _server, url)) =
+        set_up_with("timing", &[("general", 1234), ("random", 1234)], |c| {
+            c.room_switches_per_minute = 100
+        })
+    else {
         return;
     };
-    // More switches than the default rate limit allows, to measure several.
-    let server = server_with_config(&[("general", 1234), ("random", 1234)], |c| {
-        c.room_switches_per_minute = 100
-    });
-    let url = url(&server);
     let mut alice = browser.new_person("alice");
 
     let started = Instant::now();
