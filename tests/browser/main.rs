@@ -18,9 +18,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cdp::{Browser, Key, Page, js_string};
+use parlor::Config;
 use parlor::store::{NewMessage, Store};
 use serde_json::{Value, json};
-use support::{TempDir, TestServer};
+use support::{TempDir, TestServer, now_ms};
 
 /// The spec's bound for the first usable view after opening the page (PR-007).
 const FIRST_VIEW_BOUND: Duration = Duration::from_secs(2);
@@ -43,27 +44,14 @@ fn set_up(test: &str, rooms: &[(&str, usize)]) -> Option<(Browser, TestServer, S
 fn set_up_with(
     test: &str,
     rooms: &[(&str, usize)],
-    tweak: impl FnOnce(&mut parlor::Config),
+    tweak: impl FnOnce(&mut Config),
 ) -> Option<(Browser, TestServer, String)> {
     let browser = Browser::launch(test)?;
-    let server = server_with_config(rooms, tweak);
-    let url = server.server.as_ref().expect("running").url();
-    Some((browser, server, url))
-}
-
-fn server_with_config(
-    rooms: &[(&str, usize)],
-    tweak: impl FnOnce(&mut parlor::Config),
-) -> TestServer {
     let dir = TempDir::new("browser");
     seed(&dir.db(), rooms);
-    let mut config = support::config(&dir.db());
-    tweak(&mut config);
-    let server = parlor::start(config).expect("server starts");
-    TestServer {
-        server: Some(server),
-        dir,
-    }
+    let server = TestServer::start_in(dir, tweak);
+    let url = server.url();
+    Some((browser, server, url))
 }
 
 /// Fills the database at `db` with `rooms`: (name, number of messages
@@ -71,7 +59,7 @@ fn server_with_config(
 /// through the store is much faster than through the protocol.
 fn seed(db: &Path, rooms: &[(&str, usize)]) {
     let mut store = Store::open(db).expect("open the database to seed it");
-    let now = parlor::now_ms();
+    let now = now_ms();
     let carol = store.login_user("carol", now).expect("add carol");
     let dave = store.login_user("dave", now).expect("add dave");
     for &(room, count) in rooms {
@@ -785,35 +773,12 @@ fn html_in_messages_and_room_names_is_shown_as_text_and_runs_nothing() {
     bob.screenshot("html-as-text");
 }
 
-/// Starts Parlor again on the addresses it had, retrying the bind for up to
-/// 2 s while the old sockets are let go.
-fn restart_on_same_ports(server: &mut TestServer, http: &str, ws: &str) {
-    server.stop();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let mut config = support::config(&server.dir.db());
-        config.http_addr = http.to_string();
-        config.ws_addr = ws.to_string();
-        match parlor::start(config) {
-            Ok(started) => {
-                server.server = Some(started);
-                return;
-            }
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("restart: {e}; retrying");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("cannot restart on the same ports: {e}"),
-        }
-    }
-}
-
 #[test]
 fn after_a_restart_reconnect_catches_up_and_resends() {
     let Some((mut browser, mut server, url)) = set_up("reconnect", &[("general", 5)]) else {
         return;
     };
-    let (http, ws) = (server.http_addr().to_string(), server.ws_addr().to_string());
+    let (http, ws) = (server.http_addr(), server.ws_addr());
     let mut alice = browser.new_person("alice");
     sign_in(&mut alice, &url, "alice");
     assert!(alice.text("#conn").contains("Connected"));
@@ -886,7 +851,7 @@ fn after_a_restart_reconnect_catches_up_and_resends() {
     );
     alice.screenshot("offline");
 
-    restart_on_same_ports(&mut server, &http, &ws);
+    server.restart_on(http, ws);
     let mut bob = server.login_in("bob", "general");
     for i in 1..=3 {
         let ack = bob.say(

@@ -4,8 +4,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::support::{TestServer, assert_error, now_ms};
 use serde_json::{Value, json};
+
+use crate::support::{TestServer, assert_error, now_ms};
 
 fn seqs(page: &Value) -> Vec<i64> {
     page["messages"]

@@ -7,12 +7,12 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support;
-use crate::support::{Retry, TempDir, TestServer};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket};
+
+use crate::support::{Retry, TempDir, TestServer, now_ms};
 
 type TlsStream = StreamOwned<ClientConnection, Retry<TcpStream>>;
 
@@ -93,7 +93,7 @@ fn people_chat_over_wss() {
     let text = "é".repeat(4000);
     send(
         &mut alice,
-        json!({"type": "send", "id": "s1", "text": text, "ts": support::now_ms()}),
+        json!({"type": "send", "id": "s1", "text": text, "ts": now_ms()}),
     );
     assert_eq!(next(&mut alice, "ack")["id"], "s1");
     let message = next(&mut bob, "message");
@@ -142,9 +142,8 @@ fn a_bad_certificate_file_stops_start_up_with_a_clear_error() {
     let dir = TempDir::new("tls-bad");
     let cert = dir.path().join("cert.pem");
     std::fs::write(&cert, "not a certificate").unwrap();
-    let mut config = support::config(&dir.db());
-    config.tls = Some((cert, dir.path().join("missing-key.pem")));
-    let err = parlor::start(config)
+    let key = dir.path().join("missing-key.pem");
+    let err = TestServer::try_start_in(dir, |c| c.tls = Some((cert, key)))
         .err()
         .expect("start-up fails")
         .to_string();

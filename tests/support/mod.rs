@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub use parlor::now_ms;
 use parlor::tls::retry_interrupted as retry;
+use parlor::{Config, Server};
 use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket};
 
@@ -63,18 +65,19 @@ impl TempDir {
     }
 }
 
-pub fn config(db: &Path) -> parlor::Config {
-    parlor::Config {
+/// How the tests configure a server: both ports chosen by the system.
+fn config(db: &Path) -> Config {
+    Config {
         http_addr: "127.0.0.1:0".into(),
         ws_addr: "127.0.0.1:0".into(),
         db_path: db.to_path_buf(),
-        ..parlor::Config::default()
+        ..Config::default()
     }
 }
 
 /// A server in this process with its own temporary database.
 pub struct TestServer {
-    pub server: Option<parlor::Server>,
+    pub server: Option<Server>,
     pub dir: TempDir,
 }
 
@@ -83,15 +86,27 @@ impl TestServer {
         Self::start_with(|_| {})
     }
 
-    pub fn start_with(tweak: impl FnOnce(&mut parlor::Config)) -> TestServer {
-        let dir = TempDir::new("server");
+    pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_in(TempDir::new("server"), tweak)
+    }
+
+    /// A server on the database in `dir`, which the test may have prepared.
+    pub fn start_in(dir: TempDir, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        Self::try_start_in(dir, tweak).expect("server starts")
+    }
+
+    /// A server on the database in `dir`, or the error that stopped it.
+    pub fn try_start_in(
+        dir: TempDir,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Result<TestServer, Box<dyn std::error::Error>> {
         let mut config = config(&dir.db());
         tweak(&mut config);
-        let server = parlor::start(config).expect("server starts");
-        TestServer {
+        let server = parlor::start(config)?;
+        Ok(TestServer {
             server: Some(server),
             dir,
-        }
+        })
     }
 
     pub fn ws_addr(&self) -> SocketAddr {
@@ -122,12 +137,40 @@ impl TestServer {
         client
     }
 
+    /// The URL a person opens in a browser.
+    pub fn url(&self) -> String {
+        self.server.as_ref().expect("running").url()
+    }
+
     /// Stops the server (keeping the database) and starts it again on the
     /// same file.
     pub fn restart(&mut self) {
         self.stop();
         let server = parlor::start(config(&self.dir.db())).expect("server restarts");
         self.server = Some(server);
+    }
+
+    /// Stops the server if it is running and starts it again on the same
+    /// file and on these addresses (the ones it had), retrying the bind for
+    /// up to 2 s while the old sockets are let go.
+    pub fn restart_on(&mut self, http: SocketAddr, ws: SocketAddr) {
+        self.stop();
+        let mut config = config(&self.dir.db());
+        config.http_addr = http.to_string();
+        config.ws_addr = ws.to_string();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match parlor::start(config.clone()) {
+                Ok(server) => {
+                    self.server = Some(server);
+                    return;
+                }
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("cannot restart on the same ports: {e}"),
+            }
+        }
     }
 
     pub fn stop(&mut self) {
@@ -385,10 +428,6 @@ impl Client {
         {}
         self.backlog.clear();
     }
-}
-
-pub fn now_ms() -> i64 {
-    parlor::now_ms()
 }
 
 /// Asserts an error frame with this code.
