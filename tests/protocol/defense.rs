@@ -1,6 +1,7 @@
-//! Parlor under hostile or broken clients: foreign origins, floods of idle
-//! sockets, slow HTTP clients, WebSocket protocol violations, a client that
-//! stops reading, and database file permissions.
+//! Parlor under hostile or broken clients: foreign origins, slow HTTP
+//! clients, WebSocket protocol violations, a client that stops reading, and
+//! database file permissions. Floods, which measure the whole process, are
+//! in `tests/floods.rs`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
