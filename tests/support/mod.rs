@@ -1,14 +1,19 @@
 //! Shared helpers for the integration tests: a server on port 0 with a
-//! temporary database, and a blocking WebSocket client that waits for frames
-//! with a timeout instead of sleeping.
+//! temporary database, the built `parlor` binary as a child process, and a
+//! blocking WebSocket client that waits for frames with a timeout instead of
+//! sleeping.
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use parlor::net::retry_interrupted as retry;
+pub use parlor::protocol::now_ms;
+use parlor::{Config, Server};
 use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket};
 
@@ -36,47 +41,43 @@ impl<S: std::io::Write> std::io::Write for Retry<S> {
 /// How long a test waits for a frame before failing.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A directory removed when dropped.
-pub struct TempDir(PathBuf);
+/// A fresh directory under the system's temporary directory, removed with
+/// everything in it when dropped; `tag` names it, for whoever looks there
+/// while a test runs.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("parlor-test-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("parlor-test-{tag}-"))
+            .tempdir()
+            .expect("create a temporary directory");
+        TempDir(dir)
     }
 
     pub fn path(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
 
+    /// Where a test's database goes.
     pub fn db(&self) -> PathBuf {
-        self.0.join("parlor.db")
+        self.path().join("parlor.db")
     }
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-pub fn config(db: &Path) -> parlor::Config {
-    parlor::Config {
+/// How the tests configure a server: both ports chosen by the system.
+fn config(db: &Path) -> Config {
+    Config {
         http_addr: "127.0.0.1:0".into(),
         ws_addr: "127.0.0.1:0".into(),
         db_path: db.to_path_buf(),
-        ..parlor::Config::default()
+        ..Config::default()
     }
 }
 
 /// A server in this process with its own temporary database.
 pub struct TestServer {
-    pub server: Option<parlor::Server>,
+    pub server: Option<Server>,
     pub dir: TempDir,
 }
 
@@ -85,15 +86,27 @@ impl TestServer {
         Self::start_with(|_| {})
     }
 
-    pub fn start_with(tweak: impl FnOnce(&mut parlor::Config)) -> TestServer {
-        let dir = TempDir::new("server");
+    pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_in(TempDir::new("server"), tweak)
+    }
+
+    /// A server on the database in `dir`, which the test may have prepared.
+    pub fn start_in(dir: TempDir, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        Self::try_start_in(dir, tweak).expect("server starts")
+    }
+
+    /// A server on the database in `dir`, or the error that stopped it.
+    pub fn try_start_in(
+        dir: TempDir,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Result<TestServer, Box<dyn std::error::Error>> {
         let mut config = config(&dir.db());
         tweak(&mut config);
-        let server = parlor::start(config).expect("server starts");
-        TestServer {
+        let server = parlor::start(config)?;
+        Ok(TestServer {
             server: Some(server),
             dir,
-        }
+        })
     }
 
     pub fn ws_addr(&self) -> SocketAddr {
@@ -124,12 +137,40 @@ impl TestServer {
         client
     }
 
+    /// The URL a person opens in a browser.
+    pub fn url(&self) -> String {
+        self.server.as_ref().expect("running").url()
+    }
+
     /// Stops the server (keeping the database) and starts it again on the
     /// same file.
     pub fn restart(&mut self) {
         self.stop();
         let server = parlor::start(config(&self.dir.db())).expect("server restarts");
         self.server = Some(server);
+    }
+
+    /// Stops the server if it is running and starts it again on the same
+    /// file and on these addresses (the ones it had), retrying the bind for
+    /// up to 2 s while the old sockets are let go.
+    pub fn restart_on(&mut self, http: SocketAddr, ws: SocketAddr) {
+        self.stop();
+        let mut config = config(&self.dir.db());
+        config.http_addr = http.to_string();
+        config.ws_addr = ws.to_string();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match parlor::start(config.clone()) {
+                Ok(server) => {
+                    self.server = Some(server);
+                    return;
+                }
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("cannot restart on the same ports: {e}"),
+            }
+        }
     }
 
     pub fn stop(&mut self) {
@@ -142,6 +183,96 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The built `parlor` binary.
+pub const PARLOR: &str = env!("CARGO_BIN_EXE_parlor");
+
+/// A `parlor` child process on ports chosen by the system, killed (if still
+/// running) when dropped. Its stdout is closed once it has printed where it
+/// listens: it logs to stderr, which goes nowhere.
+pub struct Running {
+    pub child: Child,
+    pub ws: SocketAddr,
+}
+
+impl Running {
+    /// Starts `parlor` on the database `db`, logging warnings only, with
+    /// `extra` arguments after those, and waits for its start-up line.
+    pub fn start(db: &Path, extra: &[&str]) -> Running {
+        let mut child = Command::new(PARLOR)
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--ws",
+                "127.0.0.1:0",
+                "--log-level",
+                "warn",
+                "--db",
+            ])
+            .arg(db)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start parlor");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the start-up line");
+        let ws = line
+            .split("ws://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|addr| addr.parse().ok());
+        match ws {
+            Some(ws) => Running { child, ws },
+            None => {
+                let _ = child.kill();
+                let status = child.wait().expect("reap");
+                panic!("parlor {extra:?} did not start ({status}); it printed {line:?}")
+            }
+        }
+    }
+
+    /// SIGKILL: no shutdown, no checkpoint, whatever is in flight.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    /// Sends the signal `name` (`TERM`, `STOP`, ...) with `kill`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed: {status}");
+    }
+
+    /// The exit status, once the process has exited; fails the test if that
+    /// takes longer than `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(exit) = self.child.try_wait().expect("wait") {
+                return exit;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "parlor has not exited within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -297,10 +428,6 @@ impl Client {
         {}
         self.backlog.clear();
     }
-}
-
-pub fn now_ms() -> i64 {
-    parlor::protocol::now_ms()
 }
 
 /// Asserts an error frame with this code.

@@ -1,69 +1,15 @@
 //! The built `parlor` binary as a person runs it: its command line, its
-//! refusal to touch a file that is not its database, and its durability
-//! when killed with SIGKILL right after acknowledging messages.
+//! refusal to touch a file that is not its database, its durability when
+//! killed with SIGKILL right after acknowledging messages, a clean stop on
+//! SIGTERM, live backups, and carrying on with its stdout closed or after
+//! being stopped and continued.
 
-mod support;
-
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::json;
-use support::{Client, TempDir, now_ms};
 
-const BIN: &str = env!("CARGO_BIN_EXE_parlor");
-
-/// A `parlor` child process on ports chosen by the system.
-struct Running {
-    child: Child,
-    ws: SocketAddr,
-}
-
-impl Running {
-    fn start(db: &Path, extra: &[&str]) -> Running {
-        let mut child = Command::new(BIN)
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--ws",
-                "127.0.0.1:0",
-                "--log-level",
-                "warn",
-                "--db",
-            ])
-            .arg(db)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start parlor");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the start-up line");
-        let ws = line
-            .split("ws://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("no WebSocket address in {line:?}"));
-        Running { child, ws }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::{Client, PARLOR, Running, TempDir, now_ms};
 
 #[test]
 fn every_acked_message_survives_sigkill() {
@@ -134,16 +80,19 @@ fn bad_arguments_exit_with_code_2_and_one_line() {
         &["--db"],
         &["--log-level", "chatty"],
     ] {
-        let out = Command::new(BIN).args(args).output().expect("run parlor");
+        let out = Command::new(PARLOR)
+            .args(args)
+            .output()
+            .expect("run parlor");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.starts_with("parlor: "), "{stderr}");
     }
-    let help = Command::new(BIN).arg("--help").output().unwrap();
+    let help = Command::new(PARLOR).arg("--help").output().unwrap();
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("--max-users"));
-    let version = Command::new(BIN).arg("--version").output().unwrap();
+    let version = Command::new(PARLOR).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("parlor "));
 }
 
@@ -155,7 +104,7 @@ fn a_file_that_is_not_a_parlor_database_is_refused_and_left_alone() {
         "These are my notes. They are not a database, and must stay exactly as they are.\n"
             .repeat(3);
     std::fs::write(&path, &content).unwrap();
-    let out = Command::new(BIN)
+    let out = Command::new(PARLOR)
         .args(["--http", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--db"])
         .arg(&path)
         .output()
@@ -177,26 +126,12 @@ fn sigterm_closes_clients_with_1001_and_exits_cleanly() {
     alice.hello("alice");
     alice.join("general");
     assert_eq!(alice.say("m", "kept")["type"], "ack");
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
+    server.signal("TERM");
     let close = alice.wait_for("close", |f| {
         f["type"] == "__close" || f["type"] == "__closed"
     });
     assert_eq!(close["code"], 1001, "{close}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    let exit = loop {
-        if let Some(exit) = server.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still running 2 s after SIGTERM"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let exit = server.wait_exit(Duration::from_secs(2));
     assert!(exit.success(), "{exit:?}");
 }
 
@@ -212,7 +147,7 @@ fn backup_copies_a_live_database_that_restores() {
         alice.say(&format!("b{n}"), &format!("backed up {n}"));
     }
     let copy = dir.path().join("copy.db");
-    let out = Command::new(BIN)
+    let out = Command::new(PARLOR)
         .args(["backup", "--db"])
         .arg(dir.db())
         .arg(&copy)
@@ -232,7 +167,7 @@ fn backup_copies_a_live_database_that_restores() {
         assert_eq!(mode, 0o600);
     }
     // A second backup to the same file is refused rather than overwriting.
-    let again = Command::new(BIN)
+    let again = Command::new(PARLOR)
         .args(["backup", "--db"])
         .arg(dir.db())
         .arg(&copy)
@@ -289,17 +224,10 @@ fn a_server_stopped_and_continued_keeps_its_connections() {
     bob.hello("bob");
     alice.join("general");
     bob.join("general");
-    let signal = |name: &str| {
-        let status = Command::new("kill")
-            .args([name, &server.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    };
     for _ in 0..3 {
-        signal("-STOP");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        signal("-CONT");
+        server.signal("STOP");
+        std::thread::sleep(Duration::from_millis(100));
+        server.signal("CONT");
     }
     let ack = alice.say("after", "still here");
     assert_eq!(ack["type"], "ack", "{ack}");

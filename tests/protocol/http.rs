@@ -1,12 +1,11 @@
 //! The HTTP side: the page with its security headers and the WebSocket port
 //! filled in, the health check, and refusals for everything else.
 
-mod support;
-
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
-use support::TestServer;
+use crate::support::{Retry, TestServer};
 
 /// Sends one HTTP/1.0 request and returns (status, headers, body).
 fn fetch(
@@ -123,8 +122,17 @@ fn health_check_404_and_405() {
 fn the_page_keeps_being_served_after_the_listener_sat_idle() {
     let server = TestServer::start();
     assert_eq!(fetch(server.http_addr(), "GET", "/", "localhost").0, 200);
-    // Longer than every socket timeout of the HTTP side.
-    std::thread::sleep(std::time::Duration::from_secs(7));
+    // Longer than every socket timeout of the HTTP side: a connection that
+    // sends nothing is closed once the server's read timeout fires, and the
+    // listener has been idle at least as long since it accepted it.
+    let mut idle = TcpStream::connect(server.http_addr()).expect("connect");
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("set timeout");
+    match Retry(&mut idle).read_to_end(&mut Vec::new()) {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the server did not close an idle connection within 30 s: {e}"),
+    }
     assert_eq!(fetch(server.http_addr(), "GET", "/", "localhost").0, 200);
     assert_eq!(
         fetch(server.http_addr(), "GET", "/healthz", "localhost").0,

@@ -1,19 +1,19 @@
-//! Parlor under hostile or broken clients: foreign origins, floods of idle
-//! sockets, slow HTTP clients, WebSocket protocol violations, a client that
-//! stops reading, and database file permissions.
-
-mod support;
+//! Parlor under hostile or broken clients: foreign origins, slow HTTP
+//! clients, WebSocket protocol violations, a client that stops reading, and
+//! database file permissions. Floods, which measure the whole process, are
+//! in `tests/floods.rs`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Client, Retry, TestServer, now_ms};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::{Bytes, Message};
+
+use crate::support::{Client, Retry, TempDir, TestServer, now_ms};
 
 /// Attempts a WebSocket handshake with this Origin; Ok(()) if upgraded,
 /// Err(status) if refused.
@@ -208,11 +208,11 @@ fn a_client_that_stops_reading_is_cut_off_without_slowing_the_sender() {
 #[test]
 fn database_files_are_private_even_if_they_were_not() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = support::TempDir::new("perms");
+    let dir = TempDir::new("perms");
     let db = dir.db();
     std::fs::write(&db, b"").unwrap();
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let server = parlor::start(support::config(&db)).expect("starts");
+    let mut server = TestServer::start_in(dir, |_| {});
     let mut client = Client::connect(server.ws_addr());
     client.hello("alice");
     client.join("general");
@@ -222,5 +222,5 @@ fn database_files_are_private_even_if_they_were_not() {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{path}");
     }
-    server.shutdown();
+    server.stop();
 }

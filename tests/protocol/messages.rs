@@ -1,13 +1,12 @@
 //! Sending, acks, broadcast, retries, history pages and durability across
 //! restarts, at the protocol level against a real server.
 
-mod support;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{TestServer, assert_error, now_ms};
+
+use crate::support::{TestServer, assert_error, now_ms};
 
 fn seqs(page: &Value) -> Vec<i64> {
     page["messages"]

@@ -1,13 +1,12 @@
 //! Signing in, sessions and resume, presence, rooms and room switching, at
 //! the protocol level against a real server.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::json;
-use support::{TestServer, assert_error};
 use tungstenite::Message;
+
+use crate::support::{TestServer, assert_error};
 
 #[test]
 fn welcome_lists_rooms_and_limits_and_keeps_the_first_casing() {
@@ -377,21 +376,8 @@ fn shutdown_closes_clients_with_1001_and_frees_the_ports() {
     assert_eq!(close["code"], 1001, "{close}");
     // The same ports can be bound again at once (tiny_http's accept thread
     // may take a moment to let go of its listener).
-    let mut config = support::config(&server.dir.db());
-    config.ws_addr = ws_addr.to_string();
-    config.http_addr = http_addr.to_string();
-    let mut restarted = None;
-    for _ in 0..100 {
-        match parlor::start(config.clone()) {
-            Ok(s) => {
-                restarted = Some(s);
-                break;
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-    let restarted = restarted.expect("restart on the same ports");
-    let mut client = support::Client::connect(restarted.ws_addr());
+    server.restart_on(http_addr, ws_addr);
+    let mut client = server.connect();
     assert_eq!(client.hello("alice")["type"], "welcome");
-    restarted.shutdown();
+    server.stop();
 }

@@ -10,17 +10,18 @@
 //! Without Chromium these tests say so loudly and pass, except under
 //! `CI=true`, where a missing browser is a failure.
 
-#[path = "browser/cdp.rs"]
 mod cdp;
+#[path = "../support/mod.rs"]
 mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cdp::{Browser, Key, Page, js_string};
+use parlor::Config;
 use parlor::store::{NewMessage, Store};
 use serde_json::{Value, json};
-use support::{TempDir, TestServer};
+use support::{TempDir, TestServer, now_ms};
 
 /// The spec's bound for the first usable view after opening the page (PR-007).
 const FIRST_VIEW_BOUND: Duration = Duration::from_secs(2);
@@ -33,31 +34,32 @@ const PRESENCE_BOUND: Duration = Duration::from_millis(500);
 
 // ---- Servers ------------------------------------------------------------------
 
-/// A server on port 0 whose database already holds `rooms` (name, number of
-/// messages "<room> message <i>" by carol and dave, one a minute up to now).
-/// Seeding through the store is much faster than through the protocol.
-fn server_with(rooms: &[(&str, usize)]) -> TestServer {
-    server_with_config(rooms, |_| {})
+/// How every test begins: its turn on Chromium, a server on port 0 whose
+/// database already holds `rooms` (see [`seed`]), and the page's URL. None
+/// when there is no Chromium to drive (see [`Browser::launch`]).
+fn set_up(test: &str, rooms: &[(&str, usize)]) -> Option<(Browser, TestServer, String)> {
+    set_up_with(test, rooms, |_| {})
 }
 
-fn server_with_config(
+fn set_up_with(
+    test: &str,
     rooms: &[(&str, usize)],
-    tweak: impl FnOnce(&mut parlor::Config),
-) -> TestServer {
+    tweak: impl FnOnce(&mut Config),
+) -> Option<(Browser, TestServer, String)> {
+    let browser = Browser::launch(test)?;
     let dir = TempDir::new("browser");
     seed(&dir.db(), rooms);
-    let mut config = support::config(&dir.db());
-    tweak(&mut config);
-    let server = parlor::start(config).expect("server starts");
-    TestServer {
-        server: Some(server),
-        dir,
-    }
+    let server = TestServer::start_in(dir, tweak);
+    let url = server.url();
+    Some((browser, server, url))
 }
 
+/// Fills the database at `db` with `rooms`: (name, number of messages
+/// "<room> message <i>" by carol and dave, one a minute up to now). Seeding
+/// through the store is much faster than through the protocol.
 fn seed(db: &Path, rooms: &[(&str, usize)]) {
     let mut store = Store::open(db).expect("open the database to seed it");
-    let now = parlor::protocol::now_ms();
+    let now = now_ms();
     let carol = store.login_user("carol", now).expect("add carol");
     let dave = store.login_user("dave", now).expect("add dave");
     for &(room, count) in rooms {
@@ -81,10 +83,6 @@ fn seed(db: &Path, rooms: &[(&str, usize)]) {
             .collect();
         store.insert_messages(&batch).expect("add messages");
     }
-}
-
-fn url(server: &TestServer) -> String {
-    server.server.as_ref().expect("running").url()
 }
 
 // ---- What the page shows --------------------------------------------------------
@@ -288,11 +286,9 @@ fn millis(from: i64, to: i64) -> Duration {
 
 #[test]
 fn two_browsers_chat_and_both_see_the_message_and_the_senders_tick() {
-    let Some(mut browser) = Browser::launch("chat") else {
+    let Some((mut browser, _server, url)) = set_up("chat", &[]) else {
         return;
     };
-    let server = server_with(&[]);
-    let url = url(&server);
     let mut alice = browser.new_person("alice");
     let mut bob = browser.new_person("bob");
     sign_in(&mut alice, &url, "alice");
@@ -402,11 +398,9 @@ fn two_browsers_chat_and_both_see_the_message_and_the_senders_tick() {
 
 #[test]
 fn presence_appears_and_disappears_live() {
-    let Some(mut browser) = Browser::launch("presence") else {
+    let Some((mut browser, server, url)) = set_up("presence", &[]) else {
         return;
     };
-    let server = server_with(&[]);
-    let url = url(&server);
     let mut alice = browser.new_person("alice");
     sign_in(&mut alice, &url, "alice");
     wait_people(&mut alice, &["alice"]);
@@ -441,11 +435,10 @@ fn presence_appears_and_disappears_live() {
 
 #[test]
 fn switching_rooms_moves_presence_and_loads_history() {
-    let Some(mut browser) = Browser::launch("switch") else {
+    let Some((mut browser, _server, url)) = set_up("switch", &[("general", 20), ("design", 30)])
+    else {
         return;
     };
-    let server = server_with(&[("general", 20), ("design", 30)]);
-    let url = url(&server);
     let mut alice = browser.new_person("alice");
     let mut bob = browser.new_person("bob");
     sign_in(&mut alice, &url, "alice");
@@ -512,11 +505,9 @@ fn switching_rooms_moves_presence_and_loads_history() {
 
 #[test]
 fn creating_a_room_joins_it_and_deleting_it_asks_first() {
-    let Some(mut browser) = Browser::launch("rooms") else {
+    let Some((mut browser, server, url)) = set_up("rooms", &[]) else {
         return;
     };
-    let server = server_with(&[]);
-    let url = url(&server);
     let mut bob = server.login_in("bob", "general");
     let mut alice = browser.new_person("alice");
     sign_in(&mut alice, &url, "alice");
@@ -613,11 +604,9 @@ fn creating_a_room_joins_it_and_deleting_it_asks_first() {
 
 #[test]
 fn history_pages_and_page_sizes_over_1234_messages() {
-    let Some(mut browser) = Browser::launch("history") else {
+    let Some((mut browser, _server, url)) = set_up("history", &[("general", 1234)]) else {
         return;
     };
-    let server = server_with(&[("general", 1234)]);
-    let url = url(&server);
     let mut alice = browser.new_person("alice");
     sign_in(&mut alice, &url, "alice");
 
@@ -727,11 +716,9 @@ fn thousands(n: usize) -> String {
 
 #[test]
 fn html_in_messages_and_room_names_is_shown_as_text_and_runs_nothing() {
-    let Some(mut browser) = Browser::launch("html") else {
+    let Some((mut browser, server, url)) = set_up("html", &[]) else {
         return;
     };
-    let server = server_with(&[]);
-    let url = url(&server);
     let mut alice = browser.new_person("alice");
     let mut bob = browser.new_person("bob");
     sign_in(&mut alice, &url, "alice");
@@ -786,37 +773,12 @@ fn html_in_messages_and_room_names_is_shown_as_text_and_runs_nothing() {
     bob.screenshot("html-as-text");
 }
 
-/// Starts Parlor again on the addresses it had, retrying the bind for up to
-/// 2 s while the old sockets are let go.
-fn restart_on_same_ports(server: &mut TestServer, http: &str, ws: &str) {
-    server.stop();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let mut config = support::config(&server.dir.db());
-        config.http_addr = http.to_string();
-        config.ws_addr = ws.to_string();
-        match parlor::start(config) {
-            Ok(started) => {
-                server.server = Some(started);
-                return;
-            }
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("restart: {e}; retrying");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("cannot restart on the same ports: {e}"),
-        }
-    }
-}
-
 #[test]
 fn after_a_restart_reconnect_catches_up_and_resends() {
-    let Some(mut browser) = Browser::launch("reconnect") else {
+    let Some((mut browser, mut server, url)) = set_up("reconnect", &[("general", 5)]) else {
         return;
     };
-    let mut server = server_with(&[("general", 5)]);
-    let (http, ws) = (server.http_addr().to_string(), server.ws_addr().to_string());
-    let url = url(&server);
+    let (http, ws) = (server.http_addr(), server.ws_addr());
     let mut alice = browser.new_person("alice");
     sign_in(&mut alice, &url, "alice");
     assert!(alice.text("#conn").contains("Connected"));
@@ -889,7 +851,7 @@ fn after_a_restart_reconnect_catches_up_and_resends() {
     );
     alice.screenshot("offline");
 
-    restart_on_same_ports(&mut server, &http, &ws);
+    server.restart_on(http, ws);
     let mut bob = server.login_in("bob", "general");
     for i in 1..=3 {
         let ack = bob.say(
@@ -980,11 +942,10 @@ fn tab_to(page: &mut Page, target: &str, backwards: bool) {
 
 #[test]
 fn keyboard_alone_signs_in_sends_and_switches_rooms() {
-    let Some(mut browser) = Browser::launch("keyboard") else {
+    let Some((mut browser, _server, url)) = set_up("keyboard", &[("general", 3), ("random", 4)])
+    else {
         return;
     };
-    let server = server_with(&[("general", 3), ("random", 4)]);
-    let url = url(&server);
     let mut kim = browser.new_person("kim");
     kim.goto(&url);
     kim.wait_for(
@@ -1037,11 +998,9 @@ fn keyboard_alone_signs_in_sends_and_switches_rooms() {
 
 #[test]
 fn sign_in_errors_are_shown_inline() {
-    let Some(mut browser) = Browser::launch("signin") else {
+    let Some((mut browser, server, url)) = set_up_with("signin", &[], |c| c.max_users = 2) else {
         return;
     };
-    let server = server_with_config(&[], |c| c.max_users = 2);
-    let url = url(&server);
     let mut bob = server.login_in("bob", "general");
     let mut page = browser.new_person("visitor");
     page.goto(&url);
@@ -1108,14 +1067,14 @@ fn sign_in_errors_are_shown_inline() {
 
 #[test]
 fn first_view_and_room_switch_are_within_the_specs_bounds() {
-    let Some(mut browser) = Browser::launch("timing") else {
+    // More switches than the default rate limit allows, to measure several.
+    let Some((mut browser, _server, url)) =
+        set_up_with("timing", &[("general", 1234), ("random", 1234)], |c| {
+            c.room_switches_per_minute = 100
+        })
+    else {
         return;
     };
-    // More switches than the default rate limit allows, to measure several.
-    let server = server_with_config(&[("general", 1234), ("random", 1234)], |c| {
-        c.room_switches_per_minute = 100
-    });
-    let url = url(&server);
     let mut alice = browser.new_person("alice");
 
     let started = Instant::now();

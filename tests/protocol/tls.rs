@@ -2,8 +2,6 @@
 //! HTTPS and people chat over WSS; a certificate made at run time stands in
 //! for a real one.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -12,8 +10,9 @@ use std::time::Duration;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use serde_json::{Value, json};
-use support::{Retry, TempDir, TestServer};
 use tungstenite::{Message, WebSocket};
+
+use crate::support::{Retry, TempDir, TestServer, now_ms};
 
 type TlsStream = StreamOwned<ClientConnection, Retry<TcpStream>>;
 
@@ -94,7 +93,7 @@ fn people_chat_over_wss() {
     let text = "é".repeat(4000);
     send(
         &mut alice,
-        json!({"type": "send", "id": "s1", "text": text, "ts": support::now_ms()}),
+        json!({"type": "send", "id": "s1", "text": text, "ts": now_ms()}),
     );
     assert_eq!(next(&mut alice, "ack")["id"], "s1");
     let message = next(&mut bob, "message");
@@ -143,9 +142,8 @@ fn a_bad_certificate_file_stops_start_up_with_a_clear_error() {
     let dir = TempDir::new("tls-bad");
     let cert = dir.path().join("cert.pem");
     std::fs::write(&cert, "not a certificate").unwrap();
-    let mut config = support::config(&dir.db());
-    config.tls = Some((cert, dir.path().join("missing-key.pem")));
-    let err = parlor::start(config)
+    let key = dir.path().join("missing-key.pem");
+    let err = TestServer::try_start_in(dir, |c| c.tls = Some((cert, key)))
         .err()
         .expect("start-up fails")
         .to_string();

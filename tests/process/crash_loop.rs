@@ -10,22 +10,17 @@
 //! printed when the test fails; `PARLOR_CRASH_SEED=N` replays them. The
 //! exact interleaving of threads is up to the machine and is not replayed.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Retry, TempDir, now_ms};
 use tungstenite::{Message, WebSocket};
 
-const BIN: &str = env!("CARGO_BIN_EXE_parlor");
+use crate::support::{Retry, Running, TempDir, now_ms};
+
 const ROUNDS: usize = 20;
 const WRITERS: usize = 4;
 /// Most messages one writer sends in a round. Far more than the server
@@ -39,6 +34,8 @@ const MAX_KILL_DELAY_MS: u64 = 100;
 const RETRIES_PER_ROUND: usize = 10;
 /// How long a writer keeps going if the kill somehow never comes.
 const WRITER_DEADLINE: Duration = Duration::from_secs(30);
+/// A rate limit that no burst reaches.
+const SERVER_ARGS: [&str; 2] = ["--messages-per-second", "100000"];
 
 /// xorshift64*: enough randomness for choosing delays, and replayable.
 struct Rng(u64);
@@ -61,85 +58,6 @@ fn seed() -> u64 {
         Ok(seed) => seed.parse().expect("PARLOR_CRASH_SEED is a number"),
         // Any non-zero value will do; xorshift stays at zero from zero.
         Err(_) => (now_ms() as u64).max(1),
-    }
-}
-
-/// A `parlor` child process on ports chosen by the system. Its stdout is
-/// drained on a thread (a closed pipe would break its logging) and shown
-/// with the test's output if the test fails.
-struct Running {
-    child: Child,
-    ws: SocketAddr,
-}
-
-impl Running {
-    fn start(db: &Path, label: &str) -> Running {
-        let mut child = Command::new(BIN)
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--ws",
-                "127.0.0.1:0",
-                "--log-level",
-                "warn",
-                "--messages-per-second",
-                "100000",
-                "--db",
-            ])
-            .arg(db)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start parlor");
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read the start-up line");
-        let ws = line
-            .split("ws://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| {
-                let status = child.wait().expect("reap");
-                panic!("{label}: parlor did not start ({status}); it printed {line:?}")
-            });
-        let label = label.to_string();
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                eprintln!("[parlor {label}] {line}");
-            }
-        });
-        Running { child, ws }
-    }
-
-    /// SIGKILL: no shutdown, no checkpoint, whatever is in flight.
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-
-    /// SIGTERM, and the exit status within a few seconds.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(exit) = self.child.try_wait().expect("wait") {
-                return exit;
-            }
-            assert!(Instant::now() < deadline, "still running 5 s after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -325,7 +243,7 @@ fn acked_messages_survive_twenty_sigkills_mid_burst() {
     let mut kills_mid_burst = 0;
 
     for round in 0..ROUNDS {
-        let server = Running::start(&db, &format!("round {round}"));
+        let server = Running::start(&db, &SERVER_ARGS);
         let start = Arc::new(Barrier::new(WRITERS + 1));
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| {
@@ -391,9 +309,10 @@ fn acked_messages_survive_twenty_sigkills_mid_burst() {
         eprintln!("round {round}: {round_sends} sends, {round_acks} acks");
     }
 
-    let server = Running::start(&db, "final");
+    let mut server = Running::start(&db, &SERVER_ARGS);
     let (stored, total) = read_back(server.ws);
-    let exit = server.terminate();
+    server.signal("TERM");
+    let exit = server.wait_exit(Duration::from_secs(5));
     assert!(
         exit.success(),
         "seed {seed}: parlor exited with {exit} on SIGTERM"

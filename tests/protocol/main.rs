@@ -1,0 +1,12 @@
+//! The server in this process against real clients on 127.0.0.1, at the
+//! protocol level: one test binary, so the crate is linked once for all of
+//! them.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod defense;
+mod http;
+mod messages;
+mod sessions;
+mod tls;
