@@ -1,13 +1,16 @@
-//! The crate's error type. Each variant keeps its cause as
-//! [`std::error::Error::source`] and says what it ends: start-up, the whole
-//! server, or one connection. Errors a user caused are not here: they become
-//! `error` frames with a stable code (see `protocol::ErrorCode`).
+//! The crate's error type: why Parlor could not start (or a backup could not
+//! be made). Each variant keeps its cause as [`std::error::Error::source`]
+//! and says what it ends. Errors while running are handled where they
+//! happen and logged once at the top of their thread: a connection's end its
+//! own (`ws`), a failed storage call as a `storage_error` reply (`hub`).
+//! Errors a user caused are `error` frames with a stable code (see
+//! `protocol::ErrorCode`), never logged as server errors.
 
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-/// Why Parlor could not start, or why a connection or a storage call ended.
+/// Why Parlor could not start, or a backup could not be made.
 #[derive(Debug)]
 pub enum Error {
     /// A listener could not be bound. Ends start-up.
@@ -37,14 +40,7 @@ pub enum Error {
         /// The parse or rustls error underneath, if there was one.
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
-    /// A storage call failed while running (full disk, read-only file, I/O
-    /// error). Ends nothing: the request gets `storage_error`, and the hub
-    /// goes on serving what it can.
-    Storage(rusqlite::Error),
-    /// The WebSocket handshake or protocol failed. Ends that connection.
-    WebSocket(tungstenite::Error),
-    /// A socket or thread could not be set up. Ends start-up, or the one
-    /// connection it was for.
+    /// A socket or thread could not be set up. Ends start-up.
     Io(io::Error),
 }
 
@@ -58,8 +54,6 @@ impl fmt::Display for Error {
             Error::Tls { path, message, .. } => {
                 write!(f, "TLS file {}: {message}", path.display())
             }
-            Error::Storage(e) => write!(f, "storage: {e}"),
-            Error::WebSocket(e) => write!(f, "WebSocket: {e}"),
             Error::Io(e) => write!(f, "{e}"),
         }
     }
@@ -72,8 +66,6 @@ impl std::error::Error for Error {
             Error::Database { source, .. } | Error::Tls { source, .. } => source
                 .as_deref()
                 .map(|e| e as &(dyn std::error::Error + 'static)),
-            Error::Storage(e) => Some(e),
-            Error::WebSocket(e) => Some(e),
             Error::Io(e) => Some(e),
         }
     }
@@ -82,18 +74,6 @@ impl std::error::Error for Error {
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Error {
         Error::Io(e)
-    }
-}
-
-impl From<rusqlite::Error> for Error {
-    fn from(e: rusqlite::Error) -> Error {
-        Error::Storage(e)
-    }
-}
-
-impl From<tungstenite::Error> for Error {
-    fn from(e: tungstenite::Error) -> Error {
-        Error::WebSocket(e)
     }
 }
 
@@ -110,8 +90,8 @@ mod tests {
         };
         assert_eq!(bind.to_string(), "cannot listen on 127.0.0.1:1: in use");
         assert_eq!(bind.source().unwrap().to_string(), "in use");
-        let storage = Error::from(rusqlite::Error::InvalidQuery);
-        assert!(storage.source().is_some());
+        let io = Error::from(io::Error::other("no threads"));
+        assert_eq!(io.source().unwrap().to_string(), "no threads");
         let database = Error::Database {
             path: "x.db".into(),
             message: "it is not a Parlor database".into(),

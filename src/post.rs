@@ -69,51 +69,71 @@ impl Routes {
     }
 }
 
+/// Per connection, the frames of a batch not yet pushed, in order; None: it
+/// has no route (it is gone), so its frames are dropped without asking again.
+type Pending = HashMap<ConnId, Option<(Outbox, Vec<Frame>)>>;
+
 /// Carries out a batch of mail. Returns the connections found too far
 /// behind: their outboxes are closed and emptied, and the hub should end
 /// them.
 fn deliver(routes: &Routes, mail: Vec<Mail>) -> Vec<ConnId> {
     let mut too_slow = Vec::new();
-    // Per connection, the frames not yet pushed, in order.
-    let mut frames: HashMap<ConnId, (Outbox, Vec<Frame>)> = HashMap::new();
-    let push = |conn: ConnId, outbox: &Outbox, batch: &[Frame], too_slow: &mut Vec<ConnId>| {
-        if outbox.push(batch) == Err(Full) {
-            outbox.close(true);
-            too_slow.push(conn);
-        }
-    };
+    let mut pending = Pending::new();
     for item in mail {
         match item {
-            Mail::Frame(conn, frame) => match frames.entry(conn) {
-                Entry::Occupied(entry) => entry.into_mut().1.push(frame),
-                Entry::Vacant(entry) => {
-                    // No route: the connection is gone already.
-                    if let Some(outbox) = routes.outbox(conn) {
-                        entry.insert((outbox, vec![frame]));
+            Mail::Frame(conn, frame) => match pending.entry(conn) {
+                Entry::Occupied(entry) => {
+                    if let Some((_, frames)) = entry.into_mut() {
+                        frames.push(frame);
                     }
+                }
+                Entry::Vacant(entry) => {
+                    entry.insert(routes.outbox(conn).map(|outbox| (outbox, vec![frame])));
                 }
             },
             Mail::Close { conn, code, reason } => {
-                if let Some((outbox, batch)) = frames.remove(&conn) {
-                    push(conn, &outbox, &batch, &mut too_slow);
-                }
-                if let Some(route) = routes.remove(conn) {
-                    route.outbox.close(false);
-                    // An error means the writer is already gone.
-                    let _ = route.close_tx.send(CloseRequest { code, reason });
-                }
+                let close = CloseRequest { code, reason };
+                end(routes, &mut pending, &mut too_slow, conn, Some(close));
             }
-            Mail::Forget(conn) => {
-                // Its socket is gone: what was still to go cannot arrive.
-                frames.remove(&conn);
-                routes.remove(conn);
-            }
+            Mail::Forget(conn) => end(routes, &mut pending, &mut too_slow, conn, None),
         }
     }
-    for (conn, (outbox, batch)) in frames {
-        push(conn, &outbox, &batch, &mut too_slow);
+    for (conn, (outbox, frames)) in pending.into_iter().filter_map(|(c, p)| Some((c, p?))) {
+        push(conn, &outbox, &frames, &mut too_slow);
     }
     too_slow
+}
+
+/// Pushes a batch's frames for one connection; a full outbox is closed and
+/// emptied, and the connection reported.
+fn push(conn: ConnId, outbox: &Outbox, frames: &[Frame], too_slow: &mut Vec<ConnId>) {
+    if outbox.push(frames) == Err(Full) {
+        outbox.close(true);
+        too_slow.push(conn);
+    }
+}
+
+/// Ends a connection's route: what was said to it before still goes first
+/// (the client may be reading until the writer closes), then the writer is
+/// asked to close, or, without a close request, ends with no close frame
+/// (dropping the route drops its close sender).
+fn end(
+    routes: &Routes,
+    pending: &mut Pending,
+    too_slow: &mut Vec<ConnId>,
+    conn: ConnId,
+    close: Option<CloseRequest>,
+) {
+    if let Some(Some((outbox, frames))) = pending.remove(&conn) {
+        push(conn, &outbox, &frames, too_slow);
+    }
+    if let Some(route) = routes.remove(conn)
+        && let Some(close) = close
+    {
+        route.outbox.close(false);
+        // An error means the writer is already gone.
+        let _ = route.close_tx.send(close);
+    }
 }
 
 /// The running `post` thread, the hub's [`MailSink`].
@@ -162,6 +182,10 @@ fn run(routes: &Routes, mail_rx: &Receiver<Vec<Mail>>, hub_tx: &Sender<Event>) {
             let _ = hub_tx.send(Event::TooSlow { conn });
         }
     }
+    // The hub has stopped. Connections it never heard of (their `Connected`
+    // came after its last batch) still have routes: dropping them ends their
+    // writers, which shut the sockets down.
+    routes.lock().clear();
 }
 
 #[cfg(test)]
@@ -221,6 +245,33 @@ mod tests {
         assert!(routes.outbox(ConnId(1)).is_none());
         deliver(&routes, vec![Mail::Forget(ConnId(2))]);
         assert!(routes.outbox(ConnId(2)).is_none());
+    }
+
+    #[test]
+    fn frames_said_before_a_forget_still_go_and_its_writer_is_ended() {
+        let routes = Routes::default();
+        let (outbox, close_rx) = route(&routes, 5);
+        let mail = vec![
+            Mail::Frame(ConnId(5), Frame::text("reply")),
+            Mail::Forget(ConnId(5)),
+            Mail::Frame(ConnId(5), Frame::text("too late")),
+        ];
+        assert!(deliver(&routes, mail).is_empty());
+        assert_eq!(drain(&outbox), ["reply"]);
+        assert!(routes.outbox(ConnId(5)).is_none());
+        // No close request: the writer sees its channel end.
+        assert_eq!(close_rx.recv(), Err(crossbeam_channel::RecvError));
+    }
+
+    #[test]
+    fn a_stopped_post_drops_the_routes_the_hub_never_heard_of() {
+        let routes = Routes::default();
+        let (_outbox, close_rx) = route(&routes, 6);
+        let (hub_tx, _hub_rx) = crossbeam_channel::unbounded();
+        let post = Post::start(routes.clone(), hub_tx).unwrap();
+        post.stop();
+        assert!(routes.outbox(ConnId(6)).is_none());
+        assert_eq!(close_rx.recv(), Err(crossbeam_channel::RecvError));
     }
 
     #[test]

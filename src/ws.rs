@@ -28,7 +28,6 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Bytes, Message, WebSocket};
 
-use crate::Error;
 use crate::admission::{Admitted, OriginPolicy, SocketLimits, SocketTable};
 use crate::net::{Stream, wake_listener};
 use crate::outbox::Outbox;
@@ -190,10 +189,13 @@ fn accept_loop(
                 // logged here, once.
                 match serve(conn, stream, peer, admitted, &settings) {
                     Ok(()) => {}
-                    Err(Error::WebSocket(e)) => {
+                    Err(SetupError::Socket(e)) => log::warn!("{conn}: socket setup failed: {e}"),
+                    Err(SetupError::Handshake(e)) => {
                         log::info!("{conn}: WebSocket handshake from {peer} failed: {e}")
                     }
-                    Err(e) => log::warn!("{conn}: {e}"),
+                    Err(SetupError::Writer(e)) => {
+                        log::error!("{conn}: cannot start its writer: {e}")
+                    }
                 }
             });
         if let Err(e) = spawned {
@@ -287,6 +289,19 @@ fn close_frame(code: CloseCode, reason: &str) -> Option<CloseFrame> {
     })
 }
 
+/// Why a connection ended before its reader loop began. It ends only that
+/// connection; its thread logs it once.
+#[derive(Debug)]
+enum SetupError {
+    /// Timeouts, Nagle or the TLS session could not be set up on the socket.
+    Socket(io::Error),
+    /// The opening handshake failed or did not finish in time (tungstenite's
+    /// words; it also covers a refused Origin).
+    Handshake(String),
+    /// The writer thread could not be started.
+    Writer(io::Error),
+}
+
 /// Runs a connection: the handshake, then the reader loop on this thread
 /// and the writer on a `conn-N-tx` thread. Returns when the reader ends;
 /// the writer ends the connection.
@@ -296,10 +311,13 @@ fn serve(
     peer: SocketAddr,
     admitted: Admitted,
     settings: &Settings,
-) -> Result<(), Error> {
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    stream.set_nodelay(true)?;
-    let (stream, write_stream) = Stream::pair(stream, settings.tls.as_ref())?;
+) -> Result<(), SetupError> {
+    stream
+        .set_write_timeout(Some(WRITE_TIMEOUT))
+        .and_then(|()| stream.set_nodelay(true))
+        .map_err(SetupError::Socket)?;
+    let (stream, write_stream) =
+        Stream::pair(stream, settings.tls.as_ref()).map_err(SetupError::Socket)?;
     let read_half = ReadHalf {
         stream,
         discard_writes: false,
@@ -311,19 +329,16 @@ fn serve(
         origins: &settings.origins,
     };
     let config = ws_config(settings.max_message);
-    let mut ws = tungstenite::accept_hdr_with_config(read_half, check, Some(config)).map_err(
-        |e| match e {
-            tungstenite::HandshakeError::Failure(e) => Error::WebSocket(e),
-            tungstenite::HandshakeError::Interrupted(_) => {
-                Error::Io(io::ErrorKind::WouldBlock.into())
-            }
-        },
-    )?;
+    let mut ws = tungstenite::accept_hdr_with_config(read_half, check, Some(config))
+        .map_err(|e| SetupError::Handshake(e.to_string()))?;
     admitted.handshake_done();
     let half = ws.get_mut();
     half.discard_writes = true;
     half.deadline = None;
-    half.stream.tcp().set_read_timeout(Some(PING_AFTER))?;
+    half.stream
+        .tcp()
+        .set_read_timeout(Some(PING_AFTER))
+        .map_err(SetupError::Socket)?;
 
     // The outbox: the post writes to a plain socket directly while it keeps
     // up, and the writer thread writes whatever had to wait.
@@ -353,7 +368,8 @@ fn serve(
                 close_rx,
                 control_rx,
             )
-        })?;
+        })
+        .map_err(SetupError::Writer)?;
     drop(writer);
     match &settings.handler {
         Handler::Hub { hub_tx, routes } => {
@@ -361,12 +377,14 @@ fn serve(
             // connection must find it.
             routes.add(conn, Route { outbox, close_tx });
             if hub_tx.send(Event::Connected { conn, peer }).is_err() {
-                // The hub has stopped: the server is shutting down.
-                routes.remove(conn);
+                // The hub has stopped: the server is shutting down. The
+                // close goes to the writer before its route (and so its
+                // close channel) is dropped, so the 1001 is what it sees.
                 let _ = control_tx.send(Control::Close(close_frame(
                     CloseCode::Away,
                     "server shutting down",
                 )));
+                routes.remove(conn);
                 return Ok(());
             }
             read_loop(conn, &mut ws, &settings.handler, &control_tx);
