@@ -135,7 +135,7 @@ fn build(path: &Path, messages: usize, base: i64) -> Result<(), String> {
         if batch.len() == BATCH || i + 1 == total {
             let seqs = store.insert_messages(&batch).map_err(|e| fail(&e))?;
             let first = (i + 1 - batch.len()) as i64 + 1;
-            if seqs.first().map(|s| s.0) != Some(first) {
+            if seqs.first().map(|s| s.seq().0) != Some(first) {
                 return Err(fail(&"sequence numbers are not contiguous from 1"));
             }
             batch.clear();

@@ -54,6 +54,16 @@ impl Limits {
         }
     }
 
+    /// Takes back a send recorded at `at` that turned out to be a retry of
+    /// a stored message (retries are never counted).
+    pub fn refund_send(&mut self, user: &NameKey, at: Instant) {
+        if let Some(rate) = self.rates.get_mut(user)
+            && let Some(i) = rate.sends.iter().rposition(|t| *t == at)
+        {
+            rate.sends.remove(i);
+        }
+    }
+
     /// Records a join by `user` into a room they are not in, or refuses it.
     pub fn switch(&mut self, user: &NameKey, now: Instant) -> Result<(), Refusal> {
         let limit = self.room_switches_per_minute;
@@ -111,6 +121,11 @@ mod tests {
         assert!(refused.message.contains("at most 2 messages a second"));
         // A refused attempt is not recorded: the window frees at t0 + 1 s.
         assert!(limits.send(&alice, t0 + Duration::from_secs(1)).is_ok());
+        // A send taken back frees its place at once.
+        let t1 = t0 + Duration::from_millis(1050);
+        assert!(limits.send(&alice, t1).is_err());
+        limits.refund_send(&alice, t0 + Duration::from_secs(1));
+        assert!(limits.send(&alice, t1).is_ok());
         // Others and other kinds of request have windows of their own.
         assert!(limits.send(&NameKey::of("bob"), t0).is_ok());
         assert!(limits.switch(&alice, t0).is_ok());

@@ -9,10 +9,10 @@ use std::time::Instant;
 use crate::protocol::{
     ChatMessage, Checked, ClientMsgId, ErrorCode, NameKey, ServerFrame, message_ts, now_ms,
 };
-use crate::store::{NewMessage, Store};
+use crate::store::{NewMessage, Store, Stored};
 use crate::vocab::ConnId;
 
-use super::limits::Limits;
+use super::limits::{self, Limits};
 use super::outgoing::{Outgoing, To, encode};
 use super::rooms::Rooms;
 use super::sessions::Online;
@@ -24,6 +24,12 @@ struct PendingSend {
     from: String,
     room: NameKey,
     message: NewMessage,
+    /// The sender and when the rate limit counted this send, to take it
+    /// back if the commit finds a retry.
+    user: NameKey,
+    counted_at: Instant,
+    /// How far off the client's clock was, for the log, in seconds.
+    skew: Option<i64>,
 }
 
 /// A repeat of a send that is still in the pending batch; acked with it.
@@ -31,6 +37,12 @@ struct PendingRepeat {
     conn: ConnId,
     req: Option<String>,
     index: usize,
+}
+
+/// Why a send would be refused, unless it turns out to be a retry.
+enum Refusal {
+    Error(ErrorCode, String),
+    RateLimited(limits::Refusal),
 }
 
 /// The pending batch.
@@ -46,8 +58,14 @@ pub(super) struct Sends {
 }
 
 impl Sends {
-    /// Answers `send`: a retry of a stored message is acked again at once;
-    /// a new message joins the pending batch.
+    /// Answers `send`: a new message joins the pending batch; a retry of a
+    /// stored one is acked again with the original.
+    ///
+    /// A send that passes every check goes into the batch without looking
+    /// for an original: the batch insert spots retries itself (see
+    /// `Store::insert_messages`), which spares each new message a read of
+    /// its own. A send that would be refused is first looked up, because a
+    /// retry is acked whatever else is wrong with it.
     #[allow(clippy::too_many_arguments)]
     pub fn send(
         &mut self,
@@ -69,8 +87,6 @@ impl Sends {
             Ok(id) => id,
             Err(message) => return out.error(&to, ErrorCode::InvalidMessage, message),
         };
-        // A repeated id is a retry: answer with the original ack whatever the
-        // text, and store nothing.
         let pending_key = (user.key.clone(), id);
         if let Some(&index) = self.pending_ids.get(&pending_key) {
             self.pending_repeats.push(PendingRepeat {
@@ -81,42 +97,24 @@ impl Sends {
             return;
         }
         let (_, id) = pending_key;
-        match store.find_sent(user.user_id, &id.0) {
-            Ok(Some(sent)) => {
-                let ack = ServerFrame::Ack {
-                    id: id.0,
-                    room: sent.room,
-                    seq: sent.seq,
-                    ts: sent.ts,
-                };
-                return out.reply(&to, &ack);
-            }
-            Ok(None) => {}
-            Err(e) => return out.storage_failed(&to, "checking for a repeated message", &e),
-        }
-        let Some(room_key) = rooms.room_of(&user.key) else {
-            return out.error(
-                &to,
+        let now = Instant::now();
+        let checked = match (rooms.room_of(&user.key), text) {
+            (None, _) => Err(Refusal::Error(
                 ErrorCode::NotInRoom,
-                "Join a room before sending messages.",
-            );
+                "Join a room before sending messages.".into(),
+            )),
+            (Some(_), Err(message)) => Err(Refusal::Error(ErrorCode::InvalidMessage, message)),
+            (Some(room), Ok(text)) => match limits.send(&user.key, now) {
+                Ok(()) => Ok((room, text)),
+                Err(refusal) => Err(Refusal::RateLimited(refusal)),
+            },
         };
-        let text = match text {
-            Ok(text) => text,
-            Err(message) => return out.error(&to, ErrorCode::InvalidMessage, message),
+        let (room_key, text) = match checked {
+            Ok(checked) => checked,
+            Err(refusal) => return self.refuse(store, out, &to, user, &id, refusal),
         };
-        if let Err(refusal) = limits.send(&user.key, Instant::now()) {
-            log::warn!("{}: {} hit the message rate limit", user.conn, user.name);
-            return out.rate_limited(&to, refusal.message, refusal.wait);
-        }
-        let now = now_ms();
-        let (ts, skew) = message_ts(ts, now);
-        if let Some(seconds) = skew {
-            log::warn!(
-                "{}: client clock is {seconds} s off; using the server's clock",
-                user.conn
-            );
-        }
+        let received_at = now_ms();
+        let (ts, skew) = message_ts(ts, received_at);
         let room = rooms
             .get(room_key)
             .expect("BUG: a user is only ever in a live room");
@@ -133,22 +131,63 @@ impl Sends {
                 client_id: id.0,
                 text,
                 ts,
-                received_at: now,
+                received_at,
             },
+            user: user.key.clone(),
+            counted_at: now,
+            skew,
         });
+    }
+
+    /// Answers a send that failed a check: with the original's ack if it is
+    /// a retry, else with the refusal.
+    fn refuse(
+        &mut self,
+        store: &Store,
+        out: &mut Outgoing,
+        to: &To,
+        user: &Online,
+        id: &ClientMsgId,
+        refusal: Refusal,
+    ) {
+        match store.find_sent(user.user_id, &id.0) {
+            Ok(Some(sent)) => {
+                let ack = ServerFrame::Ack {
+                    id: id.0.clone(),
+                    room: sent.room,
+                    seq: sent.seq,
+                    ts: sent.ts,
+                };
+                out.reply(to, &ack);
+            }
+            Ok(None) => match refusal {
+                Refusal::Error(code, message) => out.error(to, code, message),
+                Refusal::RateLimited(refusal) => {
+                    log::warn!("{}: {} hit the message rate limit", user.conn, user.name);
+                    out.rate_limited(to, refusal.message, refusal.wait);
+                }
+            },
+            Err(e) => out.storage_failed(to, "checking for a repeated message", &e),
+        }
     }
 
     /// Stores the pending batch in one transaction, then acks and broadcasts
     /// it; on failure every sender in the batch gets `storage_error`.
-    pub fn commit(&mut self, store: &mut Store, rooms: &mut Rooms, out: &mut Outgoing) {
+    pub fn commit(
+        &mut self,
+        store: &mut Store,
+        rooms: &mut Rooms,
+        limits: &mut Limits,
+        out: &mut Outgoing,
+    ) {
         if self.pending.is_empty() {
             return;
         }
         let pending = std::mem::take(&mut self.pending);
         let repeats = std::mem::take(&mut self.pending_repeats);
         self.pending_ids.clear();
-        let seqs = match store.insert_messages(pending.iter().map(|p| &p.message)) {
-            Ok(seqs) => seqs,
+        let stored = match store.insert_messages(pending.iter().map(|p| &p.message)) {
+            Ok(stored) => stored,
             Err(e) => {
                 if !self.storage_failing {
                     log::error!(
@@ -176,7 +215,35 @@ impl Sends {
             self.storage_failing = false;
         }
         let mut acks = Vec::with_capacity(pending.len());
-        for (p, seq) in pending.into_iter().zip(seqs) {
+        for (p, stored) in pending.into_iter().zip(stored) {
+            let seq = match stored {
+                Stored::New(seq) => seq,
+                Stored::Repeat(original) => {
+                    // A retry of a message stored earlier: its original
+                    // ack, nothing stored or broadcast, and the send not
+                    // counted against the rate limit.
+                    limits.refund_send(&p.user, p.counted_at);
+                    let ack = ServerFrame::Ack {
+                        id: p.message.client_id,
+                        room: original.room,
+                        seq: original.seq,
+                        ts: original.ts,
+                    };
+                    let to = To {
+                        conn: p.conn,
+                        req: p.req.as_deref(),
+                    };
+                    out.reply(&to, &ack);
+                    acks.push(ack);
+                    continue;
+                }
+            };
+            if let Some(seconds) = p.skew {
+                log::warn!(
+                    "{}: client clock is {seconds} s off; using the server's clock",
+                    p.conn
+                );
+            }
             let room = rooms
                 .get_mut(&p.room)
                 .expect("BUG: deleting a room commits the pending batch first");

@@ -116,14 +116,23 @@ impl Hub {
     /// After each batch of events: commit the pending sends, send the room
     /// list if it is due, and hand the batch's mail to the sink.
     fn end_batch(&mut self, sink: &mut impl MailSink) {
-        self.sends
-            .commit(&mut self.store, &mut self.rooms, &mut self.out);
+        self.commit();
         if self.rooms.list_due.is_some_and(|due| due <= Instant::now()) {
             self.send_room_list(None);
         }
         if !self.out.mail.is_empty() {
             sink.post(std::mem::take(&mut self.out.mail));
         }
+    }
+
+    /// Stores the pending sends, then acks and broadcasts them.
+    fn commit(&mut self) {
+        self.sends.commit(
+            &mut self.store,
+            &mut self.rooms,
+            &mut self.limits,
+            &mut self.out,
+        );
     }
 
     /// The earliest of the oldest hello deadline and the room list's.
@@ -169,8 +178,7 @@ impl Hub {
                     request.frame,
                     CheckedFrame::Send { .. } | CheckedFrame::Ping
                 ) {
-                    self.sends
-                        .commit(&mut self.store, &mut self.rooms, &mut self.out);
+                    self.commit();
                 }
                 self.request(conn, request);
             }
@@ -295,10 +303,14 @@ mod tests {
 
     impl Harness {
         fn new() -> Harness {
+            Harness::with_rate(1000)
+        }
+
+        fn with_rate(messages_per_second: u32) -> Harness {
             let (dir, store) = temp_store();
             let settings = Settings {
                 max_users: 10,
-                messages_per_second: 1000,
+                messages_per_second,
                 room_switches_per_minute: 5,
             };
             Harness {
@@ -434,6 +446,37 @@ mod tests {
         );
         let bob = h.frames(2);
         assert_eq!(bob.iter().filter(|f| f["type"] == "message").count(), 2);
+    }
+
+    #[test]
+    fn a_retry_of_a_stored_message_gets_the_original_ack_and_nothing_else() {
+        let mut h = Harness::with_rate(2);
+        h.sign_in(1, "alice");
+        h.sign_in(2, "bob");
+        h.frames(1);
+        h.request(1, send("a", "first"));
+        let original = h.frames(1).remove(0);
+        assert_eq!(original["type"], "ack");
+        h.frames(2);
+        // The page resends it (its ack was lost), with other text even.
+        h.request(1, send("a", "edited on the way"));
+        let alice = h.frames(1);
+        assert_eq!(alice.len(), 1, "{alice:?}");
+        assert_eq!(alice[0], original);
+        assert!(h.frames(2).is_empty(), "a retry was broadcast");
+        // It did not count against the limit of 2 a second: one more fits.
+        h.request(1, send("b", "second"));
+        assert_eq!(h.frames(1)[0]["type"], "ack");
+        // Out of the room, a retry is still acked; a new send is refused.
+        h.request(1, json!({"type": "leave"}));
+        h.frames(1);
+        h.request(1, send("a", "again"));
+        assert_eq!(h.frames(1), [original]);
+        h.request(1, send("c", "new"));
+        assert_eq!(h.frames(1)[0]["code"], "not_in_room");
+        h.request(2, json!({"type": "history", "room": "general"}));
+        let page = h.frames(2).pop().expect("a history page");
+        assert_eq!(page["total"], 2, "{page}");
     }
 
     #[test]

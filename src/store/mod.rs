@@ -116,6 +116,26 @@ pub struct SentRecord {
     pub ts: i64,
 }
 
+/// What storing one message of a batch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored now, with this seq.
+    New(Seq),
+    /// Its sender had already sent this client id: nothing was stored, and
+    /// this is where the original went.
+    Repeat(SentRecord),
+}
+
+impl Stored {
+    /// The message's seq: the new one, or the original's.
+    pub fn seq(&self) -> Seq {
+        match self {
+            Stored::New(seq) => *seq,
+            Stored::Repeat(original) => original.seq,
+        }
+    }
+}
+
 /// A message about to be stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
@@ -294,39 +314,33 @@ impl Store {
         user_id: UserId,
         client_id: &str,
     ) -> rusqlite::Result<Option<SentRecord>> {
-        self.conn
-            .prepare_cached(
-                "SELECT m.seq, r.name, m.ts FROM messages m JOIN rooms r ON r.id = m.room_id
-                 WHERE m.user_id = ?1 AND m.client_id = ?2",
-            )?
-            .query_row(params![user_id, client_id], |row| {
-                Ok(SentRecord {
-                    seq: row.get(0)?,
-                    room: row.get(1)?,
-                    ts: row.get(2)?,
-                })
-            })
-            .optional()
+        find_sent(&self.conn, user_id, client_id)
     }
 
-    /// Stores a batch in one transaction and returns each message's seq, in
-    /// order. Either all of them are durable when this returns Ok, or none.
+    /// Stores a batch in one transaction. A message whose sender already
+    /// sent its client id (a retry) is not stored again: its original is
+    /// returned instead. Either the whole batch is durable when this returns
+    /// Ok, or none of it.
+    ///
+    /// Detecting retries inside the insert (`ON CONFLICT DO NOTHING`) spares
+    /// every new message a read transaction of its own; only a retry pays
+    /// for the lookup of its original.
     pub fn insert_messages<'a>(
         &mut self,
         batch: impl IntoIterator<Item = &'a NewMessage>,
-    ) -> rusqlite::Result<Vec<Seq>> {
+    ) -> rusqlite::Result<Vec<Stored>> {
         let tx = self.conn.transaction()?;
-        let mut seqs = Vec::new();
+        let mut stored = Vec::new();
+        // New messages per room: one counter update per room and batch.
+        let mut counts: Vec<(RoomId, i64)> = Vec::new();
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO messages (room_id, user_id, client_id, text, ts, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            let mut count = tx.prepare_cached(
-                "UPDATE rooms SET message_count = message_count + 1 WHERE id = ?1",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (user_id, client_id) DO NOTHING",
             )?;
             for m in batch {
-                insert.execute(params![
+                let inserted = insert.execute(params![
                     m.room_id,
                     m.user_id,
                     m.client_id,
@@ -334,12 +348,27 @@ impl Store {
                     m.ts,
                     m.received_at
                 ])?;
-                seqs.push(Seq(tx.last_insert_rowid()));
-                count.execute([m.room_id])?;
+                if inserted == 0 {
+                    let original = find_sent(&tx, m.user_id, &m.client_id)?
+                        .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+                    stored.push(Stored::Repeat(original));
+                    continue;
+                }
+                stored.push(Stored::New(Seq(tx.last_insert_rowid())));
+                match counts.iter_mut().find(|(room, _)| *room == m.room_id) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((m.room_id, 1)),
+                }
+            }
+            let mut count = tx.prepare_cached(
+                "UPDATE rooms SET message_count = message_count + ?2 WHERE id = ?1",
+            )?;
+            for (room, n) in counts {
+                count.execute(params![room, n])?;
             }
         }
         tx.commit()?;
-        Ok(seqs)
+        Ok(stored)
     }
 
     /// Reads one page of a room's history, oldest first.
@@ -535,6 +564,25 @@ fn tighten_permissions(path: &Path) {
     }
 }
 
+fn find_sent(
+    conn: &Connection,
+    user_id: UserId,
+    client_id: &str,
+) -> rusqlite::Result<Option<SentRecord>> {
+    conn.prepare_cached(
+        "SELECT m.seq, r.name, m.ts FROM messages m JOIN rooms r ON r.id = m.room_id
+         WHERE m.user_id = ?1 AND m.client_id = ?2",
+    )?
+    .query_row(params![user_id, client_id], |row| {
+        Ok(SentRecord {
+            seq: row.get(0)?,
+            room: row.get(1)?,
+            ts: row.get(2)?,
+        })
+    })
+    .optional()
+}
+
 fn read_identity(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
     let tables = conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))?;
     let app_id = conn.query_row("PRAGMA application_id", [], |row| row.get(0))?;
@@ -644,28 +692,39 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn duplicate_client_ids_are_refused_and_found() {
+    fn duplicate_client_ids_are_not_stored_again_and_their_original_is_found() {
         let (_dir, mut store) = temp_store();
         let user = store.login_user("carol", 1).unwrap();
-        let seqs = store
+        let other = store.login_user("dave", 1).unwrap();
+        let stored = store
             .insert_messages(&[message(GENERAL, user.id, "x", 10)])
             .unwrap();
-        assert!(
-            store
-                .insert_messages(&[message(GENERAL, user.id, "x", 11)])
-                .is_err()
-        );
-        let sent = store.find_sent(user.id, "x").unwrap().unwrap();
-        assert_eq!(
-            sent,
-            SentRecord {
-                seq: seqs[0],
-                room: "general".into(),
-                ts: 10
-            }
-        );
+        let Stored::New(seq) = stored[0] else {
+            panic!("the first message is new: {stored:?}");
+        };
+        let original = SentRecord {
+            seq,
+            room: "general".into(),
+            ts: 10,
+        };
+        // A retry in a later batch, and one beside a new message.
+        let again = store
+            .insert_messages(&[
+                message(GENERAL, user.id, "x", 11),
+                message(GENERAL, other.id, "x", 12),
+            ])
+            .unwrap();
+        assert_eq!(again[0], Stored::Repeat(original.clone()));
+        assert!(matches!(again[1], Stored::New(s) if s > seq));
+        assert_eq!(store.find_sent(user.id, "x").unwrap(), Some(original));
         assert_eq!(store.find_sent(user.id, "y").unwrap(), None);
-        assert_eq!(store.live_rooms().unwrap()[0].message_count, 1);
+        // The retry was not counted or stored.
+        assert_eq!(store.live_rooms().unwrap()[0].message_count, 2);
+        let page = store
+            .page(GENERAL, "general", PageQuery::Newest, 50)
+            .unwrap();
+        assert_eq!(page.messages.len(), 2);
+        assert_eq!(page.messages[0].0.text, "text x");
     }
 
     #[test]
