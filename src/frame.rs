@@ -2,14 +2,14 @@
 //! (tungstenite writes the header), built once per event and shared by all
 //! its recipients, so a broadcast costs one encoding however many read it.
 
-use std::sync::Arc;
-
+use tungstenite::Bytes;
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
-/// A complete, unmasked WebSocket text frame (header and payload), shared.
+/// A complete, unmasked WebSocket text frame (header and payload), shared:
+/// a clone is a reference count, and building one copies the payload once.
 #[derive(Clone)]
-pub struct Frame(Arc<[u8]>);
+pub struct Frame(Bytes);
 
 impl Frame {
     /// Frames a text message as one final frame, as a server sends it.
@@ -25,7 +25,7 @@ impl Frame {
             .format(len, &mut bytes)
             .expect("BUG: writing to a Vec cannot fail");
         bytes.extend_from_slice(payload.as_bytes());
-        Frame(bytes.into())
+        Frame(Bytes::from(bytes))
     }
 
     /// The whole frame as it goes on the wire.

@@ -221,13 +221,14 @@ const SEND_FRAMES: usize = 64;
 /// make its reader's blocking reads fail, as clones share that flag.)
 fn send_now(sock: &TcpStream, frames: &[Frame]) -> io::Result<usize> {
     let sock = socket2::SockRef::from(sock);
-    let slices: Vec<IoSlice<'_>> = frames
-        .iter()
-        .take(SEND_FRAMES)
-        .map(|f| IoSlice::new(f.bytes()))
-        .collect();
+    // On the stack: this runs for every connection of every batch.
+    let mut slices = [IoSlice::new(&[]); SEND_FRAMES];
+    let n = frames.len().min(SEND_FRAMES);
+    for (slice, frame) in slices.iter_mut().zip(frames) {
+        *slice = IoSlice::new(frame.bytes());
+    }
     retry_interrupted(|| {
-        sock.send_vectored_with_flags(&slices, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        sock.send_vectored_with_flags(&slices[..n], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
     })
 }
 

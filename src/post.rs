@@ -149,9 +149,9 @@ impl Post {
     /// Starts the `post` thread. It tells the hub of connections too far
     /// behind with [`Event::TooSlow`].
     pub fn start(routes: Routes, hub_tx: Sender<Event>) -> std::io::Result<Post> {
-        // The hub may be one batch ahead; beyond that it waits, so a post
-        // that cannot keep up slows the hub instead of piling up mail.
-        let (mail_tx, mail_rx) = crossbeam_channel::bounded(1);
+        // The hub may be a few batches ahead; beyond that it waits, so a
+        // post that cannot keep up slows the hub instead of piling up mail.
+        let (mail_tx, mail_rx) = crossbeam_channel::bounded(MAIL_BATCHES);
         let thread = std::thread::Builder::new()
             .name("post".into())
             .spawn(move || run(&routes, &mail_rx, &hub_tx))?;
@@ -175,8 +175,18 @@ impl MailSink for Post {
     }
 }
 
+/// Batches the hub may hand over before it waits for the post.
+const MAIL_BATCHES: usize = 4;
+
 fn run(routes: &Routes, mail_rx: &Receiver<Vec<Mail>>, hub_tx: &Sender<Event>) {
-    for mail in mail_rx {
+    for mut mail in mail_rx {
+        // Batches that waited while the post was busy go out together: a
+        // connection then gets their frames in one send, which is most of
+        // a delivery's cost. This never delays a batch: only what is
+        // already waiting is joined.
+        while let Ok(more) = mail_rx.try_recv() {
+            mail.extend(more);
+        }
         for conn in deliver(routes, mail) {
             // The hub is gone only at shutdown, when no one needs to know.
             let _ = hub_tx.send(Event::TooSlow { conn });

@@ -426,19 +426,22 @@ impl ServerFrame {
     /// Encodes the frame, adding `req` (as `ref` on errors) when the request
     /// carried one.
     pub fn encode(&self, req: Option<&str>) -> String {
+        let body = serde_json::to_string(self).expect("BUG: server frames always serialize");
         let Some(req) = req else {
-            return serde_json::to_string(self).expect("BUG: server frames always serialize");
+            return body;
         };
-        let mut value = serde_json::to_value(self).expect("BUG: server frames always serialize");
-        if let Some(object) = value.as_object_mut() {
-            let key = if matches!(self, ServerFrame::Error { .. }) {
-                "ref"
-            } else {
-                "req"
-            };
-            object.insert(key.into(), req.into());
-        }
-        value.to_string()
+        // Every server frame is an object with at least a "type", and none
+        // has a field named "req" or "ref": the key goes first.
+        let rest = body
+            .strip_prefix('{')
+            .expect("BUG: a server frame is a JSON object");
+        let key = if matches!(self, ServerFrame::Error { .. }) {
+            "ref"
+        } else {
+            "req"
+        };
+        let req = serde_json::to_string(req).expect("BUG: a string always serializes");
+        format!("{{\"{key}\":{req},{rest}")
     }
 }
 
@@ -723,6 +726,9 @@ mod tests {
     fn encodes_frames_with_req_and_ref() {
         let pong = ServerFrame::Pong.encode(Some("p1"));
         assert_eq!(pong, r#"{"req":"p1","type":"pong"}"#);
+        let quoted = ServerFrame::Pong.encode(Some("a\"b\\c"));
+        let value: serde_json::Value = serde_json::from_str(&quoted).unwrap();
+        assert_eq!(value["req"], "a\"b\\c");
         let error = ServerFrame::error(ErrorCode::NoSuchRoom, "No.").encode(Some("j1"));
         let value: serde_json::Value = serde_json::from_str(&error).unwrap();
         assert_eq!(value["type"], "error");
