@@ -72,6 +72,19 @@ pub struct Config {
     pub messages_per_second: u32,
     /// Most joins into another room one user may make in any 60 s window.
     pub room_switches_per_minute: u32,
+    /// Request units one user (or connection before it signs in) earns per
+    /// second; a ping costs 1, a page of 50 messages 3 (see the README).
+    pub requests_per_second: u32,
+    /// Request units that may be spent at once after a quiet while.
+    pub request_burst: u32,
+    /// Rooms one user may create or delete in any 10-minute window.
+    pub room_changes_per_10_minutes: u32,
+    /// Most live rooms.
+    pub max_rooms: usize,
+    /// New usernames one IP address may sign in with in any hour.
+    pub new_users_per_ip_per_hour: u32,
+    /// Most users signed in at once from one IP address; None: no limit.
+    pub max_users_per_ip: Option<usize>,
     /// Browser origins allowed to open a WebSocket besides the page's own.
     pub allow_origins: Vec<String>,
     /// Most open WebSocket sockets; None: four per user plus 16.
@@ -92,6 +105,12 @@ impl Default for Config {
             max_users: 10,
             messages_per_second: 10,
             room_switches_per_minute: 5,
+            requests_per_second: 20,
+            request_burst: 200,
+            room_changes_per_10_minutes: 10,
+            max_rooms: 100,
+            new_users_per_ip_per_hour: 20,
+            max_users_per_ip: None,
             allow_origins: Vec::new(),
             max_connections: None,
             max_connections_per_ip: None,
@@ -131,8 +150,16 @@ pub fn start(config: Config) -> Result<Server, Error> {
     let mut post = post::Post::start(routes.clone(), hub_tx.clone())?;
     let settings = hub::Settings {
         max_users: config.max_users,
-        messages_per_second: config.messages_per_second,
-        room_switches_per_minute: config.room_switches_per_minute,
+        max_users_per_ip: config.max_users_per_ip,
+        max_rooms: config.max_rooms,
+        limits: hub::LimitSettings {
+            messages_per_second: config.messages_per_second,
+            room_switches_per_minute: config.room_switches_per_minute,
+            requests_per_second: config.requests_per_second,
+            request_burst: config.request_burst,
+            room_changes_per_10_minutes: config.room_changes_per_10_minutes,
+            new_users_per_ip_per_hour: config.new_users_per_ip_per_hour,
+        },
     };
     let hub = hub::Hub::new(store, &settings).map_err(|e| Error::Database {
         path: config.db_path.clone(),

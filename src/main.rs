@@ -26,6 +26,18 @@ Options:
   --max-users N                    most distinct users online at once (default 10)
   --messages-per-second N          per-user send limit (default 10)
   --room-switches-per-minute N     per-user room switch limit (default 5)
+  --requests-per-second N          request units each user earns per second
+                                   (default 20; a ping costs 1, a page of 50
+                                   messages 3)
+  --request-burst N                request units that may be spent at once
+                                   (default 200)
+  --max-rooms N                    most live rooms (default 100)
+  --room-changes-per-10-minutes N  rooms one user may create or delete in
+                                   10 minutes (default 10)
+  --new-users-per-ip-per-hour N    new usernames one IP address may sign in
+                                   with in an hour (default 20)
+  --max-users-per-ip N             most users signed in from one IP address
+                                   (default: no limit)
   --allow-origin URL               also accept WebSockets from pages at this origin
                                    (repeatable; e.g. https://chat.example.org)
   --max-connections N              most open WebSockets (default 4 per user + 16)
@@ -76,6 +88,16 @@ where
             "--room-switches-per-minute" => {
                 config.room_switches_per_minute = positive(&mut parser, &flag)?
             }
+            "--requests-per-second" => config.requests_per_second = positive(&mut parser, &flag)?,
+            "--request-burst" => config.request_burst = positive(&mut parser, &flag)?,
+            "--max-rooms" => config.max_rooms = positive(&mut parser, &flag)?,
+            "--room-changes-per-10-minutes" => {
+                config.room_changes_per_10_minutes = positive(&mut parser, &flag)?
+            }
+            "--new-users-per-ip-per-hour" => {
+                config.new_users_per_ip_per_hour = positive(&mut parser, &flag)?
+            }
+            "--max-users-per-ip" => config.max_users_per_ip = Some(positive(&mut parser, &flag)?),
             "--tls-cert" => tls_cert = Some(path(&mut parser, &flag)?),
             "--tls-key" => tls_key = Some(path(&mut parser, &flag)?),
             "--allow-origin" => config.allow_origins.push(value(&mut parser, &flag)?),

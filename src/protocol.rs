@@ -519,6 +519,10 @@ pub struct Limits {
     pub page_sizes: [u32; 4],
     pub messages_per_second: u32,
     pub room_switches_per_minute: u32,
+    pub requests_per_second: u32,
+    pub request_burst: u32,
+    pub max_rooms: usize,
+    pub room_changes_per_10_minutes: u32,
 }
 
 /// Whether someone came or went.
@@ -543,6 +547,7 @@ pub enum ErrorCode {
     ServerFull,
     InvalidRoomName,
     RoomExists,
+    TooManyRooms,
     NoSuchRoom,
     NotInRoom,
     InvalidMessage,

@@ -78,6 +78,14 @@ pub struct ParlorLaunch<'a> {
     pub log: &'a Path,
 }
 
+/// Whether `parlor --help` lists `flag`.
+fn knows_flag(binary: &Path, flag: &str) -> bool {
+    Command::new(binary)
+        .arg("--help")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(flag))
+}
+
 /// A server process this benchmark started; killed when dropped.
 pub struct ServerProcess {
     child: Child,
@@ -108,6 +116,19 @@ impl ServerProcess {
                 "--log-level",
                 "warn",
             ]);
+        // Request budgets: every benchmark client signs in from 127.0.0.1
+        // with a new name. Only binaries that have them are told (so older
+        // builds can be measured side by side).
+        if knows_flag(launch.binary, "--request-burst") {
+            command.args([
+                "--requests-per-second",
+                "1000000",
+                "--request-burst",
+                "1000000",
+                "--new-users-per-ip-per-hour",
+                "1000000",
+            ]);
+        }
         let log = std::fs::File::create(launch.log)
             .map_err(|e| format!("cannot create {}: {e}", launch.log.display()))?;
         let started = Instant::now();

@@ -1,10 +1,87 @@
-//! Rate limits: sliding windows per user for sends and room switches. Kept
-//! by username, not by connection, so reconnecting does not reset them.
+//! Rate limits and budgets: what one user (or one connection before it
+//! signs in, or one address creating names) may ask of the server, so one
+//! script cannot cost everyone. Sliding windows for sends, room switches,
+//! room creations and deletions and new usernames; a token bucket that
+//! prices every request. Kept by username, not by connection, so
+//! reconnecting does not reset them.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::protocol::NameKey;
+use crate::protocol::{CheckedFrame, NameKey};
+
+/// Addresses whose new usernames are remembered at once; past this the
+/// table is emptied (it only ever forgets, never refuses, so a flood of
+/// addresses costs at most this much memory).
+const MAX_TRACKED_ADDRESSES: usize = 4096;
+
+/// The limits, as configured.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Most messages one user may send in any one-second window.
+    pub messages_per_second: u32,
+    /// Most joins into another room one user may make in any 60 s window.
+    pub room_switches_per_minute: u32,
+    /// Request units one user (or connection before it signs in) earns per
+    /// second; see [`cost`].
+    pub requests_per_second: u32,
+    /// Request units that may be spent at once after a quiet while.
+    pub request_burst: u32,
+    /// Rooms one user may create or delete in any 10-minute window.
+    pub room_changes_per_10_minutes: u32,
+    /// Usernames never seen before that one IP address may sign in with in
+    /// any hour (each is a permanent row in the database).
+    pub new_users_per_ip_per_hour: u32,
+}
+
+/// What a request costs from the request budget, in units: a page of
+/// history costs by its size (2 units per 50 messages), everything else a
+/// little, a room creation or deletion more. Sends have their own limit
+/// and cost nothing here.
+pub(super) fn cost(frame: &CheckedFrame) -> u32 {
+    let page = |limit: &Result<u32, String>| limit.as_ref().map_or(1, |l| l / 25);
+    match frame {
+        CheckedFrame::Send { .. } => 0,
+        CheckedFrame::Ping | CheckedFrame::Leave => 1,
+        CheckedFrame::Hello { .. } => 2,
+        CheckedFrame::Join { limit, .. } | CheckedFrame::History { limit, .. } => 1 + page(limit),
+        CheckedFrame::CreateRoom { .. } | CheckedFrame::DeleteRoom { .. } => 5,
+    }
+}
+
+/// A token bucket of request units.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Bucket {
+    units: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    /// A full bucket.
+    pub fn full(settings: &Settings, now: Instant) -> Bucket {
+        Bucket {
+            units: f64::from(settings.request_burst),
+            at: now,
+        }
+    }
+
+    /// Spends `cost` units, or says how long until they are there (nothing
+    /// is spent then).
+    pub fn spend(&mut self, settings: &Settings, cost: u32, now: Instant) -> Result<(), Duration> {
+        let rate = f64::from(settings.requests_per_second.max(1));
+        let burst = f64::from(settings.request_burst);
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * rate;
+        self.units = (self.units + earned).min(burst);
+        self.at = now;
+        let cost = f64::from(cost);
+        if self.units >= cost {
+            self.units -= cost;
+            return Ok(());
+        }
+        Err(Duration::from_secs_f64((cost - self.units) / rate))
+    }
+}
 
 /// A refused attempt: the sentence for the client and how long to wait.
 pub(super) struct Refusal {
@@ -12,37 +89,57 @@ pub(super) struct Refusal {
     pub wait: Duration,
 }
 
-/// Sliding-window rate limits of one user.
-#[derive(Default)]
+/// Sliding-window rate limits and the request budget of one user.
 struct Rate {
     sends: VecDeque<Instant>,
     switches: VecDeque<Instant>,
+    room_changes: VecDeque<Instant>,
+    requests: Bucket,
 }
 
 /// Every user's rate limits.
 pub(super) struct Limits {
-    /// Most messages one user may send in any one-second window.
-    pub messages_per_second: u32,
-    /// Most joins into another room one user may make in any 60 s window.
-    pub room_switches_per_minute: u32,
+    pub settings: Settings,
     /// By user. Grows with the users seen since start-up (at most one entry
-    /// each; the store keeps them all anyway).
+    /// each; the store keeps them all anyway, and new names are limited per
+    /// address).
     rates: HashMap<NameKey, Rate>,
+    /// New usernames signed in with, by address.
+    new_users: HashMap<IpAddr, VecDeque<Instant>>,
 }
 
 impl Limits {
-    pub fn new(messages_per_second: u32, room_switches_per_minute: u32) -> Limits {
+    pub fn new(settings: Settings) -> Limits {
         Limits {
-            messages_per_second,
-            room_switches_per_minute,
+            settings,
             rates: HashMap::new(),
+            new_users: HashMap::new(),
         }
+    }
+
+    fn rate(&mut self, user: &NameKey, now: Instant) -> &mut Rate {
+        let settings = &self.settings;
+        self.rates.entry(user.clone()).or_insert_with(|| Rate {
+            sends: VecDeque::new(),
+            switches: VecDeque::new(),
+            room_changes: VecDeque::new(),
+            requests: Bucket::full(settings, now),
+        })
+    }
+
+    /// Spends `cost` request units of `user`'s budget, or refuses.
+    pub fn request(&mut self, user: &NameKey, cost: u32, now: Instant) -> Result<(), Refusal> {
+        let settings = self.settings.clone();
+        self.rate(user, now)
+            .requests
+            .spend(&settings, cost, now)
+            .map_err(over_budget)
     }
 
     /// Records a send by `user` now, or refuses it.
     pub fn send(&mut self, user: &NameKey, now: Instant) -> Result<(), Refusal> {
-        let limit = self.messages_per_second;
-        let rate = self.rates.entry(user.clone()).or_default();
+        let limit = self.settings.messages_per_second;
+        let rate = self.rate(user, now);
         match over_limit(&mut rate.sends, now, Duration::from_secs(1), limit) {
             None => Ok(()),
             Some(wait) => Err(Refusal {
@@ -66,8 +163,8 @@ impl Limits {
 
     /// Records a join by `user` into a room they are not in, or refuses it.
     pub fn switch(&mut self, user: &NameKey, now: Instant) -> Result<(), Refusal> {
-        let limit = self.room_switches_per_minute;
-        let rate = self.rates.entry(user.clone()).or_default();
+        let limit = self.settings.room_switches_per_minute;
+        let rate = self.rate(user, now);
         match over_limit(&mut rate.switches, now, Duration::from_secs(60), limit) {
             None => Ok(()),
             Some(wait) => Err(Refusal {
@@ -78,6 +175,59 @@ impl Limits {
                 wait,
             }),
         }
+    }
+
+    /// Records a room creation or deletion by `user`, or refuses it.
+    pub fn room_change(&mut self, user: &NameKey, now: Instant) -> Result<(), Refusal> {
+        let limit = self.settings.room_changes_per_10_minutes;
+        let rate = self.rate(user, now);
+        match over_limit(&mut rate.room_changes, now, Duration::from_secs(600), limit) {
+            None => Ok(()),
+            Some(wait) => Err(Refusal {
+                message: format!(
+                    "You can create or delete at most {limit} rooms in 10 minutes. \
+                     Try again in {} min.",
+                    wait.as_secs() / 60 + 1
+                ),
+                wait,
+            }),
+        }
+    }
+
+    /// Records a sign-in from `ip` with a username never seen before, or
+    /// refuses it.
+    pub fn new_user(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        let limit = self.settings.new_users_per_ip_per_hour;
+        if self.new_users.len() >= MAX_TRACKED_ADDRESSES && !self.new_users.contains_key(&ip) {
+            self.new_users.retain(|_, window| {
+                window
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(3600))
+            });
+            if self.new_users.len() >= MAX_TRACKED_ADDRESSES {
+                self.new_users.clear();
+            }
+        }
+        let window = self.new_users.entry(ip).or_default();
+        match over_limit(window, now, Duration::from_secs(3600), limit) {
+            None => Ok(()),
+            Some(wait) => Err(Refusal {
+                message: format!(
+                    "Too many new names were used from your address (at most {limit} an hour). \
+                     Sign in with a name you used before, or try again in {} min.",
+                    wait.as_secs() / 60 + 1
+                ),
+                wait,
+            }),
+        }
+    }
+}
+
+/// The refusal of a request over its budget.
+pub(super) fn over_budget(wait: Duration) -> Refusal {
+    Refusal {
+        message: "You are making requests too quickly. Wait a moment.".into(),
+        wait,
     }
 }
 
@@ -107,9 +257,92 @@ fn over_limit(
 mod tests {
     use super::*;
 
+    fn settings(messages_per_second: u32, room_switches_per_minute: u32) -> Settings {
+        Settings {
+            messages_per_second,
+            room_switches_per_minute,
+            requests_per_second: 10,
+            request_burst: 20,
+            room_changes_per_10_minutes: 2,
+            new_users_per_ip_per_hour: 2,
+        }
+    }
+
+    #[test]
+    fn every_request_spends_from_a_bucket_that_refills_at_its_rate() {
+        let mut limits = Limits::new(settings(10, 5));
+        let alice = NameKey::of("alice");
+        let t0 = Instant::now();
+        // A burst of 20 units: ten pings and a page of 200 (9 units).
+        for _ in 0..10 {
+            assert!(limits.request(&alice, 1, t0).is_ok());
+        }
+        assert!(limits.request(&alice, 9, t0).is_ok());
+        let refused = limits
+            .request(&alice, 2, t0)
+            .expect_err("the bucket holds 1 unit");
+        assert_eq!(refused.wait, Duration::from_millis(100));
+        // 10 units a second come back.
+        assert!(
+            limits
+                .request(&alice, 2, t0 + Duration::from_millis(100))
+                .is_ok()
+        );
+        assert!(
+            limits
+                .request(&alice, 5, t0 + Duration::from_millis(200))
+                .is_err()
+        );
+        // Never more than the burst, however long the pause.
+        let later = t0 + Duration::from_secs(3600);
+        assert!(limits.request(&alice, 20, later).is_ok());
+        assert!(limits.request(&alice, 1, later).is_err());
+        // Others have budgets of their own.
+        assert!(limits.request(&NameKey::of("bob"), 20, t0).is_ok());
+    }
+
+    #[test]
+    fn pages_cost_by_their_size() {
+        let frame = |text: &str| crate::protocol::parse_request(text).unwrap().check().frame;
+        assert_eq!(cost(&frame(r#"{"type":"ping"}"#)), 1);
+        assert_eq!(cost(&frame(r#"{"type":"history","room":"g"}"#)), 3);
+        assert_eq!(
+            cost(&frame(r#"{"type":"join","room":"g","limit":500}"#)),
+            21
+        );
+        assert_eq!(cost(&frame(r#"{"type":"send","id":"a","text":"b"}"#)), 0);
+        assert_eq!(cost(&frame(r#"{"type":"create_room","room":"r"}"#)), 5);
+    }
+
+    #[test]
+    fn room_changes_and_new_names_per_address_are_windows() {
+        let mut limits = Limits::new(settings(10, 5));
+        let alice = NameKey::of("alice");
+        let t0 = Instant::now();
+        assert!(limits.room_change(&alice, t0).is_ok());
+        assert!(limits.room_change(&alice, t0).is_ok());
+        assert!(limits.room_change(&alice, t0).is_err());
+        assert!(
+            limits
+                .room_change(&alice, t0 + Duration::from_secs(600))
+                .is_ok()
+        );
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(limits.new_user(ip, t0).is_ok());
+        assert!(limits.new_user(ip, t0).is_ok());
+        let refused = limits.new_user(ip, t0).expect_err("a third new name");
+        assert!(
+            refused.message.contains("at most 2 an hour"),
+            "{}",
+            refused.message
+        );
+        assert!(limits.new_user("192.0.2.2".parse().unwrap(), t0).is_ok());
+        assert!(limits.new_user(ip, t0 + Duration::from_secs(3600)).is_ok());
+    }
+
     #[test]
     fn a_window_refuses_past_its_limit_until_the_oldest_attempt_expires() {
-        let mut limits = Limits::new(2, 1);
+        let mut limits = Limits::new(settings(2, 1));
         let alice = NameKey::of("alice");
         let t0 = Instant::now();
         assert!(limits.send(&alice, t0).is_ok());

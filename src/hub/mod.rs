@@ -38,15 +38,19 @@ use sessions::{Caller, HELLO_TIMEOUT, Sessions};
 /// Most events handled before the pending sends are committed.
 const MAX_BATCH: usize = 1024;
 
+pub use limits::Settings as LimitSettings;
+
 /// What the hub is told at start-up.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Most distinct users online at once.
     pub max_users: usize,
-    /// Most messages one user may send in any one-second window.
-    pub messages_per_second: u32,
-    /// Most joins into another room one user may make in any 60 s window.
-    pub room_switches_per_minute: u32,
+    /// Most users online at once from one IP address; None: no limit.
+    pub max_users_per_ip: Option<usize>,
+    /// Most live rooms.
+    pub max_rooms: usize,
+    /// Rate limits and budgets per user.
+    pub limits: LimitSettings,
 }
 
 /// The hub's state; [`Hub::run`] is its thread.
@@ -64,14 +68,11 @@ impl Hub {
     /// Loads the live rooms from `store`.
     pub fn new(store: Store, settings: &Settings) -> rusqlite::Result<Hub> {
         Ok(Hub {
-            rooms: Rooms::load(&store)?,
+            rooms: Rooms::load(&store, settings.max_rooms)?,
             store,
-            sessions: Sessions::new(settings.max_users),
+            sessions: Sessions::new(settings.max_users, settings.max_users_per_ip),
             sends: Sends::default(),
-            limits: Limits::new(
-                settings.messages_per_second,
-                settings.room_switches_per_minute,
-            ),
+            limits: Limits::new(settings.limits.clone()),
             out: Outgoing::default(),
         })
     }
@@ -213,13 +214,25 @@ impl Hub {
             req: req.as_deref(),
         };
         let out = &mut self.out;
+        // Every request is paid for first, by its user, or by its
+        // connection before it signs in; over budget, nothing is done.
+        let cost = limits::cost(&frame);
+        let now = Instant::now();
+        let paid = match self.sessions.caller(conn) {
+            Caller::Gone => return,
+            Caller::Anonymous => self.sessions.charge(conn, &self.limits.settings, cost, now),
+            Caller::SignedIn(user) => self.limits.request(&user.key, cost, now),
+        };
+        if let Err(refusal) = paid {
+            return out.rate_limited(&to, refusal.message, refusal.wait);
+        }
         let user = match (self.sessions.caller(conn), frame) {
             (Caller::Gone, _) => return,
             (Caller::Anonymous, CheckedFrame::Hello { username, resume }) => {
                 return self.sessions.hello(
                     &self.store,
                     &mut self.rooms,
-                    &self.limits,
+                    &mut self.limits,
                     out,
                     &to,
                     username,
@@ -243,13 +256,19 @@ impl Hub {
         let (user, frame) = user;
         match frame {
             CheckedFrame::CreateRoom { room } => {
-                if self.rooms.create(&self.store, out, &to, user, room) {
+                if self
+                    .rooms
+                    .create(&self.store, &mut self.limits, out, &to, user, room)
+                {
                     self.rooms
                         .send_list(self.sessions.online_conns(), out, Some(&to));
                 }
             }
             CheckedFrame::DeleteRoom { room } => {
-                if self.rooms.delete(&self.store, out, &to, user, &room) {
+                if self
+                    .rooms
+                    .delete(&self.store, &mut self.limits, out, &to, user, &room)
+                {
                     self.rooms
                         .send_list(self.sessions.online_conns(), out, Some(&to));
                 }
@@ -310,8 +329,16 @@ mod tests {
             let (dir, store) = temp_store();
             let settings = Settings {
                 max_users: 10,
-                messages_per_second,
-                room_switches_per_minute: 5,
+                max_users_per_ip: None,
+                max_rooms: 100,
+                limits: LimitSettings {
+                    messages_per_second,
+                    room_switches_per_minute: 5,
+                    requests_per_second: 1000,
+                    request_burst: 1000,
+                    room_changes_per_10_minutes: 10,
+                    new_users_per_ip_per_hour: 1000,
+                },
             };
             Harness {
                 hub: Hub::new(store, &settings).unwrap(),

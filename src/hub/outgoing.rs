@@ -45,7 +45,8 @@ impl Outgoing {
         let frame = ServerFrame::Error {
             code: ErrorCode::RateLimited,
             message,
-            retry_after_ms: Some(wait.as_millis().max(1) as u64),
+            // Rounded up: after this long, the request goes through.
+            retry_after_ms: Some(wait.as_nanos().div_ceil(1_000_000).max(1) as u64),
         };
         self.reply(to, &frame);
     }

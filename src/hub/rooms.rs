@@ -43,6 +43,8 @@ pub(super) struct Room {
 /// The live rooms and who is in them.
 pub(super) struct Rooms {
     rooms: BTreeMap<NameKey, Room>,
+    /// Most live rooms: every room is in every room list and welcome.
+    max_rooms: usize,
     /// The room each signed-in user is in, if any, by user key.
     whereabouts: HashMap<NameKey, NameKey>,
     /// When the room list is due, after a member count changed.
@@ -51,7 +53,7 @@ pub(super) struct Rooms {
 
 impl Rooms {
     /// The live rooms from the store, all empty.
-    pub fn load(store: &Store) -> rusqlite::Result<Rooms> {
+    pub fn load(store: &Store, max_rooms: usize) -> rusqlite::Result<Rooms> {
         let rooms = store
             .live_rooms()?
             .into_iter()
@@ -69,9 +71,15 @@ impl Rooms {
             .collect();
         Ok(Rooms {
             rooms,
+            max_rooms,
             whereabouts: HashMap::new(),
             list_due: None,
         })
+    }
+
+    /// Most live rooms.
+    pub fn max_rooms(&self) -> usize {
+        self.max_rooms
     }
 
     pub fn get(&self, key: &NameKey) -> Option<&Room> {
@@ -157,6 +165,7 @@ impl Rooms {
     pub fn create(
         &mut self,
         store: &Store,
+        limits: &mut Limits,
         out: &mut Outgoing,
         to: &To,
         user: &Online,
@@ -172,6 +181,19 @@ impl Rooms {
         if let Some(room) = self.rooms.get(&key) {
             let message = format!("A room named {} already exists.", room.name);
             out.error(to, ErrorCode::RoomExists, message);
+            return false;
+        }
+        if self.rooms.len() >= self.max_rooms {
+            let message = format!(
+                "This server has {} rooms, the most it allows. Delete one first.",
+                self.max_rooms
+            );
+            out.error(to, ErrorCode::TooManyRooms, message);
+            return false;
+        }
+        if let Err(refusal) = limits.room_change(&user.key, Instant::now()) {
+            log::warn!("{}: {} hit the room creation limit", to.conn, user.name);
+            out.rate_limited(to, refusal.message, refusal.wait);
             return false;
         }
         let now = now_ms();
@@ -202,6 +224,7 @@ impl Rooms {
     pub fn delete(
         &mut self,
         store: &Store,
+        limits: &mut Limits,
         out: &mut Outgoing,
         to: &To,
         user: &Online,
@@ -211,6 +234,11 @@ impl Rooms {
             out.no_such_room(to, &room.typed);
             return false;
         };
+        if let Err(refusal) = limits.room_change(&user.key, Instant::now()) {
+            log::warn!("{}: {} hit the room deletion limit", to.conn, user.name);
+            out.rate_limited(to, refusal.message, refusal.wait);
+            return false;
+        }
         if let Err(e) = store.delete_room(live.id, now_ms()) {
             out.storage_failed(to, "deleting a room", &e);
             return false;

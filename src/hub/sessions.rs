@@ -13,7 +13,7 @@ use crate::protocol::{
 use crate::store::{Store, UserId};
 use crate::vocab::{ConnId, close};
 
-use super::limits::Limits;
+use super::limits::{self, Bucket, Limits, Refusal};
 use super::outgoing::{Outgoing, To};
 use super::rooms::Rooms;
 
@@ -25,6 +25,9 @@ struct Connection {
     peer: SocketAddr,
     /// The signed-in user's key once a hello succeeded.
     user: Option<NameKey>,
+    /// What it may still ask before it signs in (then its user's budget
+    /// counts).
+    budget: Option<Bucket>,
 }
 
 /// A signed-in user.
@@ -43,6 +46,8 @@ pub(super) struct Online {
 pub(super) struct Sessions {
     /// Most distinct users online at once.
     max_users: usize,
+    /// Most users online at once from one address; None: no limit.
+    max_users_per_ip: Option<usize>,
     conns: HashMap<ConnId, Connection>,
     /// Connections that have not said hello yet, oldest first, with their
     /// deadlines. Entries of connections that have since signed in or gone
@@ -60,9 +65,10 @@ pub(super) enum Caller<'a> {
 }
 
 impl Sessions {
-    pub fn new(max_users: usize) -> Sessions {
+    pub fn new(max_users: usize, max_users_per_ip: Option<usize>) -> Sessions {
         Sessions {
             max_users,
+            max_users_per_ip,
             conns: HashMap::new(),
             hello_deadlines: VecDeque::new(),
             online: HashMap::new(),
@@ -72,7 +78,14 @@ impl Sessions {
     /// A new connection: it has [`HELLO_TIMEOUT`] to sign in.
     pub fn connected(&mut self, conn: ConnId, peer: SocketAddr) {
         log::info!("{conn}: connected from {peer}");
-        self.conns.insert(conn, Connection { peer, user: None });
+        self.conns.insert(
+            conn,
+            Connection {
+                peer,
+                user: None,
+                budget: None,
+            },
+        );
         self.hello_deadlines
             .push_back((Instant::now() + HELLO_TIMEOUT, conn));
     }
@@ -89,6 +102,25 @@ impl Sessions {
                 user: Some(user), ..
             }) => Caller::SignedIn(&self.online[user]),
         }
+    }
+
+    /// Spends from the request budget of a connection that has not signed
+    /// in yet.
+    pub fn charge(
+        &mut self,
+        conn: ConnId,
+        settings: &limits::Settings,
+        cost: u32,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        let Some(connection) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        connection
+            .budget
+            .get_or_insert_with(|| Bucket::full(settings, now))
+            .spend(settings, cost, now)
+            .map_err(limits::over_budget)
     }
 
     /// Where every signed-in user's mail goes.
@@ -128,7 +160,7 @@ impl Sessions {
         &mut self,
         store: &Store,
         rooms: &mut Rooms,
-        limits: &Limits,
+        limits: &mut Limits,
         out: &mut Outgoing,
         to: &To,
         username: Checked<Username>,
@@ -197,6 +229,38 @@ impl Sessions {
                     self.max_users
                 ),
             );
+        }
+        if let Some(most) = self.max_users_per_ip {
+            let here = self
+                .online
+                .values()
+                .filter(|o| {
+                    self.conns
+                        .get(&o.conn)
+                        .is_some_and(|c| c.peer.ip() == peer.ip())
+                })
+                .count();
+            if here >= most {
+                log::warn!(
+                    "{}: login refused from {peer}: {here} users already signed in from there",
+                    to.conn
+                );
+                let message = format!(
+                    "{most} people from your address are already signed in, the most this \
+                     server allows. Try again later."
+                );
+                return out.error(to, ErrorCode::ServerFull, message);
+            }
+        }
+        match store.user_exists(&key) {
+            Ok(true) => {}
+            Ok(false) => {
+                if let Err(refusal) = limits.new_user(peer.ip(), Instant::now()) {
+                    log::warn!("{}: login refused from {peer}: too many new names", to.conn);
+                    return out.rate_limited(to, refusal.message, refusal.wait);
+                }
+            }
+            Err(e) => return out.storage_failed(to, "looking up a user", &e),
         }
         let user = match store.login_user(&name, now_ms()) {
             Ok(user) => user,
@@ -305,8 +369,12 @@ fn welcome(
         limits: WireLimits {
             max_text_chars: MAX_TEXT_CHARS,
             page_sizes: PAGE_SIZES,
-            messages_per_second: limits.messages_per_second,
-            room_switches_per_minute: limits.room_switches_per_minute,
+            messages_per_second: limits.settings.messages_per_second,
+            room_switches_per_minute: limits.settings.room_switches_per_minute,
+            requests_per_second: limits.settings.requests_per_second,
+            request_burst: limits.settings.request_burst,
+            max_rooms: rooms.max_rooms(),
+            room_changes_per_10_minutes: limits.settings.room_changes_per_10_minutes,
         },
     };
     out.reply(to, &frame);

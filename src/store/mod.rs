@@ -275,6 +275,13 @@ impl Store {
             })
     }
 
+    /// Whether a user with this key has ever signed in.
+    pub fn user_exists(&self, key: &NameKey) -> rusqlite::Result<bool> {
+        self.conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE name_key = ?1)")?
+            .query_row([key.as_str()], |row| row.get(0))
+    }
+
     /// Records when a user was last online.
     pub fn touch_user(&self, user_id: UserId, now: i64) -> rusqlite::Result<()> {
         self.conn

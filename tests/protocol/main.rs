@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod budgets;
 mod defense;
 mod http;
 mod messages;

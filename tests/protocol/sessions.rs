@@ -20,10 +20,13 @@ fn welcome_lists_rooms_and_limits_and_keeps_the_first_casing() {
     assert_eq!(welcome["rooms"][0]["members"], 0);
     assert_eq!(welcome["rooms"][0]["created_by"], serde_json::Value::Null);
     assert!(welcome["rooms"][0]["created_at"].as_i64().unwrap() > 0);
+    // The test servers raise the request budget (see support::config).
     assert_eq!(
         welcome["limits"],
         json!({"max_text_chars": 4000, "page_sizes": [50, 100, 200, 500],
-               "messages_per_second": 10, "room_switches_per_minute": 5})
+               "messages_per_second": 10, "room_switches_per_minute": 5,
+               "requests_per_second": 100_000, "request_burst": 100_000,
+               "max_rooms": 100, "room_changes_per_10_minutes": 10})
     );
     drop(alice);
 

@@ -66,11 +66,18 @@ impl TempDir {
 }
 
 /// How the tests configure a server: both ports chosen by the system.
+/// The test servers' configuration: the defaults, but with the request
+/// budgets raised, since every test client comes from 127.0.0.1 and many
+/// tests make more requests and names than a person would. The budgets
+/// themselves are tested with their defaults (`protocol::budgets`).
 fn config(db: &Path) -> Config {
     Config {
         http_addr: "127.0.0.1:0".into(),
         ws_addr: "127.0.0.1:0".into(),
         db_path: db.to_path_buf(),
+        requests_per_second: 100_000,
+        request_burst: 100_000,
+        new_users_per_ip_per_hour: 100_000,
         ..Config::default()
     }
 }
