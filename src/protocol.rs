@@ -10,6 +10,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
+use unicode_security::{
+    GeneralSecurityProfile, RestrictionLevel, RestrictionLevelDetection, skeleton,
+};
 
 /// Longest message text, in Unicode scalar values.
 pub const MAX_TEXT_CHARS: usize = 4000;
@@ -43,16 +47,16 @@ pub fn now_ms() -> i64 {
 #[serde(transparent)]
 pub struct Seq(pub i64);
 
-/// The identity of a username or room name: [`fold_case`]d, so names that
-/// differ only in case have the same key. Never shown to people; the display
-/// name is kept beside it.
+/// The identity of a username or room name (see [`name_key`]): names that
+/// differ only in case or in look-alike characters have the same key. Never
+/// shown to people; the display name is kept beside it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NameKey(String);
 
 impl NameKey {
     /// The key of a (trimmed) name.
     pub fn of(name: &str) -> NameKey {
-        NameKey(fold_case(name))
+        NameKey(name_key(name))
     }
 
     /// The folded text, as stored in the database.
@@ -555,7 +559,7 @@ pub enum ErrorCode {
     StorageError,
 }
 
-/// The case-insensitive identity of a username or room name.
+/// Case folding for names.
 ///
 /// Upper-casing first folds letters that have two lower-case forms or that
 /// upper-case to several letters ("ß" and "SS", "ﬁ" and "FI"); Rust's
@@ -564,24 +568,53 @@ pub fn fold_case(name: &str) -> String {
     name.to_uppercase().to_lowercase().replace('ς', "σ")
 }
 
-/// Characters that show nothing: white space and zero-width format
-/// characters. A name or message made only of these looks empty.
+/// The identity of a username or room name: names that differ only in case,
+/// in compatibility forms (fullwidth, mathematical, ligatures: NFKC) or in
+/// characters that look alike (the Unicode confusable skeleton of UTS #39,
+/// which also drops invisible characters) have the same key.
+pub fn name_key(name: &str) -> String {
+    let compatible: String = name.nfkc().collect();
+    skeleton(&fold_case(&compatible)).collect()
+}
+
+/// Characters that show nothing by themselves: white space, and what
+/// Unicode calls default-ignorable (zero-width characters, bidi controls,
+/// the soft hyphen, variation selectors, tag characters, fillers). The
+/// confusable skeleton drops exactly the latter, so its table answers.
 fn is_invisible(c: char) -> bool {
-    c.is_whitespace()
-        || matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    let mut buf = [0u8; 4];
+    c.is_whitespace() || skeleton(c.encode_utf8(&mut buf)).next().is_none()
 }
 
-/// Bidirectional overrides and isolates, which can make a name read as
-/// another.
-fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+/// Characters that show nothing or change how others show, which no name may
+/// contain: format characters and the other default-ignorables (everything
+/// [`is_invisible`] finds but white space), and combining grapheme joiners.
+fn is_hidden(c: char) -> bool {
+    !c.is_whitespace() && is_invisible(c)
 }
 
-/// Checks a username: trimmed, 1–32 characters, each a letter, a digit, `_`,
-/// `-` or `.`. Returns the trimmed name.
+/// Whether a name has something to see: a character that is not white
+/// space, hidden, a combining mark, or a blank-looking symbol (the braille
+/// blank).
+fn has_visible_base(name: &str) -> bool {
+    name.chars().any(|c| {
+        !is_invisible(c) && !unicode_normalization::char::is_combining_mark(c) && c != '\u{2800}'
+    })
+}
+
+/// Whether the letters of a name mix scripts in a way UTS #39 calls
+/// confusable (Latin with Cyrillic, say). Latin with Han and Japanese kana,
+/// or with Han and Hangul, is fine.
+fn mixes_scripts(name: &str) -> bool {
+    let letters: String = name.chars().filter(|c| c.is_alphanumeric()).collect();
+    letters.detect_restriction_level() > RestrictionLevel::HighlyRestrictive
+}
+
+/// Checks a username: trimmed and in compatibility form (NFKC, so "ａｌｉｃｅ"
+/// is "alice"), 1–32 characters, each a letter, a digit, `_`, `-` or `.`,
+/// letters from scripts that do not mix confusably. Returns the name.
 pub fn validate_username(raw: &str) -> Result<String, String> {
-    let name = raw.trim();
+    let name: String = raw.trim().nfkc().collect();
     let len = name.chars().count();
     if len == 0 || len > MAX_USERNAME_CHARS {
         return Err(format!(
@@ -594,11 +627,24 @@ pub fn validate_username(raw: &str) -> Result<String, String> {
     {
         return Err("A username may contain only letters, digits, \"_\", \"-\" and \".\".".into());
     }
-    Ok(name.to_string())
+    if name
+        .chars()
+        .any(|c| c.is_alphanumeric() && !c.identifier_allowed())
+    {
+        return Err("A username may not contain letters that are easily taken for others.".into());
+    }
+    if mixes_scripts(&name) {
+        return Err(
+            "A username may not mix alphabets whose letters look alike (Latin and Cyrillic, say)."
+                .into(),
+        );
+    }
+    Ok(name)
 }
 
-/// Checks a room name: trimmed, 1–64 characters, no control characters.
-/// Returns the trimmed name.
+/// Checks a room name: trimmed, 1–64 characters, no control, format or
+/// other hidden characters, something visible, letters from scripts that
+/// do not mix confusably. Returns the trimmed name.
 pub fn validate_room_name(raw: &str) -> Result<String, String> {
     let name = raw.trim();
     let len = name.chars().count();
@@ -607,11 +653,19 @@ pub fn validate_room_name(raw: &str) -> Result<String, String> {
             "A room name must be 1 to {MAX_ROOM_CHARS} characters long."
         ));
     }
-    if name.chars().any(|c| c.is_control() || is_bidi_control(c)) {
-        return Err("A room name may not contain control characters.".into());
+    if name.chars().any(|c| c.is_control() || is_hidden(c)) {
+        return Err(
+            "A room name may not contain control characters or invisible characters.".into(),
+        );
     }
-    if name.chars().all(is_invisible) {
+    if !has_visible_base(name) {
         return Err("A room name needs at least one visible character.".into());
+    }
+    if mixes_scripts(name) {
+        return Err(
+            "A room name may not mix alphabets whose letters look alike (Latin and Cyrillic, say)."
+                .into(),
+        );
     }
     Ok(name.to_string())
 }
@@ -785,6 +839,66 @@ mod tests {
         assert!(validate_username("<script>").is_err());
         assert!(validate_username(&"x".repeat(32)).is_ok());
         assert!(validate_username(&"x".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn names_that_look_alike_have_one_key() {
+        let alice = NameKey::of("alice");
+        for look_alike in [
+            "ALICE",
+            "\u{430}lice",  // Cyrillic а
+            "ａｌｉｃｅ",   // fullwidth
+            "𝐚𝐥𝐢𝐜𝐞",        // mathematical bold
+            "al\u{2160}ce", // Roman numeral one
+            "\u{aa}lice",   // feminine ordinal
+            "alice\u{200b}",
+        ] {
+            assert_eq!(NameKey::of(look_alike), alice, "{look_alike:?}");
+        }
+        assert_ne!(NameKey::of("alicia"), alice);
+        let general = NameKey::of("general");
+        for look_alike in ["gener\u{430}l", "general\u{200e}", "gen\u{ad}eral"] {
+            assert_eq!(NameKey::of(look_alike), general, "{look_alike:?}");
+        }
+    }
+
+    #[test]
+    fn usernames_in_compatibility_form_and_one_script() {
+        assert_eq!(validate_username("ａｌｉｃｅ").unwrap(), "alice");
+        assert_eq!(validate_username("𝐚𝐥𝐢𝐜𝐞").unwrap(), "alice");
+        assert_eq!(validate_username("\u{aa}lice").unwrap(), "alice");
+        assert!(
+            validate_username("\u{430}lice").is_err(),
+            "Latin mixed with Cyrillic"
+        );
+        assert!(validate_username("alice\u{200b}").is_err());
+        assert_eq!(validate_username("Юлия").unwrap(), "Юлия");
+        assert_eq!(validate_username("田中taro").unwrap(), "田中taro");
+    }
+
+    #[test]
+    fn room_names_with_hidden_characters_or_nothing_visible_are_refused() {
+        for hidden in [
+            "general\u{200b}",
+            "general\u{200e}",
+            "general\u{200f}",
+            "general\u{2060}",
+            "gen\u{ad}eral",
+            "general\u{fe0f}",
+            "general\u{e0041}",
+            "\u{180e}",
+        ] {
+            assert!(validate_room_name(hidden).is_err(), "{hidden:?}");
+        }
+        for blank in ["\u{301}\u{302}", "\u{3164}", "\u{2800}", "\u{115f}"] {
+            assert!(validate_room_name(blank).is_err(), "{blank:?}");
+        }
+        assert!(
+            validate_room_name("gener\u{430}l").is_err(),
+            "Latin mixed with Cyrillic"
+        );
+        assert_eq!(validate_room_name("Café ☕").unwrap(), "Café ☕");
+        assert_eq!(validate_room_name("Проект").unwrap(), "Проект");
     }
 
     #[test]

@@ -24,6 +24,9 @@ use proptest::sample::select;
 use proptest::test_runner::FileFailurePersistence;
 use serde_json::{Value, json};
 use support::{Client, TestServer, now_ms};
+use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::is_combining_mark;
+use unicode_security::{GeneralSecurityProfile, RestrictionLevel, RestrictionLevelDetection};
 
 /// Every `type` a client may send.
 const FRAME_TYPES: [&str; 8] = [
@@ -696,6 +699,28 @@ fn username_rule_broken(name: &str) -> bool {
         || !name
             .chars()
             .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        || name
+            .chars()
+            .any(|c| c.is_alphanumeric() && !c.identifier_allowed())
+        || mixes_scripts(name)
+}
+
+/// Whether the letters of `name` mix scripts beyond UTS #39's "highly
+/// restrictive" level (Latin with Cyrillic, say).
+fn mixes_scripts(name: &str) -> bool {
+    let letters: String = name.chars().filter(|c| c.is_alphanumeric()).collect();
+    letters.detect_restriction_level() > RestrictionLevel::HighlyRestrictive
+}
+
+/// Unicode's Default_Ignorable_Code_Point ranges (DerivedCoreProperties),
+/// written out independently of the server's source for it.
+fn is_default_ignorable(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}'..='\u{1160}' | '\u{17B4}'..='\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+        | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}' | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
 }
 
 /// Whether `name` (already trimmed) breaks a room name rule.
@@ -703,28 +728,18 @@ fn room_rule_broken(name: &str) -> bool {
     let len = name.chars().count();
     len == 0
         || len > MAX_ROOM_CHARS
-        || name.chars().any(|c| c.is_control() || is_bidi_control(c))
-        || name.chars().all(is_invisible)
+        || name
+            .chars()
+            .any(|c| c.is_control() || is_default_ignorable(c))
+        || name
+            .chars()
+            .all(|c| is_invisible(c) || is_combining_mark(c) || c == '\u{2800}')
+        || mixes_scripts(name)
 }
 
-/// Characters that show nothing: white space and zero-width format
-/// characters (the protocol's own list, written out independently).
+/// Characters that show nothing: white space and the default-ignorables.
 fn is_invisible(c: char) -> bool {
-    c.is_whitespace()
-        || matches!(
-            c,
-            '\u{00AD}'
-                | '\u{200B}'..='\u{200F}'
-                | '\u{202A}'..='\u{202E}'
-                | '\u{2060}'..='\u{2064}'
-                | '\u{2066}'..='\u{2069}'
-                | '\u{FEFF}'
-        )
-}
-
-/// Bidirectional overrides and isolates, refused in room names.
-fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    c.is_whitespace() || is_default_ignorable(c)
 }
 
 /// Whether `text`, already normalized (`\r\n` made `\n`), breaks a
@@ -745,12 +760,14 @@ proptest! {
     fn usernames_follow_the_rules(raw in validator_input()) {
         match validate_username(&raw) {
             Ok(name) => {
-                prop_assert_eq!(&name, raw.trim(), "the only change is trimming");
+                let compatible: String = raw.trim().nfkc().collect();
+                prop_assert_eq!(&name, &compatible, "the only changes are trimming and NFKC");
                 prop_assert!(!username_rule_broken(&name), "accepted {:?}", name);
                 prop_assert_eq!(validate_username(&name), Ok(name.clone()), "idempotent");
             }
             Err(message) => {
-                prop_assert!(username_rule_broken(raw.trim()), "refused {:?}: {}", raw, message);
+                let compatible: String = raw.trim().nfkc().collect();
+                prop_assert!(username_rule_broken(&compatible), "refused {:?}: {}", raw, message);
                 prop_assert!(!message.is_empty());
             }
         }

@@ -19,7 +19,9 @@ use crate::protocol::{ChatMessage, NameKey, PageMessage, PageQuery, Seq, now_ms}
 /// `PRAGMA application_id` of a Parlor database ("PRLR").
 const APPLICATION_ID: i64 = 0x5052_4c52;
 /// The schema version this code writes; older files are migrated forward.
-const SCHEMA_VERSION: i64 = 1;
+/// Version 2: names are keyed by `protocol::name_key` (look-alikes are one
+/// name) instead of case folding alone.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE users (
@@ -233,6 +235,12 @@ impl Store {
                 [now_ms()],
             )?;
             tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        }
+        if from < 2 {
+            rekey(&tx, "users", "1 = 1")?;
+            // Deleted rooms' names are free again; only live ones must stay
+            // unique.
+            rekey(&tx, "rooms", "deleted_at IS NULL")?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()
@@ -571,6 +579,46 @@ fn tighten_permissions(path: &Path) {
     }
 }
 
+/// Recomputes the name keys of a table's rows matching `live`, oldest
+/// first. When two names now have the same key (they look alike), the
+/// older keeps it and the newer gets a key no name can have (so nobody can
+/// sign in under it, or take the older's name by typing it): logged, since
+/// a person loses their name.
+fn rekey(conn: &Connection, table: &str, live: &str) -> rusqlite::Result<()> {
+    let rows: Vec<(i64, String)> = conn
+        .prepare(&format!(
+            "SELECT id, name FROM {table} WHERE {live} ORDER BY id"
+        ))?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    // Keys unique for the moment, so that no update below collides with a
+    // key still waiting for its own.
+    conn.execute(
+        &format!("UPDATE {table} SET name_key = char(0) || id WHERE {live}"),
+        [],
+    )?;
+    let mut taken: std::collections::HashMap<String, String> = Default::default();
+    let mut update = conn.prepare(&format!("UPDATE {table} SET name_key = ?2 WHERE id = ?1"))?;
+    for (id, name) in rows {
+        let key = NameKey::of(&name).as_str().to_string();
+        let key = match taken.get(&key) {
+            Some(first) => {
+                log::warn!(
+                    "database: {table}: \"{name}\" looks like the older \"{first}\"; \
+                     its name now belongs to \"{first}\""
+                );
+                format!("{key}\0{id}")
+            }
+            None => {
+                taken.insert(key.clone(), name);
+                key
+            }
+        };
+        update.execute(params![id, key])?;
+    }
+    Ok(())
+}
+
 fn find_sent(
     conn: &Connection,
     user_id: UserId,
@@ -799,6 +847,41 @@ pub(crate) mod tests {
         let first = since.messages[0].0.seq.0;
         assert_eq!(seqs, (first..first + 5).collect::<Vec<_>>());
         assert!(since.has_older && !since.has_newer);
+    }
+
+    #[test]
+    fn a_version_1_database_is_rekeyed_and_the_older_of_two_look_alikes_keeps_the_name() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO rooms (name, name_key, created_at) VALUES ('general', 'general', 1);
+                 INSERT INTO users (name, name_key, created_at, last_seen) VALUES
+                     ('Alice', 'alice', 1, 1), ('\u{430}lice', '\u{430}lice', 2, 2),
+                     ('ｂｏｂ', 'ｂｏｂ', 3, 3);
+                 INSERT INTO rooms (name, name_key, created_at) VALUES ('Design', 'design', 4);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+            conn.pragma_update(None, "application_id", APPLICATION_ID)
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        // The older keeps the name: signing in as any look-alike is Alice.
+        let alice = store.login_user("ALICE", 5).unwrap();
+        assert_eq!(alice.name, "Alice");
+        assert_eq!(store.login_user("\u{430}lice", 5).unwrap(), alice);
+        assert_eq!(store.login_user("bob", 5).unwrap().name, "ｂｏｂ");
+        // Room names are unique by their new keys too.
+        assert!(store.create_room("DESIGN", alice.id, 6).is_err());
+        assert!(store.create_room("Ops", alice.id, 6).is_ok());
+        let version: i64 = store
+            .conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]
