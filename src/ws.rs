@@ -517,8 +517,13 @@ fn write_loop(
                     write_queued(&outbox, &mut stream, true)?;
                     let frame = match request {
                         Ok(CloseRequest { code, reason }) => close_frame(code.into(), &reason),
-                        // The hub forgot this connection.
-                        Err(_) => None,
+                        // The hub forgot this connection because its reader
+                        // ended. A reader that ends on a protocol error
+                        // queues its close (1002, 1007, 1009, ...) before the
+                        // hub hears of the end, so it is waiting here; but
+                        // `select!` picks at random among ready channels and
+                        // may wake on this one first.
+                        Err(_) => reader_close(&control_rx),
                     };
                     return close_with(&mut ctx, &mut stream, frame);
                 },
@@ -547,6 +552,15 @@ fn write_loop(
         Err(e) => log::debug!("{conn}: write ended: {e}"),
     }
     stream.shutdown(Shutdown::Both);
+}
+
+/// The close frame the reader asked for, if it asked for one; any pongs or
+/// pings queued before it no longer matter.
+fn reader_close(control_rx: &Receiver<Control>) -> Option<CloseFrame> {
+    control_rx.try_iter().find_map(|control| match control {
+        Control::Close(frame) => Some(frame),
+        _ => None,
+    })?
 }
 
 /// Writes out the outbox's queue. Once it is empty the socket is released

@@ -224,3 +224,53 @@ fn database_files_are_private_even_if_they_were_not() {
     }
     server.stop();
 }
+
+/// How a connection that broke the protocol before saying hello ended: the
+/// close frame's code, or None when the connection ended without one.
+fn close_code_before_hello(server: &TestServer, frame: Frame) -> Option<u16> {
+    let mut client = Client::connect(server.ws_addr());
+    // The frame may be refused before it is all read; the close is what
+    // counts, whatever became of the rest.
+    let _ = client.ws.send(Message::Frame(frame));
+    let end = wait_close(&mut client);
+    end["code"].as_u64().map(|c| c as u16)
+}
+
+#[test]
+fn every_close_code_arrives_every_time() {
+    let server = TestServer::start();
+    let tries = 40;
+    let count = |make: &dyn Fn() -> Frame, code: u16| {
+        (0..tries)
+            .filter(|_| close_code_before_hello(&server, make()) == Some(code))
+            .count()
+    };
+    let bad_utf8 = || {
+        Frame::message(
+            Bytes::from_static(&[0xff, 0xfe, 0x22]),
+            OpCode::Data(Data::Text),
+            true,
+        )
+    };
+    let reserved_opcode = || {
+        let mut frame = Frame::message(Bytes::from_static(b"{}"), OpCode::Data(Data::Text), true);
+        frame.header_mut().opcode = OpCode::Data(Data::Reserved(3));
+        frame
+    };
+    let oversized = || {
+        Frame::message(
+            Bytes::from(vec![b' '; 65 * 1024]),
+            OpCode::Data(Data::Text),
+            true,
+        )
+    };
+    let counts = [
+        count(&bad_utf8, 1007),
+        count(&reserved_opcode, 1002),
+        count(&oversized, 1009),
+    ];
+    assert_eq!(
+        counts, [tries; 3],
+        "closes with 1007, 1002, 1009 out of {tries}"
+    );
+}
