@@ -28,6 +28,9 @@ Options:
   --room-switches-per-minute N     per-user room switch limit (default 5)
   --allow-origin URL               also accept WebSockets from pages at this origin
                                    (repeatable; e.g. https://chat.example.org)
+  --public-host NAME               also answer requests for this host name
+                                   (repeatable; IP addresses, localhost and the
+                                   --allow-origin hosts are always answered)
   --max-connections N              most open WebSockets (default 4 per user + 16)
   --max-connections-per-ip N       most open WebSockets per IP (default 2 per user + 8)
   --tls-cert FILE --tls-key FILE  serve HTTPS and WSS with this PEM certificate
@@ -79,6 +82,7 @@ where
             "--tls-cert" => tls_cert = Some(path(&mut parser, &flag)?),
             "--tls-key" => tls_key = Some(path(&mut parser, &flag)?),
             "--allow-origin" => config.allow_origins.push(value(&mut parser, &flag)?),
+            "--public-host" => config.public_hosts.push(host_name(&mut parser, &flag)?),
             "--max-connections" => config.max_connections = Some(positive(&mut parser, &flag)?),
             "--max-connections-per-ip" => {
                 config.max_connections_per_ip = Some(positive(&mut parser, &flag)?)
@@ -158,6 +162,23 @@ fn path(parser: &mut lexopt::Parser, flag: &str) -> Result<PathBuf, String> {
         .value()
         .map(PathBuf::from)
         .map_err(|_| format!("{flag} needs a value"))
+}
+
+/// The value of `flag` as a host name: letters, digits, `-` and `.`, no
+/// scheme or port (IP addresses need no flag).
+fn host_name(parser: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
+    let raw = value(parser, flag)?;
+    let ok = !raw.is_empty()
+        && raw.len() <= 253
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
+    match ok {
+        true => Ok(raw),
+        false => Err(format!(
+            "{flag} must be a host name such as chat.example.org (no scheme or port), not {raw:?}"
+        )),
+    }
 }
 
 /// The value of `flag` as a whole number above zero.
@@ -316,6 +337,10 @@ mod tests {
             "https://a.example",
             "--allow-origin",
             "https://b.example",
+            "--public-host",
+            "chat.lan",
+            "--public-host",
+            "Chat.Example.org.",
             "--tls-cert",
             "c.pem",
             "--tls-key",
@@ -327,6 +352,8 @@ mod tests {
             "--max-connections=7",
             "--allow-origin=https://a.example",
             "--allow-origin=https://b.example",
+            "--public-host=chat.lan",
+            "--public-host=Chat.Example.org.",
             "--tls-cert=c.pem",
             "--tls-key=k.pem",
         ])
@@ -338,6 +365,7 @@ mod tests {
                 config.allow_origins,
                 ["https://a.example", "https://b.example"]
             );
+            assert_eq!(config.public_hosts, ["chat.lan", "Chat.Example.org."]);
             assert_eq!(config.tls, Some(("c.pem".into(), "k.pem".into())));
         }
         assert!(matches!(
@@ -471,6 +499,14 @@ mod tests {
                 .unwrap_err()
                 .contains("--log-level")
         );
+        for bad in ["https://chat.lan", "chat.lan:8080", "", "[::1]", "a b"] {
+            assert!(
+                run(&["--public-host", bad])
+                    .unwrap_err()
+                    .contains("--public-host must be a host name"),
+                "{bad}"
+            );
+        }
         assert!(
             run(&["--tls-cert", "c.pem"])
                 .unwrap_err()

@@ -52,7 +52,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
 
 #[test]
 fn the_page_is_served_with_a_strict_policy_naming_the_websocket() {
-    let server = TestServer::start();
+    let server = TestServer::start_with(|c| c.public_hosts = vec!["chat.example.org".into()]);
     let port = server.ws_addr().port();
     let (status, headers, body) = fetch(server.http_addr(), "GET", "/", "chat.example.org:8080");
     assert_eq!(status, 200);
@@ -86,9 +86,49 @@ fn the_page_is_served_with_a_strict_policy_naming_the_websocket() {
     // A fresh nonce per response.
     let (_, again, _) = fetch(server.http_addr(), "GET", "/", "127.0.0.1");
     assert_ne!(header(&again, "content-security-policy"), csp);
-    // A hostile Host header cannot inject into the policy.
-    let (_, hostile, _) = fetch(server.http_addr(), "GET", "/", "x; script-src *");
-    assert!(!header(&hostile, "content-security-policy").contains("script-src *"));
+    // A hostile Host header cannot inject into the policy: it gets no page.
+    let (status, hostile, _) = fetch(server.http_addr(), "GET", "/", "x; script-src *");
+    assert_eq!(status, 421);
+    assert!(!hostile.iter().any(|(k, _)| k == "content-security-policy"));
+}
+
+#[test]
+fn the_page_under_a_name_parlor_does_not_answer_to_gets_421() {
+    // On all interfaces, as on a LAN: a rebinding site's name points at
+    // this address, and the browser sends that name.
+    let server = TestServer::start_with(|c| {
+        c.http_addr = "0.0.0.0:0".into();
+        c.ws_addr = "0.0.0.0:0".into();
+        c.public_hosts = vec!["chat.lan".into()];
+    });
+    let addr = format!("127.0.0.1:{}", server.http_addr().port())
+        .parse()
+        .unwrap();
+    let (status, headers, body) = fetch(addr, "GET", "/", "rebind.attacker.example:8080");
+    assert_eq!(status, 421);
+    assert_eq!(
+        header(&headers, "content-type"),
+        "text/plain; charset=utf-8"
+    );
+    assert_eq!(
+        body,
+        "Parlor does not answer to the name rebind.attacker.example; \
+         if that is its name, start it with --public-host rebind.attacker.example\n"
+    );
+    assert_eq!(
+        fetch(addr, "GET", "/healthz", "rebind.attacker.example").0,
+        421
+    );
+    for host in [
+        "127.0.0.1:8080",
+        "192.168.1.5:8080",
+        "[::1]:8080",
+        "localhost:8080",
+        "chat.lan:8080",
+        "CHAT.LAN.",
+    ] {
+        assert_eq!(fetch(addr, "GET", "/", host).0, 200, "{host}");
+    }
 }
 
 #[test]
