@@ -206,6 +206,45 @@ fn init_logging(level: Option<log::LevelFilter>) {
         .expect("BUG: the logger is set once, first thing");
 }
 
+/// Makes a SIGBUS say why it ends the process. SQLite keeps the WAL index
+/// in the `-shm` file beside the database, memory-mapped; when that file
+/// can no longer be written through the mapping (made immutable, or
+/// truncated, under the running server) the next access raises SIGBUS,
+/// which would end Parlor with nothing logged. Nothing can be recovered at
+/// that point (the fault is inside SQLite, holding its locks), so the
+/// handler writes one line to standard error, where the log goes, and lets
+/// the signal end the process as before, for a supervisor to see. (It
+/// takes the place of the handler Rust's runtime sets to report stack
+/// overflows, which on Linux arrive as SIGSEGV, not SIGBUS.)
+///
+/// Keeping the WAL index in the heap instead (`PRAGMA locking_mode =
+/// EXCLUSIVE` before the first WAL access, or the `unix-excl` VFS) would
+/// avoid the mapping, and a read-only `-shm` would become `storage_error`
+/// like a read-only database; but then no other process may open the
+/// database while Parlor runs, which ends `parlor backup` of a live server.
+fn report_sigbus() {
+    extern "C" fn on_sigbus(_signal: libc::c_int) {
+        const LINE: &[u8] = b"ERROR [parlor] storage: SIGBUS: a memory-mapped file failed, most \
+likely the database's -shm file (made read-only or immutable, or truncated, while Parlor \
+ran); stopping. Make the database, -wal and -shm files writable again and restart Parlor.\n";
+        // SAFETY: write, signal and raise are async-signal-safe
+        // (signal-safety(7)), and LINE is a static buffer of that length.
+        // SIGBUS is blocked while this handler runs, so the raised one is
+        // delivered, with the default action, as the handler returns.
+        unsafe {
+            libc::write(libc::STDERR_FILENO, LINE.as_ptr().cast(), LINE.len());
+            libc::signal(libc::SIGBUS, libc::SIG_DFL);
+            libc::raise(libc::SIGBUS);
+        }
+    }
+    let handler: extern "C" fn(libc::c_int) = on_sigbus;
+    // SAFETY: the handler makes only async-signal-safe calls.
+    let previous = unsafe { libc::signal(libc::SIGBUS, handler as libc::sighandler_t) };
+    if previous == libc::SIG_ERR {
+        log::warn!("cannot watch for SIGBUS; a failing -shm file would end Parlor silently");
+    }
+}
+
 fn main() -> ExitCode {
     let (config, level) = match parse_args(std::env::args_os().skip(1)) {
         Ok(Action::Run(config, level)) => (config, level),
@@ -253,6 +292,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(level);
+    report_sigbus();
 
     let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
     if let Err(e) = ctrlc::set_handler(move || {
