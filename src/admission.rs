@@ -1,6 +1,7 @@
 //! Who may open a WebSocket: the Origin allowlist checked on every handshake,
-//! and the caps on sockets (in all, per IP address, and still handshaking)
-//! that keep a flood of idle or slow connections from crowding out people.
+//! the host names the page and the WebSocket answer to, and the caps on
+//! sockets (in all, per IP address, and still handshaking) that keep a flood
+//! of idle or slow connections from crowding out people.
 //!
 //! The socket table is connection bookkeeping shared by the accept thread and
 //! the connection threads, so it sits behind a mutex held for a few map
@@ -71,6 +72,90 @@ impl OriginPolicy {
             || host_header.and_then(|h| split_host(&h.to_ascii_lowercase()).map(|(h, _)| h == host))
                 == Some(true)
     }
+}
+
+/// Which names the page and the WebSocket answer to, in the `Host` header:
+/// the defence against DNS rebinding, where a hostile web site points its
+/// own name at Parlor's address, so that a visitor's browser treats Parlor
+/// as part of that site (the Origin check passes: the page and the
+/// WebSocket seem to share the attacker's origin). IP literals and
+/// `localhost` are always answered, as Vite's `server.allowedHosts` and
+/// Django's `ALLOWED_HOSTS` do: a rebinding attack needs a name the
+/// attacker controls.
+#[derive(Debug, Clone)]
+pub struct HostPolicy {
+    /// `--public-host` names and the hosts of `--allow-origin` origins,
+    /// normalized (lowercase, no trailing dot). None: every name is
+    /// answered (the conformance echo server, which serves no page).
+    names: Option<Vec<String>>,
+}
+
+impl HostPolicy {
+    pub fn new(public_hosts: &[String], allow_origins: &[String]) -> HostPolicy {
+        let origin_hosts = allow_origins.iter().filter_map(|origin| {
+            let origin = normalize(origin);
+            split_origin(&origin).map(|(host, _)| host.to_string())
+        });
+        let names = public_hosts
+            .iter()
+            .cloned()
+            .chain(origin_hosts)
+            .map(|name| host_key(&name))
+            .collect();
+        HostPolicy { names: Some(names) }
+    }
+
+    /// Answers every name; only for servers that serve no page.
+    pub fn any() -> HostPolicy {
+        HostPolicy { names: None }
+    }
+
+    /// Whether a request with this `Host` header (None: there is none, so
+    /// it is not from a browser) may be answered.
+    pub fn allows(&self, host_header: Option<&str>) -> bool {
+        let (Some(header), Some(names)) = (host_header, &self.names) else {
+            return true;
+        };
+        let header = header.trim().to_ascii_lowercase();
+        let Some((host, _port)) = split_host(&header) else {
+            return false;
+        };
+        let host = host_key(host);
+        let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+        let is_ip = match literal {
+            Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => host.parse::<std::net::Ipv4Addr>().is_ok(),
+        };
+        is_ip || host == "localhost" || names.contains(&host)
+    }
+
+    /// The one line a refused request is answered with (status 421).
+    pub fn refusal(host_header: Option<&str>) -> String {
+        let name = host_header
+            .and_then(|h| split_host(h.trim()))
+            .map(|(host, _)| host_key(host))
+            .filter(|h| {
+                h.len() <= 253
+                    && h.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+            });
+        match name {
+            Some(name) => format!(
+                "Parlor does not answer to the name {name}; if that is its name, start it with --public-host {name}\n"
+            ),
+            None => {
+                "Parlor does not answer to this host name; name its host with --public-host NAME\n"
+                    .into()
+            }
+        }
+    }
+}
+
+/// A host name as compared: lowercase, without the trailing dot of a fully
+/// qualified name.
+fn host_key(host: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    host.strip_suffix('.').unwrap_or(&host).to_string()
 }
 
 fn normalize(origin: &str) -> String {
@@ -352,6 +437,55 @@ mod tests {
         assert!(p.allows(Some("https://chat.example.org"), None));
         assert!(!p.allows(Some("https://chat.example.org.evil"), None));
         assert!(!p.allows(Some("http://chat.example.org"), None));
+    }
+
+    #[test]
+    fn hosts_are_ip_literals_localhost_or_named() {
+        let p = HostPolicy::new(
+            &["chat.lan".into(), "Parlor.Example.".into()],
+            &["https://chat.example.org".into(), "null".into()],
+        );
+        for ok in [
+            None,
+            Some("127.0.0.1:8080"),
+            Some("192.168.1.5"),
+            Some("[::1]:8081"),
+            Some("[fe80::1]"),
+            Some("localhost:8080"),
+            Some("LOCALHOST."),
+            Some("chat.lan:8080"),
+            Some("CHAT.LAN"),
+            Some("parlor.example:8081"),
+            Some("parlor.example."),
+            Some("chat.example.org"),
+        ] {
+            assert!(p.allows(ok), "{ok:?}");
+        }
+        for bad in [
+            "rebind.attacker.example",
+            "rebind.attacker.example:8080",
+            "chat.lan.attacker.example",
+            "localhost.attacker.example",
+            "127.0.0.1.attacker.example",
+            "2130706433x",
+            "[::1",
+            "",
+            ":8080",
+            "chat.lan:http",
+        ] {
+            assert!(!p.allows(Some(bad)), "{bad}");
+        }
+        assert!(HostPolicy::any().allows(Some("rebind.attacker.example")));
+    }
+
+    #[test]
+    fn a_refused_host_is_told_the_flag_to_add() {
+        assert_eq!(
+            HostPolicy::refusal(Some("Chat.Home:8080")),
+            "Parlor does not answer to the name chat.home; if that is its name, start it with --public-host chat.home\n"
+        );
+        let hostile = HostPolicy::refusal(Some("<script>x</script>"));
+        assert!(!hostile.contains('<') && hostile.contains("--public-host NAME"));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! and a health check (`GET /healthz`) on loopback, behind the bounded
 //! relay in `front`. The page learns the WebSocket port from a placeholder
 //! filled in here, and its Content-Security-Policy allows only its own
-//! inline script (by per-response nonce) and the WebSocket address.
+//! inline script (by per-response nonce) and the WebSocket address. Only
+//! requests for a host name Parlor answers to are served (see
+//! `admission::HostPolicy`).
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use std::thread::JoinHandle;
 use tiny_http::{Header, Method, Request, Response};
 
 use crate::Error;
+use crate::admission::HostPolicy;
 use crate::front::Front;
 use crate::tls::TlsConfig;
 
@@ -28,9 +31,15 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Binds `addr` and starts serving; `ws_port` is where the page's
-    /// WebSocket must connect. With `tls` the front speaks HTTPS.
-    pub fn start(addr: &str, ws_port: u16, tls: Option<TlsConfig>) -> Result<HttpServer, Error> {
+    /// Binds `addr` and starts serving requests for the names `hosts`
+    /// allows; `ws_port` is where the page's WebSocket must connect. With
+    /// `tls` the front speaks HTTPS.
+    pub fn start(
+        addr: &str,
+        ws_port: u16,
+        tls: Option<TlsConfig>,
+        hosts: HostPolicy,
+    ) -> Result<HttpServer, Error> {
         let bind_error = |source: std::io::Error| Error::Bind {
             addr: addr.to_string(),
             source,
@@ -51,7 +60,7 @@ impl HttpServer {
             .name("http".into())
             .spawn(move || {
                 for request in serving.incoming_requests() {
-                    respond(request, public_addr, ws_port);
+                    respond(request, public_addr, ws_port, &hosts);
                 }
             })?;
         Ok(HttpServer {
@@ -77,8 +86,19 @@ impl HttpServer {
     }
 }
 
-fn respond(request: Request, bound: SocketAddr, ws_port: u16) {
+fn respond(request: Request, bound: SocketAddr, ws_port: u16, hosts: &HostPolicy) {
+    let host = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Host"))
+        .map(|h| h.value.as_str());
     let response = match (request.method(), request.url()) {
+        _ if !hosts.allows(host) => {
+            log::warn!("http: refused a request for host {host:?}; name it with --public-host");
+            Response::from_string(HostPolicy::refusal(host))
+                .with_status_code(421)
+                .with_header(header("Content-Type", "text/plain; charset=utf-8"))
+        }
         (Method::Get | Method::Head, "/") => {
             let host = request_host(&request).unwrap_or_else(|| bound.ip().to_string());
             page(&host, ws_port)

@@ -19,7 +19,8 @@
 //!   routes; `outbox`: a connection's bounded queue and its direct sends;
 //!   `frame`: a server frame encoded once for all its recipients.
 //! - `ws`: the WebSocket accept loop and each connection's reader and writer
-//!   threads; `admission`: who may open a WebSocket.
+//!   threads; `admission`: who may open a WebSocket, and which host names
+//!   the page and the WebSocket answer to.
 //! - `front`: the bounded relay in front of tiny_http; `http`: the page and
 //!   `/healthz`.
 //! - [`net`]: the plain-or-TLS stream and socket helpers; `tls`: the
@@ -85,8 +86,13 @@ pub struct Config {
     pub new_users_per_ip_per_hour: u32,
     /// Most users signed in at once from one IP address; None: no limit.
     pub max_users_per_ip: Option<usize>,
-    /// Browser origins allowed to open a WebSocket besides the page's own.
+    /// Browser origins allowed to open a WebSocket besides the page's own;
+    /// their host names are also answered (see `public_hosts`).
     pub allow_origins: Vec<String>,
+    /// Host names the page and the WebSocket answer to in the `Host`
+    /// header, besides IP addresses, `localhost` and the hosts of
+    /// `allow_origins`; any other name gets 421 (DNS rebinding).
+    pub public_hosts: Vec<String>,
     /// Most open WebSocket sockets; None: four per user plus 16.
     pub max_connections: Option<usize>,
     /// Most open WebSocket sockets from one IP address; None: two per user
@@ -112,6 +118,7 @@ impl Default for Config {
             new_users_per_ip_per_hour: 20,
             max_users_per_ip: None,
             allow_origins: Vec::new(),
+            public_hosts: Vec::new(),
             max_connections: None,
             max_connections_per_ip: None,
             tls: None,
@@ -141,7 +148,13 @@ pub fn start(config: Config) -> Result<Server, Error> {
     let store = store::Store::open(&config.db_path)?;
     let ws_listener = bind(&config.ws_addr)?;
     let ws_addr = ws_listener.local_addr()?;
-    let http = http::HttpServer::start(&config.http_addr, ws_addr.port(), tls.clone())?;
+    let hosts = admission::HostPolicy::new(&config.public_hosts, &config.allow_origins);
+    let http = http::HttpServer::start(
+        &config.http_addr,
+        ws_addr.port(),
+        tls.clone(),
+        hosts.clone(),
+    )?;
 
     // The hub's one inbox: every connection thread and the post hold a
     // sender; the hub exits on `Event::Shutdown`.
@@ -189,7 +202,7 @@ pub fn start(config: Config) -> Result<Server, Error> {
     net::warn_if_few_files(limits.total);
     let ws = ws::Listener::start(
         ws_listener,
-        ws::Settings::chat(hub_tx.clone(), routes, tls, origins, limits),
+        ws::Settings::chat(hub_tx.clone(), routes, tls, origins, hosts, limits),
     )?;
     let secure = config.tls.is_some();
     let (web, socket) = if secure {
@@ -244,6 +257,7 @@ pub fn start_echo(ws_addr: &str, max_message: usize) -> Result<EchoServer, Error
         handler: ws::Handler::Echo,
         tls: None,
         origins: admission::OriginPolicy::any(),
+        hosts: admission::HostPolicy::any(),
         limits: admission::SocketLimits {
             total: 1024,
             per_ip: 1024,

@@ -40,6 +40,9 @@ Options:
                                    (default: no limit)
   --allow-origin URL               also accept WebSockets from pages at this origin
                                    (repeatable; e.g. https://chat.example.org)
+  --public-host NAME               also answer requests for this host name
+                                   (repeatable; IP addresses, localhost and the
+                                   --allow-origin hosts are always answered)
   --max-connections N              most open WebSockets (default 4 per user + 16)
   --max-connections-per-ip N       most open WebSockets per IP (default 2 per user + 8)
   --tls-cert FILE --tls-key FILE  serve HTTPS and WSS with this PEM certificate
@@ -51,7 +54,7 @@ Options:
 ";
 
 enum Action {
-    Run(Config, Option<log::LevelFilter>),
+    Run(Box<Config>, Option<log::LevelFilter>),
     Backup { db: PathBuf, dest: PathBuf },
     Echo { ws: String, max_message: usize },
     Help,
@@ -101,6 +104,7 @@ where
             "--tls-cert" => tls_cert = Some(path(&mut parser, &flag)?),
             "--tls-key" => tls_key = Some(path(&mut parser, &flag)?),
             "--allow-origin" => config.allow_origins.push(value(&mut parser, &flag)?),
+            "--public-host" => config.public_hosts.push(host_name(&mut parser, &flag)?),
             "--max-connections" => config.max_connections = Some(positive(&mut parser, &flag)?),
             "--max-connections-per-ip" => {
                 config.max_connections_per_ip = Some(positive(&mut parser, &flag)?)
@@ -119,7 +123,7 @@ where
         (None, None) => None,
         _ => return Err("--tls-cert and --tls-key go together".into()),
     };
-    Ok(Action::Run(config, level))
+    Ok(Action::Run(Box::new(config), level))
 }
 
 fn parse_backup(mut parser: lexopt::Parser) -> Result<Action, String> {
@@ -182,6 +186,23 @@ fn path(parser: &mut lexopt::Parser, flag: &str) -> Result<PathBuf, String> {
         .map_err(|_| format!("{flag} needs a value"))
 }
 
+/// The value of `flag` as a host name: letters, digits, `-` and `.`, no
+/// scheme or port (IP addresses need no flag).
+fn host_name(parser: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
+    let raw = value(parser, flag)?;
+    let ok = !raw.is_empty()
+        && raw.len() <= 253
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
+    match ok {
+        true => Ok(raw),
+        false => Err(format!(
+            "{flag} must be a host name such as chat.example.org (no scheme or port), not {raw:?}"
+        )),
+    }
+}
+
 /// The value of `flag` as a whole number above zero.
 fn positive<T: FromStr + PartialOrd + Default>(
     parser: &mut lexopt::Parser,
@@ -207,9 +228,48 @@ fn init_logging(level: Option<log::LevelFilter>) {
         .expect("BUG: the logger is set once, first thing");
 }
 
+/// Makes a SIGBUS say why it ends the process. SQLite keeps the WAL index
+/// in the `-shm` file beside the database, memory-mapped; when that file
+/// can no longer be written through the mapping (made immutable, or
+/// truncated, under the running server) the next access raises SIGBUS,
+/// which would end Parlor with nothing logged. Nothing can be recovered at
+/// that point (the fault is inside SQLite, holding its locks), so the
+/// handler writes one line to standard error, where the log goes, and lets
+/// the signal end the process as before, for a supervisor to see. (It
+/// takes the place of the handler Rust's runtime sets to report stack
+/// overflows, which on Linux arrive as SIGSEGV, not SIGBUS.)
+///
+/// Keeping the WAL index in the heap instead (`PRAGMA locking_mode =
+/// EXCLUSIVE` before the first WAL access, or the `unix-excl` VFS) would
+/// avoid the mapping, and a read-only `-shm` would become `storage_error`
+/// like a read-only database; but then no other process may open the
+/// database while Parlor runs, which ends `parlor backup` of a live server.
+fn report_sigbus() {
+    extern "C" fn on_sigbus(_signal: libc::c_int) {
+        const LINE: &[u8] = b"ERROR [parlor] storage: SIGBUS: a memory-mapped file failed, most \
+likely the database's -shm file (made read-only or immutable, or truncated, while Parlor \
+ran); stopping. Make the database, -wal and -shm files writable again and restart Parlor.\n";
+        // SAFETY: write, signal and raise are async-signal-safe
+        // (signal-safety(7)), and LINE is a static buffer of that length.
+        // SIGBUS is blocked while this handler runs, so the raised one is
+        // delivered, with the default action, as the handler returns.
+        unsafe {
+            libc::write(libc::STDERR_FILENO, LINE.as_ptr().cast(), LINE.len());
+            libc::signal(libc::SIGBUS, libc::SIG_DFL);
+            libc::raise(libc::SIGBUS);
+        }
+    }
+    let handler: extern "C" fn(libc::c_int) = on_sigbus;
+    // SAFETY: the handler makes only async-signal-safe calls.
+    let previous = unsafe { libc::signal(libc::SIGBUS, handler as libc::sighandler_t) };
+    if previous == libc::SIG_ERR {
+        log::warn!("cannot watch for SIGBUS; a failing -shm file would end Parlor silently");
+    }
+}
+
 fn main() -> ExitCode {
     let (config, level) = match parse_args(std::env::args_os().skip(1)) {
-        Ok(Action::Run(config, level)) => (config, level),
+        Ok(Action::Run(config, level)) => (*config, level),
         Ok(Action::Backup { db, dest }) => {
             return match parlor::backup(&db, &dest) {
                 Ok(()) => {
@@ -254,6 +314,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(level);
+    report_sigbus();
 
     let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
     if let Err(e) = ctrlc::set_handler(move || {
@@ -286,7 +347,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Result<Config, String> {
         match parse_args(args)? {
-            Action::Run(config, _) => Ok(config),
+            Action::Run(config, _) => Ok(*config),
             _ => Err("not a run".into()),
         }
     }
@@ -338,6 +399,10 @@ mod tests {
             "https://a.example",
             "--allow-origin",
             "https://b.example",
+            "--public-host",
+            "chat.lan",
+            "--public-host",
+            "Chat.Example.org.",
             "--tls-cert",
             "c.pem",
             "--tls-key",
@@ -349,6 +414,8 @@ mod tests {
             "--max-connections=7",
             "--allow-origin=https://a.example",
             "--allow-origin=https://b.example",
+            "--public-host=chat.lan",
+            "--public-host=Chat.Example.org.",
             "--tls-cert=c.pem",
             "--tls-key=k.pem",
         ])
@@ -360,6 +427,7 @@ mod tests {
                 config.allow_origins,
                 ["https://a.example", "https://b.example"]
             );
+            assert_eq!(config.public_hosts, ["chat.lan", "Chat.Example.org."]);
             assert_eq!(config.tls, Some(("c.pem".into(), "k.pem".into())));
         }
         assert!(matches!(
@@ -493,6 +561,14 @@ mod tests {
                 .unwrap_err()
                 .contains("--log-level")
         );
+        for bad in ["https://chat.lan", "chat.lan:8080", "", "[::1]", "a b"] {
+            assert!(
+                run(&["--public-host", bad])
+                    .unwrap_err()
+                    .contains("--public-host must be a host name"),
+                "{bad}"
+            );
+        }
         assert!(
             run(&["--tls-cert", "c.pem"])
                 .unwrap_err()

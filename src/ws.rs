@@ -28,7 +28,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Bytes, Message, WebSocket};
 
-use crate::admission::{Admitted, OriginPolicy, SocketLimits, SocketTable};
+use crate::admission::{Admitted, HostPolicy, OriginPolicy, SocketLimits, SocketTable};
 use crate::net::{Stream, wake_listener};
 use crate::outbox::Outbox;
 use crate::post::{CloseRequest, Route, Routes};
@@ -86,6 +86,8 @@ pub struct Settings {
     pub tls: Option<TlsConfig>,
     /// Which browser origins may connect.
     pub origins: OriginPolicy,
+    /// Which `Host` names are answered.
+    pub hosts: HostPolicy,
     /// Caps on open sockets.
     pub limits: SocketLimits,
     /// Largest message (and frame) accepted; larger ones close with 1009.
@@ -99,12 +101,14 @@ impl Settings {
         routes: Routes,
         tls: Option<TlsConfig>,
         origins: OriginPolicy,
+        hosts: HostPolicy,
         limits: SocketLimits,
     ) -> Settings {
         Settings {
             handler: Handler::Hub { hub_tx, routes },
             tls,
             origins,
+            hosts,
             limits,
             max_message: MAX_FRAME_BYTES,
         }
@@ -245,17 +249,34 @@ impl Write for ReadHalf {
     }
 }
 
-/// The handshake callback: refuses browsers from origins not allowed with
-/// 403, before any upgrade.
-struct OriginCheck<'a> {
+/// The handshake callback, before any upgrade: refuses a `Host` name Parlor
+/// does not answer to with 421 (DNS rebinding), and browsers from origins
+/// not allowed with 403.
+struct HandshakeCheck<'a> {
     conn: ConnId,
     peer: SocketAddr,
     origins: &'a OriginPolicy,
+    hosts: &'a HostPolicy,
 }
 
-impl Callback for OriginCheck<'_> {
+impl Callback for HandshakeCheck<'_> {
     fn on_request(self, request: &Request, response: Response) -> Result<Response, ErrorResponse> {
         let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+        // A Host header that is not text is no name Parlor answers to.
+        let host = request
+            .headers()
+            .get("host")
+            .map(|value| value.to_str().unwrap_or(""));
+        if !self.hosts.allows(host) {
+            log::warn!(
+                "{}: refused a WebSocket from {} for host {host:?}; name it with --public-host",
+                self.conn,
+                self.peer
+            );
+            let mut refusal = ErrorResponse::new(Some(HostPolicy::refusal(host)));
+            *refusal.status_mut() = tungstenite::http::StatusCode::MISDIRECTED_REQUEST;
+            return Err(refusal);
+        }
         let origin = header("origin");
         if self.origins.allows(origin, header("host")) {
             return Ok(response);
@@ -323,10 +344,11 @@ fn serve(
         discard_writes: false,
         deadline: Some(Instant::now() + HANDSHAKE_TIMEOUT),
     };
-    let check = OriginCheck {
+    let check = HandshakeCheck {
         conn,
         peer,
         origins: &settings.origins,
+        hosts: &settings.hosts,
     };
     let config = ws_config(settings.max_message);
     let mut ws = tungstenite::accept_hdr_with_config(read_half, check, Some(config))
@@ -517,8 +539,13 @@ fn write_loop(
                     write_queued(&outbox, &mut stream, true)?;
                     let frame = match request {
                         Ok(CloseRequest { code, reason }) => close_frame(code.into(), &reason),
-                        // The hub forgot this connection.
-                        Err(_) => None,
+                        // The hub forgot this connection because its reader
+                        // ended. A reader that ends on a protocol error
+                        // queues its close (1002, 1007, 1009, ...) before the
+                        // hub hears of the end, so it is waiting here; but
+                        // `select!` picks at random among ready channels and
+                        // may wake on this one first.
+                        Err(_) => reader_close(&control_rx),
                     };
                     return close_with(&mut ctx, &mut stream, frame);
                 },
@@ -547,6 +574,15 @@ fn write_loop(
         Err(e) => log::debug!("{conn}: write ended: {e}"),
     }
     stream.shutdown(Shutdown::Both);
+}
+
+/// The close frame the reader asked for, if it asked for one; any pongs or
+/// pings queued before it no longer matter.
+fn reader_close(control_rx: &Receiver<Control>) -> Option<CloseFrame> {
+    control_rx.try_iter().find_map(|control| match control {
+        Control::Close(frame) => Some(frame),
+        _ => None,
+    })?
 }
 
 /// Writes out the outbox's queue. Once it is empty the socket is released

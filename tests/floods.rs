@@ -1,10 +1,12 @@
-//! Floods against the server: idle sockets against the WebSocket port, and
-//! a client that floods pings and never reads the pongs. Each test measures
+//! Floods against the server: idle sockets against the WebSocket port, a
+//! client that floods pings and never reads the pongs, and endless request
+//! headers against the page's port. Each test measures
 //! the whole process (its threads, its memory), so each runs alone in a
 //! process of its own (see [`alone`]).
 
 mod support;
 
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::sync::{Mutex, PoisonError};
@@ -132,4 +134,55 @@ fn ping_flood() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(grown < 16 * 1024, "memory grew by {grown} KiB");
+}
+
+#[test]
+fn endless_request_headers_leave_memory_bounded() {
+    alone(
+        "endless_request_headers_leave_memory_bounded",
+        endless_headers,
+    );
+}
+
+fn endless_headers() {
+    let server = TestServer::start();
+    let before = rss_kib();
+    // Four at once, each up to 64 MiB of one header line, sent as fast as
+    // the server takes it.
+    let attackers: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = server.http_addr();
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(addr).unwrap();
+                let mut writer = stream.try_clone().unwrap();
+                let sender = std::thread::spawn(move || {
+                    let _ = writer.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Endless: ");
+                    let chunk = vec![b'a'; 64 * 1024];
+                    for _ in 0..1024 {
+                        if writer.write_all(&chunk).is_err() {
+                            return;
+                        }
+                    }
+                });
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(20)))
+                    .unwrap();
+                let mut answer = Vec::new();
+                let _ = stream.read_to_end(&mut answer);
+                drop(stream);
+                let _ = sender.join();
+                String::from_utf8_lossy(&answer).into_owned()
+            })
+        })
+        .collect();
+    let mut grown = 0;
+    while attackers.iter().any(|a| !a.is_finished()) {
+        grown = grown.max(rss_kib().saturating_sub(before));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(grown < 16 * 1024, "memory grew by {grown} KiB");
+    for attacker in attackers {
+        let answer = attacker.join().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 431 "), "{answer:?}");
+    }
 }

@@ -774,6 +774,52 @@ fn html_in_messages_and_room_names_is_shown_as_text_and_runs_nothing() {
 }
 
 #[test]
+fn timestamps_out_of_any_calendar_show_as_unknown_time() {
+    let Some(mut browser) = Browser::launch("timestamps") else {
+        return;
+    };
+    let dir = TempDir::new("browser");
+    seed(&dir.db(), &[("general", 3)]);
+    // Stored by older servers, which took a client's clock on trust: far
+    // outside the dates JavaScript can show (±8.64e15 ms).
+    let mut store = Store::open(&dir.db()).expect("open the database");
+    let general = store.live_rooms().expect("list rooms")[0].id;
+    let carol = store.login_user("carol", now_ms()).expect("carol");
+    let odd: Vec<NewMessage> = [
+        ("ts-min", -9_223_370_240_897_858_021),
+        ("ts-max", i64::MAX),
+        ("ts-past-js", 8_640_000_000_000_001),
+    ]
+    .into_iter()
+    .map(|(id, ts)| NewMessage {
+        room_id: general,
+        user_id: carol.id,
+        client_id: id.into(),
+        text: format!("stored with {id}"),
+        ts,
+        received_at: now_ms(),
+    })
+    .collect();
+    store.insert_messages(&odd).expect("add the messages");
+    drop(store);
+    let server = TestServer::start_in(dir, |_| {});
+    let url = server.url();
+
+    let mut alice = browser.new_person("alice");
+    sign_in(&mut alice, &url, "alice");
+    for id in ["ts-min", "ts-max", "ts-past-js"] {
+        let shown = wait_message(&mut alice, id, &format!("stored with {id}"), "true");
+        assert_eq!(shown["time"], "unknown time", "{shown}");
+    }
+    let ordinary = wait_message(&mut alice, "a seeded message", "general message 3", "true");
+    assert_ne!(ordinary["time"], "unknown time", "{ordinary}");
+    say(&mut alice, "still works");
+    wait_message(&mut alice, "the new message acked", "still works", "m.sent");
+    alice.assert_no_exceptions();
+    alice.screenshot("unknown-times");
+}
+
+#[test]
 fn after_a_restart_reconnect_catches_up_and_resends() {
     let Some((mut browser, mut server, url)) = set_up("reconnect", &[("general", 5)]) else {
         return;

@@ -6,3 +6,4 @@ mod support;
 
 mod crash_loop;
 mod lifecycle;
+mod storage;

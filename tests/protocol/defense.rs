@@ -18,11 +18,20 @@ use crate::support::{Client, Retry, TempDir, TestServer, now_ms};
 /// Attempts a WebSocket handshake with this Origin; Ok(()) if upgraded,
 /// Err(status) if refused.
 fn handshake_with_origin(server: &TestServer, origin: &str) -> Result<(), u16> {
+    handshake(server, None, origin)
+}
+
+/// Attempts a WebSocket handshake with this Origin and this `Host` header
+/// (None: the address connected to).
+fn handshake(server: &TestServer, host: Option<&str>, origin: &str) -> Result<(), u16> {
     let addr = server.ws_addr();
     let mut request = format!("ws://{addr}/").into_client_request().unwrap();
     request
         .headers_mut()
         .insert("Origin", origin.parse().unwrap());
+    if let Some(host) = host {
+        request.headers_mut().insert("Host", host.parse().unwrap());
+    }
     let stream = TcpStream::connect(addr).unwrap();
     match tungstenite::client(request, stream) {
         Ok(_) => Ok(()),
@@ -67,6 +76,74 @@ fn allow_origin_adds_exact_origins() {
     assert_eq!(
         handshake_with_origin(&server, "https://chat.example.org.evil"),
         Err(403)
+    );
+}
+
+#[test]
+fn websockets_for_names_parlor_does_not_answer_to_get_421() {
+    // On all interfaces, where a page's origin only has to match the host
+    // the WebSocket was asked for: a rebinding site's name matches itself.
+    let server = TestServer::start_with(|c| {
+        c.http_addr = "0.0.0.0:0".into();
+        c.ws_addr = "0.0.0.0:0".into();
+        c.public_hosts = vec!["chat.lan".into()];
+    });
+    let (page, ws) = (server.http_addr().port(), server.ws_addr().port());
+    let rebound = format!("rebind.attacker.example:{ws}");
+    let attacker = format!("http://rebind.attacker.example:{page}");
+    assert_eq!(handshake(&server, Some(&rebound), &attacker), Err(421));
+    for (host, origin) in [
+        (format!("chat.lan:{ws}"), format!("http://chat.lan:{page}")),
+        (
+            format!("192.168.1.5:{ws}"),
+            format!("http://192.168.1.5:{page}"),
+        ),
+        (
+            format!("localhost:{ws}"),
+            format!("http://localhost:{page}"),
+        ),
+        (format!("[::1]:{ws}"), format!("http://[::1]:{page}")),
+    ] {
+        assert_eq!(handshake(&server, Some(&host), &origin), Ok(()), "{host}");
+    }
+    // A client that is not a browser sends a Host as well, and is held to it.
+    let mut request = format!("ws://127.0.0.1:{ws}/")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("Host", "rebind.attacker.example".parse().unwrap());
+    let stream = TcpStream::connect(server.ws_addr()).unwrap();
+    match tungstenite::client(request, stream) {
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            assert_eq!(response.status().as_u16(), 421);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
+            assert!(
+                body.contains("--public-host rebind.attacker.example"),
+                "{body}"
+            );
+        }
+        other => panic!("not refused: {:?}", other.map(|_| ())),
+    }
+
+    // Names given with --allow-origin are answered too (behind a proxy).
+    let proxied =
+        TestServer::start_with(|c| c.allow_origins = vec!["https://chat.example.org".into()]);
+    assert_eq!(
+        handshake(
+            &proxied,
+            Some("chat.example.org"),
+            "https://chat.example.org"
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        handshake(
+            &proxied,
+            Some("rebind.attacker.example"),
+            "https://chat.example.org"
+        ),
+        Err(421)
     );
 }
 
@@ -223,4 +300,54 @@ fn database_files_are_private_even_if_they_were_not() {
         assert_eq!(mode, 0o600, "{path}");
     }
     server.stop();
+}
+
+/// How a connection that broke the protocol before saying hello ended: the
+/// close frame's code, or None when the connection ended without one.
+fn close_code_before_hello(server: &TestServer, frame: Frame) -> Option<u16> {
+    let mut client = Client::connect(server.ws_addr());
+    // The frame may be refused before it is all read; the close is what
+    // counts, whatever became of the rest.
+    let _ = client.ws.send(Message::Frame(frame));
+    let end = wait_close(&mut client);
+    end["code"].as_u64().map(|c| c as u16)
+}
+
+#[test]
+fn every_close_code_arrives_every_time() {
+    let server = TestServer::start();
+    let tries = 40;
+    let count = |make: &dyn Fn() -> Frame, code: u16| {
+        (0..tries)
+            .filter(|_| close_code_before_hello(&server, make()) == Some(code))
+            .count()
+    };
+    let bad_utf8 = || {
+        Frame::message(
+            Bytes::from_static(&[0xff, 0xfe, 0x22]),
+            OpCode::Data(Data::Text),
+            true,
+        )
+    };
+    let reserved_opcode = || {
+        let mut frame = Frame::message(Bytes::from_static(b"{}"), OpCode::Data(Data::Text), true);
+        frame.header_mut().opcode = OpCode::Data(Data::Reserved(3));
+        frame
+    };
+    let oversized = || {
+        Frame::message(
+            Bytes::from(vec![b' '; 65 * 1024]),
+            OpCode::Data(Data::Text),
+            true,
+        )
+    };
+    let counts = [
+        count(&bad_utf8, 1007),
+        count(&reserved_opcode, 1002),
+        count(&oversized, 1009),
+    ];
+    assert_eq!(
+        counts, [tries; 3],
+        "closes with 1007, 1002, 1009 out of {tries}"
+    );
 }

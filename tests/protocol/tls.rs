@@ -149,3 +149,24 @@ fn a_bad_certificate_file_stops_start_up_with_a_clear_error() {
         .to_string();
     assert!(err.contains("cert.pem"), "{err}");
 }
+
+#[test]
+fn an_over_long_header_over_https_gets_431() {
+    let dir = TempDir::new("tls-long-head");
+    let secure = secure_server(&dir);
+    let mut stream = tls_connect(&secure.client_config, secure.server.http_addr());
+    // The bound holds on the decrypted bytes: 40 KiB of one header.
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: localhost\r\nX-Long: {}\r\n\r\n",
+        "a".repeat(40 * 1024)
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    assert!(
+        response.starts_with("HTTP/1.1 431 "),
+        "{}",
+        &response[..response.len().min(200)]
+    );
+}
