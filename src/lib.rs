@@ -20,8 +20,10 @@
 //!   `frame`: a server frame encoded once for all its recipients.
 //! - `ws`: the WebSocket accept loop and each connection's reader and writer
 //!   threads; `admission`: who may open a WebSocket.
-//! - `front`: the bounded relay in front of tiny_http; `http`: the page and
-//!   `/healthz`.
+//! - `front`: the bounded relay in front of tiny_http, and who is behind
+//!   each relayed connection; `http`: the page, `/healthz` and `/metrics`.
+//! - `metrics`: the counters an operator scrapes, and who may scrape them;
+//!   a leaf the hub, the post, the connections and `http` count into.
 //! - [`net`]: the plain-or-TLS stream and socket helpers; `tls`: the
 //!   certificate and sessions; `random`: tokens and nonces.
 //! - `error`: [`Error`], the crate's error type.
@@ -41,6 +43,7 @@ mod frame;
 mod front;
 mod http;
 mod hub;
+mod metrics;
 pub mod net;
 mod outbox;
 mod post;
@@ -56,6 +59,7 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 pub use error::Error;
+pub use metrics::{IpRange, ScrapeAccess};
 
 /// Everything `parlor` can be told on its command line.
 #[derive(Debug, Clone)]
@@ -81,6 +85,9 @@ pub struct Config {
     pub max_connections_per_ip: Option<usize>,
     /// PEM certificate chain and private key: serve HTTPS and WSS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// `GET /metrics` on the page port, for these clients; None: not served
+    /// (404).
+    pub metrics: Option<ScrapeAccess>,
 }
 
 impl Default for Config {
@@ -96,6 +103,7 @@ impl Default for Config {
             max_connections: None,
             max_connections_per_ip: None,
             tls: None,
+            metrics: None,
         }
     }
 }
@@ -122,17 +130,24 @@ pub fn start(config: Config) -> Result<Server, Error> {
     let store = store::Store::open(&config.db_path)?;
     let ws_listener = bind(&config.ws_addr)?;
     let ws_addr = ws_listener.local_addr()?;
-    let http = http::HttpServer::start(&config.http_addr, ws_addr.port(), tls.clone())?;
+    let metrics = metrics::Metrics::new();
+    let page = http::Site {
+        ws_port: ws_addr.port(),
+        metrics: metrics.clone(),
+        scrape: config.metrics.clone(),
+    };
+    let http = http::HttpServer::start(&config.http_addr, page, tls.clone())?;
 
     // The hub's one inbox: every connection thread and the post hold a
     // sender; the hub exits on `Event::Shutdown`.
     let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
     let routes = post::Routes::default();
-    let mut post = post::Post::start(routes.clone(), hub_tx.clone())?;
+    let mut post = post::Post::start(routes.clone(), hub_tx.clone(), metrics.clone())?;
     let settings = hub::Settings {
         max_users: config.max_users,
         messages_per_second: config.messages_per_second,
         room_switches_per_minute: config.room_switches_per_minute,
+        metrics: metrics.clone(),
     };
     let hub = hub::Hub::new(store, &settings).map_err(|e| Error::Database {
         path: config.db_path.clone(),
@@ -162,7 +177,7 @@ pub fn start(config: Config) -> Result<Server, Error> {
     net::warn_if_few_files(limits.total);
     let ws = ws::Listener::start(
         ws_listener,
-        ws::Settings::chat(hub_tx.clone(), routes, tls, origins, limits),
+        ws::Settings::chat(hub_tx.clone(), routes, tls, origins, limits, metrics),
     )?;
     let secure = config.tls.is_some();
     let (web, socket) = if secure {

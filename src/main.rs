@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::str::FromStr;
 
 use lexopt::Arg::{Long, Short, Value};
-use parlor::Config;
+use parlor::{Config, ScrapeAccess};
 
 const USAGE: &str = "\
 Parlor: a small self-hosted real-time chat server.
@@ -32,6 +32,10 @@ Options:
   --max-connections-per-ip N       most open WebSockets per IP (default 2 per user + 8)
   --tls-cert FILE --tls-key FILE  serve HTTPS and WSS with this PEM certificate
                                    chain and private key
+  --metrics                        serve Prometheus metrics at /metrics on the page
+                                   port, to loopback clients only
+  --metrics-from CIDR              let clients in this range read /metrics instead
+                                   (repeatable; e.g. 10.0.0.0/8 or 192.0.2.7)
   --log-level LEVEL                error, warn, info, debug or trace (default info;
                                    RUST_LOG is used when this is not given)
   -h, --help                       print this help
@@ -55,6 +59,7 @@ where
     let mut config = Config::default();
     let mut level = None;
     let (mut tls_cert, mut tls_key) = (None, None);
+    let (mut metrics, mut metrics_from) = (false, Vec::new());
     let mut first = true;
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         let flag = match arg {
@@ -83,6 +88,11 @@ where
             "--max-connections-per-ip" => {
                 config.max_connections_per_ip = Some(positive(&mut parser, &flag)?)
             }
+            "--metrics" => metrics = true,
+            "--metrics-from" => {
+                let raw = value(&mut parser, &flag)?;
+                metrics_from.push(raw.parse().map_err(|e| format!("{flag}: {e}"))?)
+            }
             "--log-level" => {
                 let raw = value(&mut parser, &flag)?;
                 level = Some(log::LevelFilter::from_str(&raw).map_err(|_| {
@@ -96,6 +106,12 @@ where
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
         _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
+    config.metrics = match (metrics, metrics_from.is_empty()) {
+        (false, true) => None,
+        (false, false) => return Err("--metrics-from needs --metrics".into()),
+        (true, true) => Some(ScrapeAccess::loopback()),
+        (true, false) => Some(ScrapeAccess::ranges(metrics_from)),
     };
     Ok(Action::Run(config, level))
 }
@@ -427,6 +443,46 @@ mod tests {
             echo(&["conformance-echo", "extra"])
                 .unwrap_err()
                 .contains("unknown conformance-echo argument \"extra\"")
+        );
+    }
+
+    #[test]
+    fn metrics_are_off_loopback_only_or_for_the_ranges_given() {
+        assert_eq!(run(&[]).unwrap().metrics, None);
+        assert_eq!(
+            run(&["--metrics"]).unwrap().metrics,
+            Some(ScrapeAccess::loopback())
+        );
+        let ranges = ["10.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()];
+        let given = Some(ScrapeAccess::ranges(ranges.to_vec()));
+        let spaced = [
+            "--metrics",
+            "--metrics-from",
+            "10.0.0.0/8",
+            "--metrics-from",
+            "::1",
+        ];
+        assert_eq!(run(&spaced).unwrap().metrics, given);
+        let joined = [
+            "--metrics-from=10.0.0.0/8",
+            "--metrics-from=::1",
+            "--metrics",
+        ];
+        assert_eq!(run(&joined).unwrap().metrics, given);
+        assert!(
+            run(&["--metrics-from", "10.0.0.0/8"])
+                .unwrap_err()
+                .contains("--metrics-from needs --metrics")
+        );
+        let bad = run(&["--metrics", "--metrics-from", "10.0.0.0/40"]).unwrap_err();
+        assert!(
+            bad.starts_with("--metrics-from: \"10.0.0.0/40\" is not"),
+            "{bad}"
+        );
+        assert!(
+            run(&["--metrics", "--metrics-from"])
+                .unwrap_err()
+                .contains("needs a value")
         );
     }
 

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::metrics::{Limited, Metrics};
 use crate::protocol::NameKey;
 
 /// A refused attempt: the sentence for the client and how long to wait.
@@ -28,14 +29,21 @@ pub(super) struct Limits {
     /// By user. Grows with the users seen since start-up (at most one entry
     /// each; the store keeps them all anyway).
     rates: HashMap<NameKey, Rate>,
+    /// Counts refusals by request type.
+    metrics: Metrics,
 }
 
 impl Limits {
-    pub fn new(messages_per_second: u32, room_switches_per_minute: u32) -> Limits {
+    pub fn new(
+        messages_per_second: u32,
+        room_switches_per_minute: u32,
+        metrics: Metrics,
+    ) -> Limits {
         Limits {
             messages_per_second,
             room_switches_per_minute,
             rates: HashMap::new(),
+            metrics,
         }
     }
 
@@ -52,6 +60,7 @@ impl Limits {
                 wait,
             }),
         }
+        .inspect_err(|_| self.metrics.rate_limited(Limited::Send))
     }
 
     /// Records a join by `user` into a room they are not in, or refuses it.
@@ -68,6 +77,7 @@ impl Limits {
                 wait,
             }),
         }
+        .inspect_err(|_| self.metrics.rate_limited(Limited::Join))
     }
 }
 
@@ -99,7 +109,7 @@ mod tests {
 
     #[test]
     fn a_window_refuses_past_its_limit_until_the_oldest_attempt_expires() {
-        let mut limits = Limits::new(2, 1);
+        let mut limits = Limits::new(2, 1, Metrics::default());
         let alice = NameKey::of("alice");
         let t0 = Instant::now();
         assert!(limits.send(&alice, t0).is_ok());

@@ -147,7 +147,11 @@ impl Sends {
         let pending = std::mem::take(&mut self.pending);
         let repeats = std::mem::take(&mut self.pending_repeats);
         self.pending_ids.clear();
-        let seqs = match store.insert_messages(pending.iter().map(|p| &p.message)) {
+        let started = Instant::now();
+        let stored = store.insert_messages(pending.iter().map(|p| &p.message));
+        out.metrics
+            .committed(pending.len(), started.elapsed(), stored.is_ok());
+        let seqs = match stored {
             Ok(seqs) => seqs,
             Err(e) => {
                 if !self.storage_failing {

@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::metrics::Metrics;
 use crate::protocol::{CheckedFrame, CheckedRequest, ErrorCode, ServerFrame};
 use crate::store::Store;
 use crate::vocab::{ConnId, Event, MailSink, close};
@@ -47,6 +48,8 @@ pub struct Settings {
     pub messages_per_second: u32,
     /// Most joins into another room one user may make in any 60 s window.
     pub room_switches_per_minute: u32,
+    /// Where the hub counts commits, sign-ins, refusals and storage errors.
+    pub metrics: Metrics,
 }
 
 /// The hub's state; [`Hub::run`] is its thread.
@@ -71,8 +74,9 @@ impl Hub {
             limits: Limits::new(
                 settings.messages_per_second,
                 settings.room_switches_per_minute,
+                settings.metrics.clone(),
             ),
-            out: Outgoing::default(),
+            out: Outgoing::new(settings.metrics.clone()),
         })
     }
 
@@ -121,6 +125,9 @@ impl Hub {
         if self.rooms.list_due.is_some_and(|due| due <= Instant::now()) {
             self.send_room_list(None);
         }
+        self.out
+            .metrics
+            .set_users_signed_in(self.sessions.online_count());
         if !self.out.mail.is_empty() {
             sink.post(std::mem::take(&mut self.out.mail));
         }
@@ -189,6 +196,7 @@ impl Hub {
             Event::TooSlow { conn } => {
                 if self.sessions.knows(conn) {
                     log::warn!("{conn}: outbox full (client too slow); disconnecting it");
+                    self.out.metrics.too_slow();
                     self.drop_conn(conn, close::POLICY, "too far behind; reconnect to catch up");
                 }
             }
@@ -300,6 +308,7 @@ mod tests {
                 max_users: 10,
                 messages_per_second: 1000,
                 room_switches_per_minute: 5,
+                metrics: Metrics::default(),
             };
             Harness {
                 hub: Hub::new(store, &settings).unwrap(),

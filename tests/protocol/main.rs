@@ -8,5 +8,6 @@ mod support;
 mod defense;
 mod http;
 mod messages;
+mod metrics;
 mod sessions;
 mod tls;
