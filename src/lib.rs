@@ -9,7 +9,8 @@
 //!
 //! - [`protocol`]: every JSON frame of the wire protocol, and every rule
 //!   that needs no state (names, text, ids, page sizes), as pure functions.
-//! - [`store`]: the only user of SQLite: the file, the schema, typed queries.
+//! - [`store`]: the only user of SQLite: the file, the schema, typed
+//!   queries, and the snapshot an export reads.
 //! - `hub/`: the one thread that owns the store and all chat state; one file
 //!   per job (`sessions`, `rooms`, `messages`, `history`, `limits`,
 //!   `outgoing`). It never touches a socket.
@@ -26,6 +27,7 @@
 //!   a leaf the hub, the post, the connections and `http` count into.
 //! - [`net`]: the plain-or-TLS stream and socket helpers; `tls`: the
 //!   certificate and sessions; `random`: tokens and nonces.
+//! - `export`: history written out as JSON Lines or Markdown ([`export`]).
 //! - `error`: [`Error`], the crate's error type.
 //!
 //! Threads talk through crossbeam channels: connections send `Event`s to
@@ -39,6 +41,7 @@
 
 mod admission;
 mod error;
+mod export;
 mod frame;
 mod front;
 mod http;
@@ -59,6 +62,7 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 pub use error::Error;
+pub use export::{ExportFormat, ExportOptions, ExportSummary, UtcDay};
 pub use metrics::{IpRange, ScrapeAccess};
 
 /// Everything `parlor` can be told on its command line.
@@ -211,6 +215,13 @@ fn bind(addr: &str) -> Result<std::net::TcpListener, Error> {
 /// must not exist, while a server may keep running on it.
 pub fn backup(db: &Path, dest: &Path) -> Result<(), Error> {
     store::backup(db, dest)
+}
+
+/// Writes the history of the live rooms `options` chooses, from one
+/// consistent snapshot of the Parlor database at `db`, to `dest`, which must
+/// not exist, while a server may keep running on the database.
+pub fn export(db: &Path, dest: &Path, options: &ExportOptions) -> Result<ExportSummary, Error> {
+    export::write(db, dest, options)
 }
 
 /// A WebSocket server that echoes every message back (see [`start_echo`]).

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::str::FromStr;
 
 use lexopt::Arg::{Long, Short, Value};
-use parlor::{Config, ScrapeAccess};
+use parlor::{Config, ExportOptions, ScrapeAccess};
 
 const USAGE: &str = "\
 Parlor: a small self-hosted real-time chat server.
@@ -15,6 +15,11 @@ Parlor: a small self-hosted real-time chat server.
 Usage: parlor [OPTIONS]
        parlor backup [--db PATH] DEST    copy the database consistently, also while
                                          Parlor runs; DEST must not exist
+       parlor export [--db PATH] [--room NAME]... [--format jsonl|markdown]
+                     [--since YYYY-MM-DD] DEST
+                                         write the history of live rooms (all, or each
+                                         --room) to the new file DEST, also while Parlor
+                                         runs; --since: from that day on (UTC)
        parlor conformance-echo [--ws ADDR] [--max-message BYTES]
                                          echo every WebSocket message back through
                                          Parlor's connection code (for Autobahn)
@@ -44,8 +49,19 @@ Options:
 
 enum Action {
     Run(Config, Option<log::LevelFilter>),
-    Backup { db: PathBuf, dest: PathBuf },
-    Echo { ws: String, max_message: usize },
+    Backup {
+        db: PathBuf,
+        dest: PathBuf,
+    },
+    Export {
+        db: PathBuf,
+        dest: PathBuf,
+        options: ExportOptions,
+    },
+    Echo {
+        ws: String,
+        max_message: usize,
+    },
     Help,
     Version,
 }
@@ -66,6 +82,7 @@ where
             Long(name) => format!("--{name}"),
             Short(letter) => format!("-{letter}"),
             Value(word) if first && word == "backup" => return parse_backup(parser),
+            Value(word) if first && word == "export" => return parse_export(parser),
             Value(word) if first && word == "conformance-echo" => return parse_echo(parser),
             Value(word) => return Err(format!("unknown argument {word:?} (see --help)")),
         };
@@ -136,6 +153,38 @@ fn parse_backup(mut parser: lexopt::Parser) -> Result<Action, String> {
     }
     let dest = dest.ok_or("backup needs a destination file: parlor backup [--db PATH] DEST")?;
     Ok(Action::Backup { db, dest })
+}
+
+fn parse_export(mut parser: lexopt::Parser) -> Result<Action, String> {
+    let mut db = Config::default().db_path;
+    let mut dest = None;
+    let mut options = ExportOptions::default();
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        let flag = match arg {
+            Long(name) => format!("--{name}"),
+            Short(letter) => format!("-{letter}"),
+            Value(_) if dest.is_some() => return Err("export takes one destination".into()),
+            Value(path) => {
+                dest = Some(path.into());
+                continue;
+            }
+        };
+        match flag.as_str() {
+            "--db" => db = path(&mut parser, &flag)?,
+            "--room" => options.rooms.push(value(&mut parser, &flag)?),
+            "--format" => {
+                let raw = value(&mut parser, &flag)?;
+                options.format = raw.parse().map_err(|e| format!("{flag}: {e}"))?;
+            }
+            "--since" => {
+                let raw = value(&mut parser, &flag)?;
+                options.since = Some(raw.parse().map_err(|e| format!("{flag}: {e}"))?);
+            }
+            other => return Err(format!("unknown export argument {other:?} (see --help)")),
+        }
+    }
+    let dest = dest.ok_or("export needs a destination file: parlor export [OPTIONS] DEST")?;
+    Ok(Action::Export { db, dest, options })
 }
 
 fn parse_echo(mut parser: lexopt::Parser) -> Result<Action, String> {
@@ -216,6 +265,26 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Ok(Action::Export { db, dest, options }) => {
+            return match parlor::export(&db, &dest, &options) {
+                Ok(summary) => {
+                    let rooms = match summary.rooms {
+                        1 => "1 room".to_string(),
+                        n => format!("{n} rooms"),
+                    };
+                    println!(
+                        "Exported {} message(s) from {rooms} to {}.",
+                        summary.messages,
+                        dest.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("parlor: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Ok(Action::Help) => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -277,6 +346,7 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parlor::ExportFormat;
 
     fn run(args: &[&str]) -> Result<Config, String> {
         match parse_args(args)? {
@@ -289,6 +359,13 @@ mod tests {
         match parse_args(args)? {
             Action::Backup { db, dest } => Ok((db, dest)),
             _ => Err("not a backup".into()),
+        }
+    }
+
+    fn export(args: &[&str]) -> Result<(PathBuf, PathBuf, ExportOptions), String> {
+        match parse_args(args)? {
+            Action::Export { db, dest, options } => Ok((db, dest, options)),
+            _ => Err("not an export".into()),
         }
     }
 
@@ -403,6 +480,52 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown argument \"backup\"")
         );
+    }
+
+    #[test]
+    fn export_takes_rooms_a_format_a_day_and_one_destination() {
+        let (db, dest, options) = export(&["export", "out.jsonl"]).unwrap();
+        assert_eq!((db, dest), (Config::default().db_path, "out.jsonl".into()));
+        assert_eq!(options, ExportOptions::default());
+        assert_eq!(options.format, ExportFormat::JsonLines);
+        let spaced = [
+            "export",
+            "--db",
+            "x.db",
+            "--room",
+            "general",
+            "--room",
+            "Design",
+            "--format",
+            "markdown",
+            "--since",
+            "2025-11-25",
+            "out.md",
+        ];
+        let joined = [
+            "export",
+            "out.md",
+            "--db=x.db",
+            "--room=general",
+            "--room=Design",
+            "--format=markdown",
+            "--since=2025-11-25",
+        ];
+        for args in [&spaced[..], &joined[..]] {
+            let (db, dest, options) = export(args).unwrap();
+            assert_eq!((db, dest), ("x.db".into(), "out.md".into()), "{args:?}");
+            assert_eq!(options.rooms, ["general", "Design"]);
+            assert_eq!(options.format, ExportFormat::Markdown);
+            assert_eq!(options.since, Some("2025-11-25".parse().unwrap()));
+        }
+        let error = |args: &[&str]| export(args).unwrap_err();
+        assert!(error(&["export"]).contains("needs a destination"));
+        assert!(error(&["export", "a", "b"]).contains("one destination"));
+        assert!(error(&["export", "--format", "csv", "o"]).starts_with("--format: the format is"));
+        assert!(error(&["export", "--since", "2025-02-30", "o"]).starts_with("--since: a date"));
+        assert!(error(&["export", "--since=yesterday", "o"]).contains("\"yesterday\""));
+        assert!(error(&["export", "--room"]).contains("--room needs a value"));
+        assert!(error(&["export", "--ws=x", "o"]).contains("unknown export argument \"--ws\""));
     }
 
     #[test]

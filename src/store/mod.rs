@@ -1,5 +1,6 @@
 //! The one user of SQLite: opening the database file safely, the schema and
-//! its migrations, and typed queries for users, rooms and messages.
+//! its migrations, and typed queries for users, rooms and messages; reading
+//! a consistent snapshot for exports in `export`.
 //!
 //! Durability comes from `journal_mode=WAL` with `synchronous=FULL`: a
 //! committed transaction has been fsynced, so an acked message survives a
@@ -15,6 +16,10 @@ use rusqlite::types::{FromSql, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
 use crate::Error;
 use crate::protocol::{ChatMessage, NameKey, PageMessage, PageQuery, Seq, now_ms};
+
+mod export;
+
+pub use export::{Snapshot, SnapshotRoom};
 
 /// `PRAGMA application_id` of a Parlor database ("PRLR").
 const APPLICATION_ID: i64 = 0x5052_4c52;
@@ -446,16 +451,7 @@ impl Store {
 /// 0600 and opens like any Parlor database.
 pub fn backup(db: &Path, dest: &Path) -> Result<(), Error> {
     let fail = |path: &Path, message: String| database_error(path, message, None);
-    if !db.is_file() {
-        return Err(fail(db, "there is no database file here".into()));
-    }
-    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| fail(db, format!("cannot open it: {e}")))?;
-    let (_, app_id, _) = read_identity(&conn)
-        .map_err(|e| fail(db, format!("it is not a readable SQLite database ({e})")))?;
-    if app_id != APPLICATION_ID {
-        return Err(fail(db, "it is not a Parlor database".into()));
-    }
+    let conn = open_read_only(db)?;
     if dest.exists() {
         return Err(fail(
             dest,
@@ -471,6 +467,23 @@ pub fn backup(db: &Path, dest: &Path) -> Result<(), Error> {
         return Err(fail(dest, format!("the copy failed: {e}")));
     }
     Ok(())
+}
+
+/// Opens an existing Parlor database read-only, for reading alongside a
+/// running server; refuses a missing file or one that is not Parlor's.
+fn open_read_only(db: &Path) -> Result<Connection, Error> {
+    let fail = |message: String| database_error(db, message, None);
+    if !db.is_file() {
+        return Err(fail("there is no database file here".into()));
+    }
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| fail(format!("cannot open it: {e}")))?;
+    let (_, app_id, _) = read_identity(&conn)
+        .map_err(|e| fail(format!("it is not a readable SQLite database ({e})")))?;
+    if app_id != APPLICATION_ID {
+        return Err(fail("it is not a Parlor database".into()));
+    }
+    Ok(conn)
 }
 
 fn database_error(

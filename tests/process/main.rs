@@ -5,4 +5,5 @@
 mod support;
 
 mod crash_loop;
+mod export;
 mod lifecycle;
