@@ -92,6 +92,9 @@ pub struct Config {
     /// `GET /metrics` on the page port, for these clients; None: not served
     /// (404).
     pub metrics: Option<ScrapeAccess>,
+    /// Whether SQLite checkpoints the WAL after commits, as it does by
+    /// default; false leaves checkpoints to a replicator (Litestream).
+    pub auto_checkpoint: bool,
 }
 
 impl Default for Config {
@@ -108,6 +111,7 @@ impl Default for Config {
             max_connections_per_ip: None,
             tls: None,
             metrics: None,
+            auto_checkpoint: true,
         }
     }
 }
@@ -132,6 +136,18 @@ pub fn start(config: Config) -> Result<Server, Error> {
         None => None,
     };
     let store = store::Store::open(&config.db_path)?;
+    if !config.auto_checkpoint {
+        store
+            .leave_checkpoints_to_others()
+            .map_err(|e| Error::Database {
+                path: config.db_path.clone(),
+                message: format!("cannot turn automatic checkpoints off: {e}"),
+                source: Some(Box::new(e)),
+            })?;
+        log::info!(
+            "database: automatic checkpoints are off; Litestream (or another replicator) must checkpoint"
+        );
+    }
     let ws_listener = bind(&config.ws_addr)?;
     let ws_addr = ws_listener.local_addr()?;
     let metrics = metrics::Metrics::new();

@@ -41,6 +41,9 @@ Options:
                                    port, to loopback clients only
   --metrics-from CIDR              let clients in this range read /metrics instead
                                    (repeatable; e.g. 10.0.0.0/8 or 192.0.2.7)
+  --no-auto-checkpoint             leave WAL checkpoints to Litestream, which replicates
+                                   the database; never without it (the WAL would grow
+                                   for ever)
   --log-level LEVEL                error, warn, info, debug or trace (default info;
                                    RUST_LOG is used when this is not given)
   -h, --help                       print this help
@@ -105,6 +108,7 @@ where
             "--max-connections-per-ip" => {
                 config.max_connections_per_ip = Some(positive(&mut parser, &flag)?)
             }
+            "--no-auto-checkpoint" => config.auto_checkpoint = false,
             "--metrics" => metrics = true,
             "--metrics-from" => {
                 let raw = value(&mut parser, &flag)?;
@@ -382,6 +386,8 @@ mod tests {
         assert_eq!(config.http_addr, "127.0.0.1:8080");
         assert_eq!(config.ws_addr, "127.0.0.1:8081");
         assert_eq!(config.max_users, 10);
+        assert!(config.auto_checkpoint);
+        assert!(!run(&["--no-auto-checkpoint"]).unwrap().auto_checkpoint);
         let config = run(&[
             "--http",
             "0.0.0.0:80",

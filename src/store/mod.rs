@@ -206,6 +206,17 @@ impl Store {
         Ok(())
     }
 
+    /// Turns off SQLite's automatic checkpoint after commits, for a program
+    /// that replicates the WAL and checkpoints it itself (Litestream). The
+    /// WAL grows until someone checkpoints it.
+    pub fn leave_checkpoints_to_others(&self) -> rusqlite::Result<()> {
+        let pages: i64 =
+            self.conn
+                .pragma_update_and_check(None, "wal_autocheckpoint", 0, |row| row.get(0))?;
+        debug_assert_eq!(pages, 0);
+        Ok(())
+    }
+
     fn migrate(&self, from: i64) -> rusqlite::Result<()> {
         if from >= SCHEMA_VERSION {
             return Ok(());
@@ -746,6 +757,43 @@ pub(crate) mod tests {
         let first = since.messages[0].0.seq.0;
         assert_eq!(seqs, (first..first + 5).collect::<Vec<_>>());
         assert!(since.has_older && !since.has_newer);
+    }
+
+    #[test]
+    fn checkpoints_can_be_left_to_another_program() {
+        // A commit of over 1,000 pages, then a small one: how many frames
+        // the WAL holds after them.
+        let wal_frames_after_two_commits = |store: &mut Store| -> i64 {
+            let user = store.login_user("ops", 1).unwrap();
+            let big: Vec<_> = (0..1200)
+                .map(|i| NewMessage {
+                    text: "x".repeat(4000),
+                    ..message(GENERAL, user.id, &format!("big{i}"), i)
+                })
+                .collect();
+            store.insert_messages(&big).unwrap();
+            store
+                .insert_messages(&[message(GENERAL, user.id, "small", 2000)])
+                .unwrap();
+            // (busy, frames in the WAL, frames checkpointed)
+            store
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
+                .unwrap()
+        };
+        // By default the first commit is checkpointed right after it, and
+        // the second starts the WAL over.
+        let (_dir, mut store) = temp_store();
+        assert!(wal_frames_after_two_commits(&mut store) < 100);
+
+        let (_dir, mut store) = temp_store();
+        store.leave_checkpoints_to_others().unwrap();
+        let autocheckpoint: i64 = store
+            .conn
+            .query_row("PRAGMA wal_autocheckpoint", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(autocheckpoint, 0);
+        assert!(wal_frames_after_two_commits(&mut store) > 1000);
     }
 
     #[test]
