@@ -21,7 +21,8 @@ const PAGE: &str = include_str!("../index.html");
 const NONCE_PLACEHOLDER: &str = "__PARLOR_NONCE__";
 const WS_PORT_PLACEHOLDER: &str = "__PARLOR_WS_PORT__";
 
-/// What the pages say besides the fixed text.
+/// What the page server needs besides its fixed text: the WebSocket port
+/// the page names, and the metrics it counts into and may show.
 pub struct Site {
     /// Where the page's WebSocket must connect.
     pub ws_port: u16,

@@ -151,12 +151,12 @@ pub fn start(config: Config) -> Result<Server, Error> {
     let ws_listener = bind(&config.ws_addr)?;
     let ws_addr = ws_listener.local_addr()?;
     let metrics = metrics::Metrics::new();
-    let page = http::Site {
+    let site = http::Site {
         ws_port: ws_addr.port(),
         metrics: metrics.clone(),
         scrape: config.metrics.clone(),
     };
-    let http = http::HttpServer::start(&config.http_addr, page, tls.clone())?;
+    let http = http::HttpServer::start(&config.http_addr, site, tls.clone())?;
 
     // The hub's one inbox: every connection thread and the post hold a
     // sender; the hub exits on `Event::Shutdown`.
