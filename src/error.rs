@@ -1,5 +1,5 @@
-//! The crate's error type: why Parlor could not start (or a backup could not
-//! be made). Each variant keeps its cause as [`std::error::Error::source`]
+//! The crate's error type: why Parlor could not start (or a backup or an
+//! export could not be made). Each variant keeps its cause as [`std::error::Error::source`]
 //! and says what it ends. Errors while running are handled where they
 //! happen and logged once at the top of their thread: a connection's end its
 //! own (`ws`), a failed storage call as a `storage_error` reply (`hub`).
@@ -10,7 +10,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-/// Why Parlor could not start, or a backup could not be made.
+/// Why Parlor could not start, or a backup or an export could not be made.
 #[derive(Debug)]
 pub enum Error {
     /// A listener could not be bound. Ends start-up.
@@ -40,6 +40,16 @@ pub enum Error {
         /// The parse or rustls error underneath, if there was one.
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// An export's file could not be created or written. Ends the export;
+    /// nothing is left at the path.
+    Export {
+        /// The file concerned.
+        path: PathBuf,
+        /// What went wrong, for people.
+        message: String,
+        /// The I/O error underneath, if there was one.
+        source: Option<io::Error>,
+    },
     /// A socket or thread could not be set up. Ends start-up.
     Io(io::Error),
 }
@@ -54,6 +64,7 @@ impl fmt::Display for Error {
             Error::Tls { path, message, .. } => {
                 write!(f, "TLS file {}: {message}", path.display())
             }
+            Error::Export { path, message, .. } => write!(f, "{}: {message}", path.display()),
             Error::Io(e) => write!(f, "{e}"),
         }
     }
@@ -65,6 +76,9 @@ impl std::error::Error for Error {
             Error::Bind { source, .. } => Some(source),
             Error::Database { source, .. } | Error::Tls { source, .. } => source
                 .as_deref()
+                .map(|e| e as &(dyn std::error::Error + 'static)),
+            Error::Export { source, .. } => source
+                .as_ref()
                 .map(|e| e as &(dyn std::error::Error + 'static)),
             Error::Io(e) => Some(e),
         }

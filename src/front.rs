@@ -13,11 +13,20 @@
 //! `Content-Length`; any `Transfer-Encoding` means chunked) and refuses
 //! what the two could read differently, so both always agree on where the
 //! next request begins.
+//!
+//! tiny_http therefore sees every request come from 127.0.0.1. Who is really
+//! behind a request matters for `/metrics` (loopback only by default), so
+//! the front keeps [`Peers`]: for each relayed connection, the address of
+//! its own socket to tiny_http (which tiny_http reports as the request's
+//! remote address), and the client's. The front writes nothing into the
+//! stream (tiny_http would not parse a PROXY line), and no header a client
+//! can send (`X-Forwarded-For`) is believed.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -55,6 +64,56 @@ pub struct Front {
     addr: SocketAddr,
     stopping: Arc<AtomicBool>,
     thread: JoinHandle<()>,
+    peers: Peers,
+}
+
+/// The client behind each relayed connection, by the local address of the
+/// relay's socket to tiny_http. An entry is made after connecting to
+/// tiny_http and before the first byte is relayed, so tiny_http cannot have
+/// read a request on that connection before its entry exists; it is removed
+/// when the relay ends (see [`PeerEntry`]). So the table holds at most one
+/// entry per relay thread: it is bounded by the front's connection cap.
+///
+/// A connection missing from the table is unknown: one that reached
+/// tiny_http's loopback port without the front (another local process), or
+/// whose relay has already ended and whose reply could go nowhere anyway.
+/// Callers treat unknown as not allowed. Ports are not reused while an
+/// entry lives: the relay's socket holds its port until the entry is gone.
+#[derive(Clone, Default)]
+pub struct Peers(Arc<Mutex<HashMap<SocketAddr, SocketAddr>>>);
+
+impl Peers {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, SocketAddr>> {
+        self.0
+            .lock()
+            .expect("BUG: no thread panics while holding the peers table")
+    }
+
+    /// The client behind the connection tiny_http saw coming from `relay`.
+    pub fn client(&self, relay: SocketAddr) -> Option<SocketAddr> {
+        self.lock().get(&relay).copied()
+    }
+
+    /// Records `client` behind `relay` until the entry is dropped.
+    fn enter(&self, relay: SocketAddr, client: SocketAddr) -> PeerEntry {
+        self.lock().insert(relay, client);
+        PeerEntry {
+            peers: self.clone(),
+            relay,
+        }
+    }
+}
+
+/// A relayed connection's entry in [`Peers`], removed on drop.
+struct PeerEntry {
+    peers: Peers,
+    relay: SocketAddr,
+}
+
+impl Drop for PeerEntry {
+    fn drop(&mut self) {
+        self.peers.lock().remove(&self.relay);
+    }
 }
 
 impl Front {
@@ -67,6 +126,8 @@ impl Front {
         let addr = listener.local_addr()?;
         let stopping = Arc::new(AtomicBool::new(false));
         let flag = stopping.clone();
+        let peers = Peers::default();
+        let relays = peers.clone();
         let table = SocketTable::new(SocketLimits {
             total: MAX_HTTP_CONNECTIONS,
             per_ip: MAX_HTTP_CONNECTIONS,
@@ -90,12 +151,12 @@ impl Front {
                     let Some(admitted) = table.admit(&sock, peer.ip()) else {
                         continue;
                     };
-                    let tls = tls.clone();
+                    let (tls, peers) = (tls.clone(), relays.clone());
                     let spawned = std::thread::Builder::new()
                         .name("http-conn".into())
                         .stack_size(128 * 1024)
                         .spawn(move || {
-                            if let Err(e) = relay(sock, backend, tls.as_ref()) {
+                            if let Err(e) = relay(sock, peer, backend, tls.as_ref(), &peers) {
                                 log::debug!("http: connection from {peer} ended: {e}");
                             }
                             drop(admitted);
@@ -109,7 +170,13 @@ impl Front {
             addr,
             stopping,
             thread,
+            peers,
         })
+    }
+
+    /// Who is behind each relayed connection.
+    pub fn peers(&self) -> Peers {
+        self.peers.clone()
     }
 
     /// Where the public listener listens.
@@ -130,11 +197,19 @@ impl Front {
 /// Copies the client's requests to tiny_http on this thread and tiny_http's
 /// answers back on another, until either side ends or times out, or the
 /// front refuses a request: then tiny_http answers the requests before it,
-/// the front sends its refusal and the connection closes.
-fn relay(sock: TcpStream, backend: SocketAddr, tls: Option<&TlsConfig>) -> io::Result<()> {
+/// the front sends its refusal and the connection closes. `peers` knows
+/// `client` is behind it meanwhile.
+fn relay(
+    sock: TcpStream,
+    client: SocketAddr,
+    backend: SocketAddr,
+    tls: Option<&TlsConfig>,
+    peers: &Peers,
+) -> io::Result<()> {
     sock.set_write_timeout(Some(SOCKET_TIMEOUT))?;
     let (mut from_client, mut to_client) = Stream::pair(sock, tls)?;
     let mut to_backend = TcpStream::connect(backend)?;
+    let _entry = peers.enter(to_backend.local_addr()?, client);
     let mut from_backend = to_backend.try_clone()?;
     // From this thread to `http-back`: a refused request's answer, sent
     // after whatever tiny_http still says. Sent before this thread ends its

@@ -1,10 +1,10 @@
-//! Requests and responses: tiny_http serving the embedded page (`GET /`)
-//! and a health check (`GET /healthz`) on loopback, behind the bounded
-//! relay in `front`. The page learns the WebSocket port from a placeholder
-//! filled in here, and its Content-Security-Policy allows only its own
-//! inline script (by per-response nonce) and the WebSocket address. Only
-//! requests for a host name Parlor answers to are served (see
-//! `admission::HostPolicy`).
+//! Requests and responses: tiny_http serving the embedded page (`GET /`),
+//! a health check (`GET /healthz`) and, when asked for, the metrics
+//! (`GET /metrics`) on loopback, behind the bounded relay in `front`. The
+//! page learns the WebSocket port from a placeholder filled in here, and its
+//! Content-Security-Policy allows only its own inline script (by
+//! per-response nonce) and the WebSocket address. Only requests for a host
+//! name Parlor answers to are served (see `admission::HostPolicy`).
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -14,13 +14,27 @@ use tiny_http::{Header, Method, Request, Response};
 
 use crate::Error;
 use crate::admission::HostPolicy;
-use crate::front::Front;
+use crate::front::{Front, Peers};
+use crate::metrics::{self, Metrics, ScrapeAccess};
 use crate::tls::TlsConfig;
 
 /// The whole client, embedded at build time.
 const PAGE: &str = include_str!("../index.html");
 const NONCE_PLACEHOLDER: &str = "__PARLOR_NONCE__";
 const WS_PORT_PLACEHOLDER: &str = "__PARLOR_WS_PORT__";
+
+/// What the page server needs besides its fixed text: the WebSocket port
+/// the page names, and the metrics it counts into and may show.
+pub struct Site {
+    /// Where the page's WebSocket must connect.
+    pub ws_port: u16,
+    /// Counts every response by status, and is what `/metrics` shows.
+    pub metrics: Metrics,
+    /// Who may read `/metrics`; None: it is not served (404).
+    pub scrape: Option<ScrapeAccess>,
+    /// The host names requests may be for.
+    pub hosts: HostPolicy,
+}
 
 /// The running HTTP side: the public front, and tiny_http behind it on
 /// loopback with its `http` thread.
@@ -31,15 +45,9 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Binds `addr` and starts serving requests for the names `hosts`
-    /// allows; `ws_port` is where the page's WebSocket must connect. With
-    /// `tls` the front speaks HTTPS.
-    pub fn start(
-        addr: &str,
-        ws_port: u16,
-        tls: Option<TlsConfig>,
-        hosts: HostPolicy,
-    ) -> Result<HttpServer, Error> {
+    /// Binds `addr` and starts serving `site`. With `tls` the front speaks
+    /// HTTPS.
+    pub fn start(addr: &str, site: Site, tls: Option<TlsConfig>) -> Result<HttpServer, Error> {
         let bind_error = |source: std::io::Error| Error::Bind {
             addr: addr.to_string(),
             source,
@@ -54,13 +62,14 @@ impl HttpServer {
             .expect("BUG: bound to a TCP address, not a Unix socket");
         let front = Front::start(public, backend, tls)?;
         let public_addr = front.addr();
+        let peers = front.peers();
         let server = Arc::new(server);
         let serving = server.clone();
         let thread = std::thread::Builder::new()
             .name("http".into())
             .spawn(move || {
                 for request in serving.incoming_requests() {
-                    respond(request, public_addr, ws_port, &hosts);
+                    respond(request, public_addr, &site, &peers);
                 }
             })?;
         Ok(HttpServer {
@@ -86,14 +95,14 @@ impl HttpServer {
     }
 }
 
-fn respond(request: Request, bound: SocketAddr, ws_port: u16, hosts: &HostPolicy) {
+fn respond(request: Request, bound: SocketAddr, site: &Site, peers: &Peers) {
     let host = request
         .headers()
         .iter()
         .find(|h| h.field.equiv("Host"))
         .map(|h| h.value.as_str());
     let response = match (request.method(), request.url()) {
-        _ if !hosts.allows(host) => {
+        _ if !site.hosts.allows(host) => {
             log::warn!("http: refused a request for host {host:?}; name it with --public-host");
             Response::from_string(HostPolicy::refusal(host))
                 .with_status_code(421)
@@ -101,10 +110,14 @@ fn respond(request: Request, bound: SocketAddr, ws_port: u16, hosts: &HostPolicy
         }
         (Method::Get | Method::Head, "/") => {
             let host = request_host(&request).unwrap_or_else(|| bound.ip().to_string());
-            page(&host, ws_port)
+            page(&host, site.ws_port)
         }
         (Method::Get | Method::Head, "/healthz") => Response::from_string(r#"{"status":"ok"}"#)
             .with_header(header("Content-Type", "application/json")),
+        (Method::Get | Method::Head, "/metrics") if site.scrape.is_some() => {
+            let client = request.remote_addr().and_then(|relay| peers.client(*relay));
+            scrape(site, client)
+        }
         (Method::Get | Method::Head, _) => Response::from_string("Not found\n")
             .with_status_code(404)
             .with_header(header("Content-Type", "text/plain; charset=utf-8")),
@@ -113,6 +126,7 @@ fn respond(request: Request, bound: SocketAddr, ws_port: u16, hosts: &HostPolicy
             .with_header(header("Allow", "GET, HEAD"))
             .with_header(header("Content-Type", "text/plain; charset=utf-8")),
     };
+    site.metrics.http_response(response.status_code().0);
     let response = response
         .with_header(header("X-Content-Type-Options", "nosniff"))
         .with_header(header("Referrer-Policy", "no-referrer"));
@@ -135,6 +149,21 @@ fn page(host: &str, ws_port: u16) -> Response<std::io::Cursor<Vec<u8>>> {
         .with_header(header("Content-Type", "text/html; charset=utf-8"))
         .with_header(header("Content-Security-Policy", &csp))
         .with_header(header("Cache-Control", "no-store"))
+}
+
+/// `/metrics` for `client` (None: a connection the front did not relay, or
+/// one already ended): the metrics if its address may see them, else 403.
+fn scrape(site: &Site, client: Option<SocketAddr>) -> Response<std::io::Cursor<Vec<u8>>> {
+    let allowed = site.scrape.as_ref().zip(client);
+    if allowed.is_some_and(|(access, client)| access.allows(client.ip())) {
+        return Response::from_string(site.metrics.encode())
+            .with_header(header("Content-Type", metrics::CONTENT_TYPE))
+            .with_header(header("Cache-Control", "no-store"));
+    }
+    log::debug!("http: refused /metrics to {client:?}");
+    Response::from_string("Forbidden: see --metrics-from\n")
+        .with_status_code(403)
+        .with_header(header("Content-Type", "text/plain; charset=utf-8"))
 }
 
 /// The host name the browser used to reach us, from the `Host` header, if it

@@ -9,7 +9,8 @@
 //!
 //! - [`protocol`]: every JSON frame of the wire protocol, and every rule
 //!   that needs no state (names, text, ids, page sizes), as pure functions.
-//! - [`store`]: the only user of SQLite: the file, the schema, typed queries.
+//! - [`store`]: the only user of SQLite: the file, the schema, typed
+//!   queries, and the snapshot an export reads.
 //! - `hub/`: the one thread that owns the store and all chat state; one file
 //!   per job (`sessions`, `rooms`, `messages`, `history`, `limits`,
 //!   `outgoing`). It never touches a socket.
@@ -21,10 +22,13 @@
 //! - `ws`: the WebSocket accept loop and each connection's reader and writer
 //!   threads; `admission`: who may open a WebSocket, and which host names
 //!   the page and the WebSocket answer to.
-//! - `front`: the bounded relay in front of tiny_http; `http`: the page and
-//!   `/healthz`.
+//! - `front`: the bounded relay in front of tiny_http, and who is behind
+//!   each relayed connection; `http`: the page, `/healthz` and `/metrics`.
+//! - `metrics`: the counters an operator scrapes, and who may scrape them;
+//!   a leaf the hub, the post, the connections and `http` count into.
 //! - [`net`]: the plain-or-TLS stream and socket helpers; `tls`: the
 //!   certificate and sessions; `random`: tokens and nonces.
+//! - `export`: history written out as JSON Lines or Markdown ([`export`]).
 //! - `error`: [`Error`], the crate's error type.
 //!
 //! Threads talk through crossbeam channels: connections send `Event`s to
@@ -38,10 +42,12 @@
 
 mod admission;
 mod error;
+mod export;
 mod frame;
 mod front;
 mod http;
 mod hub;
+mod metrics;
 pub mod net;
 mod outbox;
 mod post;
@@ -57,6 +63,8 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 pub use error::Error;
+pub use export::{ExportFormat, ExportOptions, ExportSummary, UtcDay};
+pub use metrics::{IpRange, ScrapeAccess};
 
 /// Everything `parlor` can be told on its command line.
 #[derive(Debug, Clone)]
@@ -100,6 +108,12 @@ pub struct Config {
     pub max_connections_per_ip: Option<usize>,
     /// PEM certificate chain and private key: serve HTTPS and WSS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// `GET /metrics` on the page port, for these clients; None: not served
+    /// (404).
+    pub metrics: Option<ScrapeAccess>,
+    /// Whether SQLite checkpoints the WAL after commits, as it does by
+    /// default; false leaves checkpoints to a replicator (Litestream).
+    pub auto_checkpoint: bool,
 }
 
 impl Default for Config {
@@ -122,6 +136,8 @@ impl Default for Config {
             max_connections: None,
             max_connections_per_ip: None,
             tls: None,
+            metrics: None,
+            auto_checkpoint: true,
         }
     }
 }
@@ -146,21 +162,35 @@ pub fn start(config: Config) -> Result<Server, Error> {
         None => None,
     };
     let store = store::Store::open(&config.db_path)?;
+    if !config.auto_checkpoint {
+        store
+            .leave_checkpoints_to_others()
+            .map_err(|e| Error::Database {
+                path: config.db_path.clone(),
+                message: format!("cannot turn automatic checkpoints off: {e}"),
+                source: Some(Box::new(e)),
+            })?;
+        log::info!(
+            "database: automatic checkpoints are off; Litestream (or another replicator) must checkpoint"
+        );
+    }
     let ws_listener = bind(&config.ws_addr)?;
     let ws_addr = ws_listener.local_addr()?;
     let hosts = admission::HostPolicy::new(&config.public_hosts, &config.allow_origins);
-    let http = http::HttpServer::start(
-        &config.http_addr,
-        ws_addr.port(),
-        tls.clone(),
-        hosts.clone(),
-    )?;
+    let metrics = metrics::Metrics::new();
+    let site = http::Site {
+        ws_port: ws_addr.port(),
+        metrics: metrics.clone(),
+        scrape: config.metrics.clone(),
+        hosts: hosts.clone(),
+    };
+    let http = http::HttpServer::start(&config.http_addr, site, tls.clone())?;
 
     // The hub's one inbox: every connection thread and the post hold a
     // sender; the hub exits on `Event::Shutdown`.
     let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
     let routes = post::Routes::default();
-    let mut post = post::Post::start(routes.clone(), hub_tx.clone())?;
+    let mut post = post::Post::start(routes.clone(), hub_tx.clone(), metrics.clone())?;
     let settings = hub::Settings {
         max_users: config.max_users,
         max_users_per_ip: config.max_users_per_ip,
@@ -173,6 +203,7 @@ pub fn start(config: Config) -> Result<Server, Error> {
             room_changes_per_10_minutes: config.room_changes_per_10_minutes,
             new_users_per_ip_per_hour: config.new_users_per_ip_per_hour,
         },
+        metrics: metrics.clone(),
     };
     let hub = hub::Hub::new(store, &settings).map_err(|e| Error::Database {
         path: config.db_path.clone(),
@@ -202,7 +233,7 @@ pub fn start(config: Config) -> Result<Server, Error> {
     net::warn_if_few_files(limits.total);
     let ws = ws::Listener::start(
         ws_listener,
-        ws::Settings::chat(hub_tx.clone(), routes, tls, origins, hosts, limits),
+        ws::Settings::chat(hub_tx.clone(), routes, tls, origins, hosts, limits, metrics),
     )?;
     let secure = config.tls.is_some();
     let (web, socket) = if secure {
@@ -236,6 +267,13 @@ fn bind(addr: &str) -> Result<std::net::TcpListener, Error> {
 /// must not exist, while a server may keep running on it.
 pub fn backup(db: &Path, dest: &Path) -> Result<(), Error> {
     store::backup(db, dest)
+}
+
+/// Writes the history of the live rooms `options` chooses, from one
+/// consistent snapshot of the Parlor database at `db`, to `dest`, which must
+/// not exist, while a server may keep running on the database.
+pub fn export(db: &Path, dest: &Path, options: &ExportOptions) -> Result<ExportSummary, Error> {
+    export::write(db, dest, options)
 }
 
 /// A WebSocket server that echoes every message back (see [`start_echo`]).

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::str::FromStr;
 
 use lexopt::Arg::{Long, Short, Value};
-use parlor::Config;
+use parlor::{Config, ExportOptions, ScrapeAccess};
 
 const USAGE: &str = "\
 Parlor: a small self-hosted real-time chat server.
@@ -15,6 +15,11 @@ Parlor: a small self-hosted real-time chat server.
 Usage: parlor [OPTIONS]
        parlor backup [--db PATH] DEST    copy the database consistently, also while
                                          Parlor runs; DEST must not exist
+       parlor export [--db PATH] [--room NAME]... [--format jsonl|markdown]
+                     [--since YYYY-MM-DD] DEST
+                                         write the history of live rooms (all, or each
+                                         --room) to the new file DEST, also while Parlor
+                                         runs; --since: from that day on (UTC)
        parlor conformance-echo [--ws ADDR] [--max-message BYTES]
                                          echo every WebSocket message back through
                                          Parlor's connection code (for Autobahn)
@@ -47,6 +52,13 @@ Options:
   --max-connections-per-ip N       most open WebSockets per IP (default 2 per user + 8)
   --tls-cert FILE --tls-key FILE  serve HTTPS and WSS with this PEM certificate
                                    chain and private key
+  --metrics                        serve Prometheus metrics at /metrics on the page
+                                   port, to loopback clients only
+  --metrics-from CIDR              let clients in this range read /metrics instead
+                                   (repeatable; e.g. 10.0.0.0/8 or 192.0.2.7)
+  --no-auto-checkpoint             leave WAL checkpoints to Litestream, which replicates
+                                   the database; never without it (the WAL would grow
+                                   for ever)
   --log-level LEVEL                error, warn, info, debug or trace (default info;
                                    RUST_LOG is used when this is not given)
   -h, --help                       print this help
@@ -55,8 +67,19 @@ Options:
 
 enum Action {
     Run(Box<Config>, Option<log::LevelFilter>),
-    Backup { db: PathBuf, dest: PathBuf },
-    Echo { ws: String, max_message: usize },
+    Backup {
+        db: PathBuf,
+        dest: PathBuf,
+    },
+    Export {
+        db: PathBuf,
+        dest: PathBuf,
+        options: ExportOptions,
+    },
+    Echo {
+        ws: String,
+        max_message: usize,
+    },
     Help,
     Version,
 }
@@ -70,12 +93,14 @@ where
     let mut config = Config::default();
     let mut level = None;
     let (mut tls_cert, mut tls_key) = (None, None);
+    let (mut metrics, mut metrics_from) = (false, Vec::new());
     let mut first = true;
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         let flag = match arg {
             Long(name) => format!("--{name}"),
             Short(letter) => format!("-{letter}"),
             Value(word) if first && word == "backup" => return parse_backup(parser),
+            Value(word) if first && word == "export" => return parse_export(parser),
             Value(word) if first && word == "conformance-echo" => return parse_echo(parser),
             Value(word) => return Err(format!("unknown argument {word:?} (see --help)")),
         };
@@ -109,6 +134,12 @@ where
             "--max-connections-per-ip" => {
                 config.max_connections_per_ip = Some(positive(&mut parser, &flag)?)
             }
+            "--no-auto-checkpoint" => config.auto_checkpoint = false,
+            "--metrics" => metrics = true,
+            "--metrics-from" => {
+                let raw = value(&mut parser, &flag)?;
+                metrics_from.push(raw.parse().map_err(|e| format!("{flag}: {e}"))?)
+            }
             "--log-level" => {
                 let raw = value(&mut parser, &flag)?;
                 level = Some(log::LevelFilter::from_str(&raw).map_err(|_| {
@@ -122,6 +153,12 @@ where
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
         _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
+    config.metrics = match (metrics, metrics_from.is_empty()) {
+        (false, true) => None,
+        (false, false) => return Err("--metrics-from needs --metrics".into()),
+        (true, true) => Some(ScrapeAccess::loopback()),
+        (true, false) => Some(ScrapeAccess::ranges(metrics_from)),
     };
     Ok(Action::Run(Box::new(config), level))
 }
@@ -146,6 +183,38 @@ fn parse_backup(mut parser: lexopt::Parser) -> Result<Action, String> {
     }
     let dest = dest.ok_or("backup needs a destination file: parlor backup [--db PATH] DEST")?;
     Ok(Action::Backup { db, dest })
+}
+
+fn parse_export(mut parser: lexopt::Parser) -> Result<Action, String> {
+    let mut db = Config::default().db_path;
+    let mut dest = None;
+    let mut options = ExportOptions::default();
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        let flag = match arg {
+            Long(name) => format!("--{name}"),
+            Short(letter) => format!("-{letter}"),
+            Value(_) if dest.is_some() => return Err("export takes one destination".into()),
+            Value(path) => {
+                dest = Some(path.into());
+                continue;
+            }
+        };
+        match flag.as_str() {
+            "--db" => db = path(&mut parser, &flag)?,
+            "--room" => options.rooms.push(value(&mut parser, &flag)?),
+            "--format" => {
+                let raw = value(&mut parser, &flag)?;
+                options.format = raw.parse().map_err(|e| format!("{flag}: {e}"))?;
+            }
+            "--since" => {
+                let raw = value(&mut parser, &flag)?;
+                options.since = Some(raw.parse().map_err(|e| format!("{flag}: {e}"))?);
+            }
+            other => return Err(format!("unknown export argument {other:?} (see --help)")),
+        }
+    }
+    let dest = dest.ok_or("export needs a destination file: parlor export [OPTIONS] DEST")?;
+    Ok(Action::Export { db, dest, options })
 }
 
 fn parse_echo(mut parser: lexopt::Parser) -> Result<Action, String> {
@@ -282,6 +351,26 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Ok(Action::Export { db, dest, options }) => {
+            return match parlor::export(&db, &dest, &options) {
+                Ok(summary) => {
+                    let rooms = match summary.rooms {
+                        1 => "1 room".to_string(),
+                        n => format!("{n} rooms"),
+                    };
+                    println!(
+                        "Exported {} message(s) from {rooms} to {}.",
+                        summary.messages,
+                        dest.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("parlor: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Ok(Action::Help) => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -344,6 +433,7 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parlor::ExportFormat;
 
     fn run(args: &[&str]) -> Result<Config, String> {
         match parse_args(args)? {
@@ -356,6 +446,13 @@ mod tests {
         match parse_args(args)? {
             Action::Backup { db, dest } => Ok((db, dest)),
             _ => Err("not a backup".into()),
+        }
+    }
+
+    fn export(args: &[&str]) -> Result<(PathBuf, PathBuf, ExportOptions), String> {
+        match parse_args(args)? {
+            Action::Export { db, dest, options } => Ok((db, dest, options)),
+            _ => Err("not an export".into()),
         }
     }
 
@@ -372,6 +469,8 @@ mod tests {
         assert_eq!(config.http_addr, "127.0.0.1:8080");
         assert_eq!(config.ws_addr, "127.0.0.1:8081");
         assert_eq!(config.max_users, 10);
+        assert!(config.auto_checkpoint);
+        assert!(!run(&["--no-auto-checkpoint"]).unwrap().auto_checkpoint);
         let config = run(&[
             "--http",
             "0.0.0.0:80",
@@ -480,6 +579,52 @@ mod tests {
     }
 
     #[test]
+    fn export_takes_rooms_a_format_a_day_and_one_destination() {
+        let (db, dest, options) = export(&["export", "out.jsonl"]).unwrap();
+        assert_eq!((db, dest), (Config::default().db_path, "out.jsonl".into()));
+        assert_eq!(options, ExportOptions::default());
+        assert_eq!(options.format, ExportFormat::JsonLines);
+        let spaced = [
+            "export",
+            "--db",
+            "x.db",
+            "--room",
+            "general",
+            "--room",
+            "Design",
+            "--format",
+            "markdown",
+            "--since",
+            "2025-11-25",
+            "out.md",
+        ];
+        let joined = [
+            "export",
+            "out.md",
+            "--db=x.db",
+            "--room=general",
+            "--room=Design",
+            "--format=markdown",
+            "--since=2025-11-25",
+        ];
+        for args in [&spaced[..], &joined[..]] {
+            let (db, dest, options) = export(args).unwrap();
+            assert_eq!((db, dest), ("x.db".into(), "out.md".into()), "{args:?}");
+            assert_eq!(options.rooms, ["general", "Design"]);
+            assert_eq!(options.format, ExportFormat::Markdown);
+            assert_eq!(options.since, Some("2025-11-25".parse().unwrap()));
+        }
+        let error = |args: &[&str]| export(args).unwrap_err();
+        assert!(error(&["export"]).contains("needs a destination"));
+        assert!(error(&["export", "a", "b"]).contains("one destination"));
+        assert!(error(&["export", "--format", "csv", "o"]).starts_with("--format: the format is"));
+        assert!(error(&["export", "--since", "2025-02-30", "o"]).starts_with("--since: a date"));
+        assert!(error(&["export", "--since=yesterday", "o"]).contains("\"yesterday\""));
+        assert!(error(&["export", "--room"]).contains("--room needs a value"));
+        assert!(error(&["export", "--ws=x", "o"]).contains("unknown export argument \"--ws\""));
+    }
+
+    #[test]
     fn conformance_echo_flags() {
         assert_eq!(
             echo(&["conformance-echo"]).unwrap(),
@@ -517,6 +662,46 @@ mod tests {
             echo(&["conformance-echo", "extra"])
                 .unwrap_err()
                 .contains("unknown conformance-echo argument \"extra\"")
+        );
+    }
+
+    #[test]
+    fn metrics_are_off_loopback_only_or_for_the_ranges_given() {
+        assert_eq!(run(&[]).unwrap().metrics, None);
+        assert_eq!(
+            run(&["--metrics"]).unwrap().metrics,
+            Some(ScrapeAccess::loopback())
+        );
+        let ranges = ["10.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()];
+        let given = Some(ScrapeAccess::ranges(ranges.to_vec()));
+        let spaced = [
+            "--metrics",
+            "--metrics-from",
+            "10.0.0.0/8",
+            "--metrics-from",
+            "::1",
+        ];
+        assert_eq!(run(&spaced).unwrap().metrics, given);
+        let joined = [
+            "--metrics-from=10.0.0.0/8",
+            "--metrics-from=::1",
+            "--metrics",
+        ];
+        assert_eq!(run(&joined).unwrap().metrics, given);
+        assert!(
+            run(&["--metrics-from", "10.0.0.0/8"])
+                .unwrap_err()
+                .contains("--metrics-from needs --metrics")
+        );
+        let bad = run(&["--metrics", "--metrics-from", "10.0.0.0/40"]).unwrap_err();
+        assert!(
+            bad.starts_with("--metrics-from: \"10.0.0.0/40\" is not"),
+            "{bad}"
+        );
+        assert!(
+            run(&["--metrics", "--metrics-from"])
+                .unwrap_err()
+                .contains("needs a value")
         );
     }
 

@@ -32,6 +32,15 @@ pub const OUTBOX_FRAMES: usize = 1024;
 #[derive(Debug, PartialEq, Eq)]
 pub struct Full;
 
+/// What a push did with its frames.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pushed {
+    /// Frames sent or queued; none once the outbox is closed.
+    pub sent: usize,
+    /// Of those, the frames queued for the writer thread.
+    pub queued: usize,
+}
+
 /// A handle on a connection's outbox: the post holds one (in the
 /// connection's route) and pushes through it, the connection's writer
 /// thread another (see [`Outbox::new`]).
@@ -88,10 +97,10 @@ impl Outbox {
     /// frames and these would take it past [`OUTBOX_FRAMES`]; none of them
     /// was sent or queued. (A push onto an empty queue is always taken: the
     /// client had kept up, and one push is one batch for one connection.)
-    pub fn push(&self, frames: &[Frame]) -> Result<(), Full> {
+    pub fn push(&self, frames: &[Frame]) -> Result<Pushed, Full> {
         let mut state = self.lock();
         if state.closed || frames.is_empty() {
-            return Ok(());
+            return Ok(Pushed::default());
         }
         let backlog = state.queue.len();
         if backlog > 0 && backlog + frames.len() > OUTBOX_FRAMES {
@@ -116,7 +125,8 @@ impl Outbox {
                         log::debug!("outbox: direct send failed: {e}");
                         state.closed = true;
                         let _ = sock.shutdown(std::net::Shutdown::Both);
-                        return Ok(());
+                        let sent = frames.len() - rest.len();
+                        return Ok(Pushed { sent, queued: 0 });
                     }
                 };
                 while let Some(first) = rest.first()
@@ -126,7 +136,8 @@ impl Outbox {
                     rest = &rest[1..];
                 }
                 if rest.is_empty() {
-                    return Ok(());
+                    let sent = frames.len();
+                    return Ok(Pushed { sent, queued: 0 });
                 }
                 if sent > 0 {
                     state.written = sent;
@@ -137,7 +148,8 @@ impl Outbox {
         state.queue.extend(rest.iter().cloned());
         drop(state);
         self.wake_writer();
-        Ok(())
+        let (sent, queued) = (frames.len(), rest.len());
+        Ok(Pushed { sent, queued })
     }
 
     /// Accepts nothing more; with `discard`, also drops what is queued (a
@@ -306,7 +318,7 @@ mod tests {
         let mut pushed = 0;
         let full = loop {
             match outbox.push(&[frame(pushed)]) {
-                Ok(()) => pushed += 1,
+                Ok(_) => pushed += 1,
                 Err(full) => break full,
             }
         };

@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::frame::Frame;
+use crate::metrics::Metrics;
 use crate::outbox::{Full, Outbox};
 use crate::vocab::{ConnId, Event, Mail, MailSink};
 
@@ -76,7 +77,7 @@ type Pending = HashMap<ConnId, Option<(Outbox, Vec<Frame>)>>;
 /// Carries out a batch of mail. Returns the connections found too far
 /// behind: their outboxes are closed and emptied, and the hub should end
 /// them.
-fn deliver(routes: &Routes, mail: Vec<Mail>) -> Vec<ConnId> {
+fn deliver(routes: &Routes, mail: Vec<Mail>, metrics: &Metrics) -> Vec<ConnId> {
     let mut too_slow = Vec::new();
     let mut pending = Pending::new();
     for item in mail {
@@ -93,23 +94,39 @@ fn deliver(routes: &Routes, mail: Vec<Mail>) -> Vec<ConnId> {
             },
             Mail::Close { conn, code, reason } => {
                 let close = CloseRequest { code, reason };
-                end(routes, &mut pending, &mut too_slow, conn, Some(close));
+                end(
+                    routes,
+                    &mut pending,
+                    &mut too_slow,
+                    conn,
+                    Some(close),
+                    metrics,
+                );
             }
-            Mail::Forget(conn) => end(routes, &mut pending, &mut too_slow, conn, None),
+            Mail::Forget(conn) => end(routes, &mut pending, &mut too_slow, conn, None, metrics),
         }
     }
     for (conn, (outbox, frames)) in pending.into_iter().filter_map(|(c, p)| Some((c, p?))) {
-        push(conn, &outbox, &frames, &mut too_slow);
+        push(conn, &outbox, &frames, &mut too_slow, metrics);
     }
     too_slow
 }
 
 /// Pushes a batch's frames for one connection; a full outbox is closed and
 /// emptied, and the connection reported.
-fn push(conn: ConnId, outbox: &Outbox, frames: &[Frame], too_slow: &mut Vec<ConnId>) {
-    if outbox.push(frames) == Err(Full) {
-        outbox.close(true);
-        too_slow.push(conn);
+fn push(
+    conn: ConnId,
+    outbox: &Outbox,
+    frames: &[Frame],
+    too_slow: &mut Vec<ConnId>,
+    metrics: &Metrics,
+) {
+    match outbox.push(frames) {
+        Ok(pushed) => metrics.frames_sent(pushed.sent, pushed.queued),
+        Err(Full) => {
+            outbox.close(true);
+            too_slow.push(conn);
+        }
     }
 }
 
@@ -123,9 +140,10 @@ fn end(
     too_slow: &mut Vec<ConnId>,
     conn: ConnId,
     close: Option<CloseRequest>,
+    metrics: &Metrics,
 ) {
     if let Some(Some((outbox, frames))) = pending.remove(&conn) {
-        push(conn, &outbox, &frames, too_slow);
+        push(conn, &outbox, &frames, too_slow, metrics);
     }
     if let Some(route) = routes.remove(conn)
         && let Some(close) = close
@@ -147,14 +165,14 @@ pub struct Post {
 
 impl Post {
     /// Starts the `post` thread. It tells the hub of connections too far
-    /// behind with [`Event::TooSlow`].
-    pub fn start(routes: Routes, hub_tx: Sender<Event>) -> std::io::Result<Post> {
+    /// behind with [`Event::TooSlow`], and `metrics` of the frames it sends.
+    pub fn start(routes: Routes, hub_tx: Sender<Event>, metrics: Metrics) -> std::io::Result<Post> {
         // The hub may be a few batches ahead; beyond that it waits, so a
         // post that cannot keep up slows the hub instead of piling up mail.
         let (mail_tx, mail_rx) = crossbeam_channel::bounded(MAIL_BATCHES);
         let thread = std::thread::Builder::new()
             .name("post".into())
-            .spawn(move || run(&routes, &mail_rx, &hub_tx))?;
+            .spawn(move || run(&routes, &mail_rx, &hub_tx, &metrics))?;
         Ok(Post { mail_tx, thread })
     }
 
@@ -178,7 +196,7 @@ impl MailSink for Post {
 /// Batches the hub may hand over before it waits for the post.
 const MAIL_BATCHES: usize = 4;
 
-fn run(routes: &Routes, mail_rx: &Receiver<Vec<Mail>>, hub_tx: &Sender<Event>) {
+fn run(routes: &Routes, mail_rx: &Receiver<Vec<Mail>>, hub_tx: &Sender<Event>, metrics: &Metrics) {
     for mut mail in mail_rx {
         // Batches that waited while the post was busy go out together: a
         // connection then gets their frames in one send, which is most of
@@ -187,7 +205,7 @@ fn run(routes: &Routes, mail_rx: &Receiver<Vec<Mail>>, hub_tx: &Sender<Event>) {
         while let Ok(more) = mail_rx.try_recv() {
             mail.extend(more);
         }
-        for conn in deliver(routes, mail) {
+        for conn in deliver(routes, mail, metrics) {
             // The hub is gone only at shutdown, when no one needs to know.
             let _ = hub_tx.send(Event::TooSlow { conn });
         }
@@ -242,7 +260,7 @@ mod tests {
             Mail::Frame(ConnId(1), Frame::text("after the close")),
             Mail::Frame(ConnId(9), Frame::text("nobody")),
         ];
-        assert!(deliver(&routes, mail).is_empty());
+        assert!(deliver(&routes, mail, &Metrics::default()).is_empty());
         assert_eq!(drain(&a), ["one", "two"]);
         assert_eq!(drain(&b), ["for b"]);
         assert_eq!(
@@ -253,7 +271,7 @@ mod tests {
             })
         );
         assert!(routes.outbox(ConnId(1)).is_none());
-        deliver(&routes, vec![Mail::Forget(ConnId(2))]);
+        deliver(&routes, vec![Mail::Forget(ConnId(2))], &Metrics::default());
         assert!(routes.outbox(ConnId(2)).is_none());
     }
 
@@ -266,7 +284,7 @@ mod tests {
             Mail::Forget(ConnId(5)),
             Mail::Frame(ConnId(5), Frame::text("too late")),
         ];
-        assert!(deliver(&routes, mail).is_empty());
+        assert!(deliver(&routes, mail, &Metrics::default()).is_empty());
         assert_eq!(drain(&outbox), ["reply"]);
         assert!(routes.outbox(ConnId(5)).is_none());
         // No close request: the writer sees its channel end.
@@ -278,7 +296,7 @@ mod tests {
         let routes = Routes::default();
         let (_outbox, close_rx) = route(&routes, 6);
         let (hub_tx, _hub_rx) = crossbeam_channel::unbounded();
-        let post = Post::start(routes.clone(), hub_tx).unwrap();
+        let post = Post::start(routes.clone(), hub_tx, Metrics::default()).unwrap();
         post.stop();
         assert!(routes.outbox(ConnId(6)).is_none());
         assert_eq!(close_rx.recv(), Err(crossbeam_channel::RecvError));
@@ -295,7 +313,7 @@ mod tests {
                 Mail::Frame(ConnId(3), Frame::text(&format!("m{n}"))),
                 Mail::Frame(ConnId(4), Frame::text(&format!("m{n}"))),
             ];
-            reported.extend(deliver(&routes, mail));
+            reported.extend(deliver(&routes, mail, &Metrics::default()));
             drain(&reader);
         }
         assert_eq!(reported, [ConnId(3)]);

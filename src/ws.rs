@@ -29,6 +29,7 @@ use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Bytes, Message, WebSocket};
 
 use crate::admission::{Admitted, HostPolicy, OriginPolicy, SocketLimits, SocketTable};
+use crate::metrics::Metrics;
 use crate::net::{Stream, wake_listener};
 use crate::outbox::Outbox;
 use crate::post::{CloseRequest, Route, Routes};
@@ -72,6 +73,8 @@ pub enum Handler {
         hub_tx: Sender<Event>,
         /// Where this connection's route is added for the post.
         routes: Routes,
+        /// Counts the connection as open while its reader runs.
+        metrics: Metrics,
     },
     /// Conformance testing: send every message straight back, through the
     /// same reader and writer threads.
@@ -103,9 +106,14 @@ impl Settings {
         origins: OriginPolicy,
         hosts: HostPolicy,
         limits: SocketLimits,
+        metrics: Metrics,
     ) -> Settings {
         Settings {
-            handler: Handler::Hub { hub_tx, routes },
+            handler: Handler::Hub {
+                hub_tx,
+                routes,
+                metrics,
+            },
             tls,
             origins,
             hosts,
@@ -394,7 +402,12 @@ fn serve(
         .map_err(SetupError::Writer)?;
     drop(writer);
     match &settings.handler {
-        Handler::Hub { hub_tx, routes } => {
+        Handler::Hub {
+            hub_tx,
+            routes,
+            metrics,
+        } => {
+            let _open = metrics.websocket_opened();
             // The route first: mail the hub sends once it hears of the
             // connection must find it.
             routes.add(conn, Route { outbox, close_tx });

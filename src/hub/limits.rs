@@ -9,6 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::metrics::{Limited, Metrics};
 use crate::protocol::{CheckedFrame, NameKey};
 
 /// Addresses whose new usernames are remembered at once; past this the
@@ -106,14 +107,17 @@ pub(super) struct Limits {
     rates: HashMap<NameKey, Rate>,
     /// New usernames signed in with, by address.
     new_users: HashMap<IpAddr, VecDeque<Instant>>,
+    /// Counts refusals by request type.
+    metrics: Metrics,
 }
 
 impl Limits {
-    pub fn new(settings: Settings) -> Limits {
+    pub fn new(settings: Settings, metrics: Metrics) -> Limits {
         Limits {
             settings,
             rates: HashMap::new(),
             new_users: HashMap::new(),
+            metrics,
         }
     }
 
@@ -134,6 +138,7 @@ impl Limits {
             .requests
             .spend(&settings, cost, now)
             .map_err(over_budget)
+            .inspect_err(|_| self.metrics.rate_limited(Limited::Budget))
     }
 
     /// Records a send by `user` now, or refuses it.
@@ -149,6 +154,7 @@ impl Limits {
                 wait,
             }),
         }
+        .inspect_err(|_| self.metrics.rate_limited(Limited::Send))
     }
 
     /// Takes back a send recorded at `at` that turned out to be a retry of
@@ -175,6 +181,7 @@ impl Limits {
                 wait,
             }),
         }
+        .inspect_err(|_| self.metrics.rate_limited(Limited::Join))
     }
 
     /// Records a room creation or deletion by `user`, or refuses it.
@@ -192,6 +199,7 @@ impl Limits {
                 wait,
             }),
         }
+        .inspect_err(|_| self.metrics.rate_limited(Limited::RoomChange))
     }
 
     /// Records a sign-in from `ip` with a username never seen before, or
@@ -220,6 +228,7 @@ impl Limits {
                 wait,
             }),
         }
+        .inspect_err(|_| self.metrics.rate_limited(Limited::NewUser))
     }
 }
 
@@ -270,7 +279,7 @@ mod tests {
 
     #[test]
     fn every_request_spends_from_a_bucket_that_refills_at_its_rate() {
-        let mut limits = Limits::new(settings(10, 5));
+        let mut limits = Limits::new(settings(10, 5), Metrics::default());
         let alice = NameKey::of("alice");
         let t0 = Instant::now();
         // A burst of 20 units: ten pings and a page of 200 (9 units).
@@ -316,7 +325,7 @@ mod tests {
 
     #[test]
     fn room_changes_and_new_names_per_address_are_windows() {
-        let mut limits = Limits::new(settings(10, 5));
+        let mut limits = Limits::new(settings(10, 5), Metrics::default());
         let alice = NameKey::of("alice");
         let t0 = Instant::now();
         assert!(limits.room_change(&alice, t0).is_ok());
@@ -342,7 +351,7 @@ mod tests {
 
     #[test]
     fn a_window_refuses_past_its_limit_until_the_oldest_attempt_expires() {
-        let mut limits = Limits::new(settings(2, 1));
+        let mut limits = Limits::new(settings(2, 1), Metrics::default());
         let alice = NameKey::of("alice");
         let t0 = Instant::now();
         assert!(limits.send(&alice, t0).is_ok());

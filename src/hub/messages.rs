@@ -186,7 +186,18 @@ impl Sends {
         let pending = std::mem::take(&mut self.pending);
         let repeats = std::mem::take(&mut self.pending_repeats);
         self.pending_ids.clear();
-        let stored = match store.insert_messages(pending.iter().map(|p| &p.message)) {
+        let started = Instant::now();
+        let stored = store.insert_messages(pending.iter().map(|p| &p.message));
+        // Retries found by the insert stored nothing.
+        let new = stored.as_ref().map_or(pending.len(), |stored| {
+            stored
+                .iter()
+                .filter(|s| matches!(s, Stored::New(_)))
+                .count()
+        });
+        out.metrics
+            .committed(new, started.elapsed(), stored.is_ok());
+        let stored = match stored {
             Ok(stored) => stored,
             Err(e) => {
                 if !self.storage_failing {

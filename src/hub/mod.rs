@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::metrics::Metrics;
 use crate::protocol::{CheckedFrame, CheckedRequest, ErrorCode, ServerFrame};
 use crate::store::Store;
 use crate::vocab::{ConnId, Event, MailSink, close};
@@ -51,6 +52,8 @@ pub struct Settings {
     pub max_rooms: usize,
     /// Rate limits and budgets per user.
     pub limits: LimitSettings,
+    /// Where the hub counts commits, sign-ins, refusals and storage errors.
+    pub metrics: Metrics,
 }
 
 /// The hub's state; [`Hub::run`] is its thread.
@@ -72,8 +75,8 @@ impl Hub {
             store,
             sessions: Sessions::new(settings.max_users, settings.max_users_per_ip),
             sends: Sends::default(),
-            limits: Limits::new(settings.limits.clone()),
-            out: Outgoing::default(),
+            limits: Limits::new(settings.limits.clone(), settings.metrics.clone()),
+            out: Outgoing::new(settings.metrics.clone()),
         })
     }
 
@@ -121,6 +124,9 @@ impl Hub {
         if self.rooms.list_due.is_some_and(|due| due <= Instant::now()) {
             self.send_room_list(None);
         }
+        self.out
+            .metrics
+            .set_users_signed_in(self.sessions.online_count());
         if !self.out.mail.is_empty() {
             sink.post(std::mem::take(&mut self.out.mail));
         }
@@ -198,6 +204,7 @@ impl Hub {
             Event::TooSlow { conn } => {
                 if self.sessions.knows(conn) {
                     log::warn!("{conn}: outbox full (client too slow); disconnecting it");
+                    self.out.metrics.too_slow();
                     self.drop_conn(conn, close::POLICY, "too far behind; reconnect to catch up");
                 }
             }
@@ -339,6 +346,7 @@ mod tests {
                     room_changes_per_10_minutes: 10,
                     new_users_per_ip_per_hour: 1000,
                 },
+                metrics: Metrics::default(),
             };
             Harness {
                 hub: Hub::new(store, &settings).unwrap(),

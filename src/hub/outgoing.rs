@@ -1,10 +1,12 @@
 //! What one batch says to connections: replies, broadcasts and closes, kept
 //! in order as [`Mail`] until the batch ends and the hub hands it to its
-//! sink.
+//! sink; and what the hub tells the operator, as [`Metrics`], since every
+//! handler is given this.
 
 use std::time::Duration;
 
 use crate::frame::Frame;
+use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, ServerFrame};
 use crate::vocab::{ConnId, Mail};
 
@@ -15,12 +17,20 @@ pub(super) struct To<'a> {
 }
 
 /// The batch's mail, in the order it was said.
-#[derive(Default)]
 pub(super) struct Outgoing {
     pub mail: Vec<Mail>,
+    /// The server's metrics.
+    pub metrics: Metrics,
 }
 
 impl Outgoing {
+    pub fn new(metrics: Metrics) -> Outgoing {
+        Outgoing {
+            mail: Vec::new(),
+            metrics,
+        }
+    }
+
     /// A frame already encoded for several recipients.
     pub fn frame(&mut self, conn: ConnId, frame: Frame) {
         self.mail.push(Mail::Frame(conn, frame));
@@ -54,6 +64,7 @@ impl Outgoing {
     /// Logs a failed storage call and tells the requester.
     pub fn storage_failed(&mut self, to: &To, what: &str, e: &rusqlite::Error) {
         log::error!("storage: {what} failed for {}: {e}", to.conn);
+        self.metrics.storage_error();
         self.error(
             to,
             ErrorCode::StorageError,

@@ -123,6 +123,11 @@ impl Sessions {
             .map_err(limits::over_budget)
     }
 
+    /// How many distinct users are signed in.
+    pub fn online_count(&self) -> usize {
+        self.online.len()
+    }
+
     /// Where every signed-in user's mail goes.
     pub fn online_conns(&self) -> impl Iterator<Item = ConnId> + '_ {
         self.online.values().map(|o| o.conn)
@@ -329,6 +334,7 @@ impl Sessions {
         };
         log::info!("{} signed out", online.name);
         if let Err(e) = store.touch_user(online.user_id, now_ms()) {
+            out.metrics.storage_error();
             log::warn!(
                 "storage: could not record when {} was last seen: {e}",
                 online.name

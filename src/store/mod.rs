@@ -1,5 +1,6 @@
 //! The one user of SQLite: opening the database file safely, the schema and
-//! its migrations, and typed queries for users, rooms and messages.
+//! its migrations, and typed queries for users, rooms and messages; reading
+//! a consistent snapshot for exports in `export`.
 //!
 //! Durability comes from `journal_mode=WAL` with `synchronous=FULL`: a
 //! committed transaction has been fsynced, so an acked message survives a
@@ -15,6 +16,10 @@ use rusqlite::types::{FromSql, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
 use crate::Error;
 use crate::protocol::{ChatMessage, NameKey, PageMessage, PageQuery, Seq, now_ms};
+
+mod export;
+
+pub use export::{Snapshot, SnapshotRoom};
 
 /// `PRAGMA application_id` of a Parlor database ("PRLR").
 const APPLICATION_ID: i64 = 0x5052_4c52;
@@ -220,6 +225,17 @@ impl Store {
         self.conn.pragma_update(None, "synchronous", "FULL")?;
         self.conn.pragma_update(None, "foreign_keys", true)?;
         self.conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(())
+    }
+
+    /// Turns off SQLite's automatic checkpoint after commits, for a program
+    /// that replicates the WAL and checkpoints it itself (Litestream). The
+    /// WAL grows until someone checkpoints it.
+    pub fn leave_checkpoints_to_others(&self) -> rusqlite::Result<()> {
+        let pages: i64 =
+            self.conn
+                .pragma_update_and_check(None, "wal_autocheckpoint", 0, |row| row.get(0))?;
+        debug_assert_eq!(pages, 0);
         Ok(())
     }
 
@@ -490,16 +506,7 @@ impl Store {
 /// 0600 and opens like any Parlor database.
 pub fn backup(db: &Path, dest: &Path) -> Result<(), Error> {
     let fail = |path: &Path, message: String| database_error(path, message, None);
-    if !db.is_file() {
-        return Err(fail(db, "there is no database file here".into()));
-    }
-    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| fail(db, format!("cannot open it: {e}")))?;
-    let (_, app_id, _) = read_identity(&conn)
-        .map_err(|e| fail(db, format!("it is not a readable SQLite database ({e})")))?;
-    if app_id != APPLICATION_ID {
-        return Err(fail(db, "it is not a Parlor database".into()));
-    }
+    let conn = open_read_only(db)?;
     if dest.exists() {
         return Err(fail(
             dest,
@@ -515,6 +522,23 @@ pub fn backup(db: &Path, dest: &Path) -> Result<(), Error> {
         return Err(fail(dest, format!("the copy failed: {e}")));
     }
     Ok(())
+}
+
+/// Opens an existing Parlor database read-only, for reading alongside a
+/// running server; refuses a missing file or one that is not Parlor's.
+fn open_read_only(db: &Path) -> Result<Connection, Error> {
+    let fail = |message: String| database_error(db, message, None);
+    if !db.is_file() {
+        return Err(fail("there is no database file here".into()));
+    }
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| fail(format!("cannot open it: {e}")))?;
+    let (_, app_id, _) = read_identity(&conn)
+        .map_err(|e| fail(format!("it is not a readable SQLite database ({e})")))?;
+    if app_id != APPLICATION_ID {
+        return Err(fail("it is not a Parlor database".into()));
+    }
+    Ok(conn)
 }
 
 fn database_error(
@@ -882,6 +906,43 @@ pub(crate) mod tests {
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn checkpoints_can_be_left_to_another_program() {
+        // A commit of over 1,000 pages, then a small one: how many frames
+        // the WAL holds after them.
+        let wal_frames_after_two_commits = |store: &mut Store| -> i64 {
+            let user = store.login_user("ops", 1).unwrap();
+            let big: Vec<_> = (0..1200)
+                .map(|i| NewMessage {
+                    text: "x".repeat(4000),
+                    ..message(GENERAL, user.id, &format!("big{i}"), i)
+                })
+                .collect();
+            store.insert_messages(&big).unwrap();
+            store
+                .insert_messages(&[message(GENERAL, user.id, "small", 2000)])
+                .unwrap();
+            // (busy, frames in the WAL, frames checkpointed)
+            store
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
+                .unwrap()
+        };
+        // By default the first commit is checkpointed right after it, and
+        // the second starts the WAL over.
+        let (_dir, mut store) = temp_store();
+        assert!(wal_frames_after_two_commits(&mut store) < 100);
+
+        let (_dir, mut store) = temp_store();
+        store.leave_checkpoints_to_others().unwrap();
+        let autocheckpoint: i64 = store
+            .conn
+            .query_row("PRAGMA wal_autocheckpoint", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(autocheckpoint, 0);
+        assert!(wal_frames_after_two_commits(&mut store) > 1000);
     }
 
     #[test]

@@ -5,5 +5,6 @@
 mod support;
 
 mod crash_loop;
+mod export;
 mod lifecycle;
 mod storage;

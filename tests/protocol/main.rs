@@ -9,5 +9,6 @@ mod budgets;
 mod defense;
 mod http;
 mod messages;
+mod metrics;
 mod sessions;
 mod tls;
