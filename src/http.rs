@@ -101,7 +101,9 @@ fn respond(request: Request, bound: SocketAddr, site: &Site, peers: &Peers) {
         .iter()
         .find(|h| h.field.equiv("Host"))
         .map(|h| h.value.as_str());
-    let response = match (request.method(), request.url()) {
+    // The query string is the page's business (a join code link: `/?code=`).
+    let path = request.url().split('?').next().unwrap_or_default();
+    let response = match (request.method(), path) {
         _ if !site.hosts.allows(host) => {
             log::warn!("http: refused a request for host {host:?}; name it with --public-host");
             Response::from_string(HostPolicy::refusal(host))

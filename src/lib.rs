@@ -94,6 +94,9 @@ pub struct Config {
     pub new_users_per_ip_per_hour: u32,
     /// Most users signed in at once from one IP address; None: no limit.
     pub max_users_per_ip: Option<usize>,
+    /// What a new sign-in must carry; None: anyone who can open the page
+    /// may sign in.
+    pub join_code: Option<String>,
     /// Browser origins allowed to open a WebSocket besides the page's own;
     /// their host names are also answered (see `public_hosts`).
     pub allow_origins: Vec<String>,
@@ -131,6 +134,7 @@ impl Default for Config {
             max_rooms: 100,
             new_users_per_ip_per_hour: 20,
             max_users_per_ip: None,
+            join_code: None,
             allow_origins: Vec::new(),
             public_hosts: Vec::new(),
             max_connections: None,
@@ -195,6 +199,7 @@ pub fn start(config: Config) -> Result<Server, Error> {
         max_users: config.max_users,
         max_users_per_ip: config.max_users_per_ip,
         max_rooms: config.max_rooms,
+        join_code: config.join_code.clone(),
         limits: hub::LimitSettings {
             messages_per_second: config.messages_per_second,
             room_switches_per_minute: config.room_switches_per_minute,

@@ -43,6 +43,9 @@ Options:
                                    with in an hour (default 20)
   --max-users-per-ip N             most users signed in from one IP address
                                    (default: no limit)
+  --join-code CODE                 a new sign-in needs this code (the page asks
+                                   once, or takes it from ?code=CODE); also
+                                   PARLOR_JOIN_CODE (default: none needed)
   --allow-origin URL               also accept WebSockets from pages at this origin
                                    (repeatable; e.g. https://chat.example.org)
   --public-host NAME               also answer requests for this host name
@@ -126,6 +129,7 @@ where
                 config.new_users_per_ip_per_hour = positive(&mut parser, &flag)?
             }
             "--max-users-per-ip" => config.max_users_per_ip = Some(positive(&mut parser, &flag)?),
+            "--join-code" => config.join_code = Some(join_code(&value(&mut parser, &flag)?)?),
             "--tls-cert" => tls_cert = Some(path(&mut parser, &flag)?),
             "--tls-key" => tls_key = Some(path(&mut parser, &flag)?),
             "--allow-origin" => config.allow_origins.push(value(&mut parser, &flag)?),
@@ -149,6 +153,14 @@ where
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
     }
+    if config.join_code.is_none()
+        && let Some(code) = std::env::var_os("PARLOR_JOIN_CODE")
+    {
+        let code = code
+            .into_string()
+            .map_err(|_| "PARLOR_JOIN_CODE must be text".to_string())?;
+        config.join_code = Some(join_code(&code)?);
+    }
     config.tls = match (tls_cert, tls_key) {
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
@@ -161,6 +173,22 @@ where
         (true, false) => Some(ScrapeAccess::ranges(metrics_from)),
     };
     Ok(Action::Run(Box::new(config), level))
+}
+
+/// Checks a join code: 1–128 characters, no control characters, not only
+/// spaces (people type it, and it travels in a link).
+fn join_code(code: &str) -> Result<String, String> {
+    let len = code.chars().count();
+    if !(1..=parlor::protocol::MAX_JOIN_CODE_CHARS).contains(&len)
+        || code.chars().any(char::is_control)
+        || code.trim().is_empty()
+    {
+        return Err(format!(
+            "a join code is 1 to {} characters, not only spaces, without control characters",
+            parlor::protocol::MAX_JOIN_CODE_CHARS
+        ));
+    }
+    Ok(code.to_string())
 }
 
 fn parse_backup(mut parser: lexopt::Parser) -> Result<Action, String> {
@@ -703,6 +731,24 @@ mod tests {
                 .unwrap_err()
                 .contains("needs a value")
         );
+    }
+
+    #[test]
+    fn join_codes_are_checked() {
+        let config = run(&["--join-code", "tea at five"]).unwrap();
+        assert_eq!(config.join_code.as_deref(), Some("tea at five"));
+        assert!(
+            run(&["--join-code", " "])
+                .unwrap_err()
+                .contains("join code")
+        );
+        assert!(
+            run(&["--join-code=a\tb"])
+                .unwrap_err()
+                .contains("join code")
+        );
+        let long = "x".repeat(129);
+        assert!(run(&["--join-code", &long]).is_err());
     }
 
     #[test]

@@ -43,15 +43,18 @@ pub enum Limited {
     NewUser,
     /// Any request, over the request budget (`--requests-per-second`).
     Budget,
+    /// `hello` from an address that sent too many wrong join codes.
+    JoinCode,
 }
 
 impl Limited {
-    const ALL: [Limited; 5] = [
+    const ALL: [Limited; 6] = [
         Limited::Send,
         Limited::Join,
         Limited::RoomChange,
         Limited::NewUser,
         Limited::Budget,
+        Limited::JoinCode,
     ];
 
     fn label(self) -> RequestLabel {
@@ -61,6 +64,7 @@ impl Limited {
             Limited::RoomChange => "room_change",
             Limited::NewUser => "new_user",
             Limited::Budget => "budget",
+            Limited::JoinCode => "join_code",
         };
         RequestLabel { request }
     }

@@ -126,6 +126,8 @@ pub enum ClientFrame {
         username: String,
         #[serde(default)]
         resume: Option<String>,
+        #[serde(default)]
+        code: Option<String>,
     },
     /// Create a room.
     CreateRoom { room: String },
@@ -263,6 +265,7 @@ pub enum CheckedFrame {
     Hello {
         username: Checked<Username>,
         resume: Option<String>,
+        code: Option<String>,
     },
     /// `invalid_room_name` on `Err`.
     CreateRoom { room: Checked<RoomName> },
@@ -293,12 +296,17 @@ impl Request {
     /// Applies every rule that needs no server state.
     pub fn check(self) -> CheckedRequest {
         let frame = match self.frame {
-            ClientFrame::Hello { username, resume } => CheckedFrame::Hello {
+            ClientFrame::Hello {
+                username,
+                resume,
+                code,
+            } => CheckedFrame::Hello {
                 username: validate_username(&username).map(|name| Username {
                     key: NameKey::of(&name),
                     name,
                 }),
                 resume,
+                code,
             },
             ClientFrame::CreateRoom { room } => CheckedFrame::CreateRoom {
                 room: validate_room_name(&room).map(|name| RoomName {
@@ -552,6 +560,8 @@ pub enum ErrorCode {
     InvalidRoomName,
     RoomExists,
     TooManyRooms,
+    JoinCodeRequired,
+    BadJoinCode,
     NoSuchRoom,
     NotInRoom,
     InvalidMessage,
@@ -670,6 +680,20 @@ pub fn validate_room_name(raw: &str) -> Result<String, String> {
     Ok(name.to_string())
 }
 
+/// Longest join code an operator may set.
+pub const MAX_JOIN_CODE_CHARS: usize = 128;
+
+/// Whether a join code the client sent is the server's, compared in time
+/// that does not depend on where they first differ.
+pub fn join_code_matches(sent: &str, code: &str) -> bool {
+    let (a, b) = (sent.as_bytes(), code.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in b.iter().enumerate() {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ x);
+    }
+    diff == 0
+}
+
 /// Checks a client message id: 1–64 characters, no control characters.
 pub fn validate_client_id(id: &str) -> Result<(), String> {
     let len = id.chars().count();
@@ -721,7 +745,8 @@ mod tests {
             hello.frame,
             ClientFrame::Hello {
                 username: "alice".into(),
-                resume: None
+                resume: None,
+                code: None
             }
         );
         let send = parse_request(r#"{"type":"send","id":"c-1","text":"hi","ts":17}"#).unwrap();

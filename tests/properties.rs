@@ -256,8 +256,16 @@ fn any_cursor() -> impl Strategy<Value = Cursor> {
 
 fn any_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
-        (field_string(), option::of(field_string()))
-            .prop_map(|(username, resume)| ClientFrame::Hello { username, resume }),
+        (
+            field_string(),
+            option::of(field_string()),
+            option::of(field_string())
+        )
+            .prop_map(|(username, resume, code)| ClientFrame::Hello {
+                username,
+                resume,
+                code
+            }),
         field_string().prop_map(|room| ClientFrame::CreateRoom { room }),
         field_string().prop_map(|room| ClientFrame::DeleteRoom { room }),
         (field_string(), option::of(any::<u32>()))
@@ -372,11 +380,16 @@ fn encode_request(
     let s = |text: &str| json_string(text, style.ascii_only);
     let cursor = |c: &Cursor| format!("{{\"ts\":{},\"seq\":{}}}", c.ts, c.seq);
     let (kind, fields): (&str, Vec<(&str, Option<String>)>) = match frame {
-        ClientFrame::Hello { username, resume } => (
+        ClientFrame::Hello {
+            username,
+            resume,
+            code,
+        } => (
             "hello",
             vec![
                 ("username", Some(s(username))),
                 ("resume", resume.as_deref().map(s)),
+                ("code", code.as_deref().map(s)),
             ],
         ),
         ClientFrame::CreateRoom { room } => ("create_room", vec![("room", Some(s(room)))]),

@@ -107,6 +107,8 @@ pub(super) struct Limits {
     rates: HashMap<NameKey, Rate>,
     /// New usernames signed in with, by address.
     new_users: HashMap<IpAddr, VecDeque<Instant>>,
+    /// Wrong join codes sent, by address.
+    wrong_codes: HashMap<IpAddr, VecDeque<Instant>>,
     /// Counts refusals by request type.
     metrics: Metrics,
 }
@@ -117,6 +119,7 @@ impl Limits {
             settings,
             rates: HashMap::new(),
             new_users: HashMap::new(),
+            wrong_codes: HashMap::new(),
             metrics,
         }
     }
@@ -206,17 +209,7 @@ impl Limits {
     /// refuses it.
     pub fn new_user(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
         let limit = self.settings.new_users_per_ip_per_hour;
-        if self.new_users.len() >= MAX_TRACKED_ADDRESSES && !self.new_users.contains_key(&ip) {
-            self.new_users.retain(|_, window| {
-                window
-                    .back()
-                    .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(3600))
-            });
-            if self.new_users.len() >= MAX_TRACKED_ADDRESSES {
-                self.new_users.clear();
-            }
-        }
-        let window = self.new_users.entry(ip).or_default();
+        let window = address_window(&mut self.new_users, ip, now);
         match over_limit(window, now, Duration::from_secs(3600), limit) {
             None => Ok(()),
             Some(wait) => Err(Refusal {
@@ -230,6 +223,63 @@ impl Limits {
         }
         .inspect_err(|_| self.metrics.rate_limited(Limited::NewUser))
     }
+
+    /// Whether `ip` may try a join code now: refused once it has sent
+    /// [`WRONG_CODES_PER_HOUR`] wrong ones in the last hour, so guessing a
+    /// code takes years, not minutes.
+    pub fn may_try_join_code(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        let window = address_window(&mut self.wrong_codes, ip, now);
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(3600))
+        {
+            window.pop_front();
+        }
+        if window.len() < WRONG_CODES_PER_HOUR {
+            return Ok(());
+        }
+        let wait = window.front().map_or(Duration::ZERO, |oldest| {
+            Duration::from_secs(3600).saturating_sub(now.duration_since(*oldest))
+        });
+        self.metrics.rate_limited(Limited::JoinCode);
+        Err(Refusal {
+            message: format!(
+                "Too many wrong join codes came from your address. Try again in {} min.",
+                wait.as_secs() / 60 + 1
+            ),
+            wait,
+        })
+    }
+
+    /// Records a wrong join code from `ip`.
+    pub fn wrong_join_code(&mut self, ip: IpAddr, now: Instant) {
+        address_window(&mut self.wrong_codes, ip, now).push_back(now);
+    }
+}
+
+/// Wrong join codes one address may send in any hour.
+pub(super) const WRONG_CODES_PER_HOUR: usize = 20;
+
+/// The window of `ip` in a table of windows by address, making room when
+/// the table is full: windows that have run out go first, and if that is
+/// not enough, all of them (the table only ever forgets, so a flood of
+/// addresses costs at most [`MAX_TRACKED_ADDRESSES`] windows).
+fn address_window(
+    table: &mut HashMap<IpAddr, VecDeque<Instant>>,
+    ip: IpAddr,
+    now: Instant,
+) -> &mut VecDeque<Instant> {
+    if table.len() >= MAX_TRACKED_ADDRESSES && !table.contains_key(&ip) {
+        table.retain(|_, window| {
+            window
+                .back()
+                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(3600))
+        });
+        if table.len() >= MAX_TRACKED_ADDRESSES {
+            table.clear();
+        }
+    }
+    table.entry(ip).or_default()
 }
 
 /// The refusal of a request over its budget.

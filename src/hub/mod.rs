@@ -50,6 +50,8 @@ pub struct Settings {
     pub max_users_per_ip: Option<usize>,
     /// Most live rooms.
     pub max_rooms: usize,
+    /// What `hello` must carry to sign in; None: nothing.
+    pub join_code: Option<String>,
     /// Rate limits and budgets per user.
     pub limits: LimitSettings,
     /// Where the hub counts commits, sign-ins, refusals and storage errors.
@@ -73,7 +75,11 @@ impl Hub {
         Ok(Hub {
             rooms: Rooms::load(&store, settings.max_rooms)?,
             store,
-            sessions: Sessions::new(settings.max_users, settings.max_users_per_ip),
+            sessions: Sessions::new(
+                settings.max_users,
+                settings.max_users_per_ip,
+                settings.join_code.clone(),
+            ),
             sends: Sends::default(),
             limits: Limits::new(settings.limits.clone(), settings.metrics.clone()),
             out: Outgoing::new(settings.metrics.clone()),
@@ -235,7 +241,14 @@ impl Hub {
         }
         let user = match (self.sessions.caller(conn), frame) {
             (Caller::Gone, _) => return,
-            (Caller::Anonymous, CheckedFrame::Hello { username, resume }) => {
+            (
+                Caller::Anonymous,
+                CheckedFrame::Hello {
+                    username,
+                    resume,
+                    code,
+                },
+            ) => {
                 return self.sessions.hello(
                     &self.store,
                     &mut self.rooms,
@@ -244,6 +257,7 @@ impl Hub {
                     &to,
                     username,
                     resume,
+                    code,
                 );
             }
             (Caller::SignedIn(user), CheckedFrame::Hello { .. }) => {
@@ -338,6 +352,7 @@ mod tests {
                 max_users: 10,
                 max_users_per_ip: None,
                 max_rooms: 100,
+                join_code: None,
                 limits: LimitSettings {
                     messages_per_second,
                     room_switches_per_minute: 5,

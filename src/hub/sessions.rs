@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::{
     Checked, ErrorCode, Limits as WireLimits, MAX_TEXT_CHARS, NameKey, PAGE_SIZES, ServerFrame,
-    Username, now_ms,
+    Username, join_code_matches, now_ms,
 };
 use crate::store::{Store, UserId};
 use crate::vocab::{ConnId, close};
@@ -16,6 +16,9 @@ use crate::vocab::{ConnId, close};
 use super::limits::{self, Bucket, Limits, Refusal};
 use super::outgoing::{Outgoing, To};
 use super::rooms::Rooms;
+
+/// Wrong join codes one connection may send before it is closed.
+const MAX_WRONG_CODES: u32 = 3;
 
 /// How long a new connection has to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,6 +31,8 @@ struct Connection {
     /// What it may still ask before it signs in (then its user's budget
     /// counts).
     budget: Option<Bucket>,
+    /// Wrong join codes it has sent.
+    wrong_codes: u32,
 }
 
 /// A signed-in user.
@@ -48,6 +53,8 @@ pub(super) struct Sessions {
     max_users: usize,
     /// Most users online at once from one address; None: no limit.
     max_users_per_ip: Option<usize>,
+    /// What `hello` must carry to sign in under a new session; None: nothing.
+    join_code: Option<String>,
     conns: HashMap<ConnId, Connection>,
     /// Connections that have not said hello yet, oldest first, with their
     /// deadlines. Entries of connections that have since signed in or gone
@@ -65,10 +72,15 @@ pub(super) enum Caller<'a> {
 }
 
 impl Sessions {
-    pub fn new(max_users: usize, max_users_per_ip: Option<usize>) -> Sessions {
+    pub fn new(
+        max_users: usize,
+        max_users_per_ip: Option<usize>,
+        join_code: Option<String>,
+    ) -> Sessions {
         Sessions {
             max_users,
             max_users_per_ip,
+            join_code,
             conns: HashMap::new(),
             hello_deadlines: VecDeque::new(),
             online: HashMap::new(),
@@ -84,6 +96,7 @@ impl Sessions {
                 peer,
                 user: None,
                 budget: None,
+                wrong_codes: 0,
             },
         );
         self.hello_deadlines
@@ -170,6 +183,7 @@ impl Sessions {
         to: &To,
         username: Checked<Username>,
         resume: Option<String>,
+        code: Option<String>,
     ) {
         let peer = self.conns[&to.conn].peer;
         let Username { name, key } = match username {
@@ -179,8 +193,17 @@ impl Sessions {
                 return out.error(to, ErrorCode::InvalidUsername, message);
             }
         };
+        let resuming = self
+            .online
+            .get(&key)
+            .is_some_and(|online| resume.as_deref() == Some(online.session.as_str()));
+        // A live session's token is proof enough; anything else needs the
+        // join code, before it learns anything (even who is online).
+        if !resuming && !self.join_code_ok(store, rooms, limits, out, to, code) {
+            return;
+        }
         if let Some(online) = self.online.get(&key)
-            && resume.as_deref() != Some(online.session.as_str())
+            && !resuming
         {
             log::info!(
                 "{}: login refused from {peer}: {name} is already online",
@@ -288,6 +311,62 @@ impl Sessions {
             .user = Some(key);
         log::info!("{}: {} signed in from {peer}", to.conn, user.name);
         welcome(rooms, limits, out, to, user.name, session, None);
+    }
+
+    /// Checks `hello`'s join code, answering it when it is missing or
+    /// wrong; after [`MAX_WRONG_CODES`] wrong ones the connection is closed.
+    fn join_code_ok(
+        &mut self,
+        store: &Store,
+        rooms: &mut Rooms,
+        limits: &mut Limits,
+        out: &mut Outgoing,
+        to: &To,
+        code: Option<String>,
+    ) -> bool {
+        let Some(expected) = &self.join_code else {
+            return true;
+        };
+        let peer = self.conns[&to.conn].peer;
+        let Some(sent) = code else {
+            out.error(
+                to,
+                ErrorCode::JoinCodeRequired,
+                "This chat needs a join code. Ask whoever runs it for the code or the link.",
+            );
+            return false;
+        };
+        let now = Instant::now();
+        if let Err(refusal) = limits.may_try_join_code(peer.ip(), now) {
+            log::warn!(
+                "{}: join code refused from {peer}: too many wrong ones",
+                to.conn
+            );
+            out.rate_limited(to, refusal.message, refusal.wait);
+            return false;
+        }
+        if join_code_matches(&sent, expected) {
+            return true;
+        }
+        limits.wrong_join_code(peer.ip(), now);
+        log::warn!("{}: wrong join code from {peer}", to.conn);
+        out.error(to, ErrorCode::BadJoinCode, "That join code is not right.");
+        let connection = self
+            .conns
+            .get_mut(&to.conn)
+            .expect("BUG: the caller checked the conn");
+        connection.wrong_codes += 1;
+        if connection.wrong_codes >= MAX_WRONG_CODES {
+            self.drop_conn(
+                store,
+                rooms,
+                out,
+                to.conn,
+                close::POLICY,
+                "too many wrong join codes",
+            );
+        }
+        false
     }
 
     /// The connection's reader ended: forget it and sign its user out.

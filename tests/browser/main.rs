@@ -1246,3 +1246,64 @@ fn timed_switch(page: &mut Page, room: &str, count: usize) -> (Duration, Duratio
     let in_page = Duration::from_secs_f64(took.as_f64().expect("a number of ms") / 1000.0);
     (in_page, seen)
 }
+
+#[test]
+fn a_join_code_typed_once_or_brought_by_the_link_signs_in() {
+    let Some((mut browser, _server, url)) = set_up_with("joincode", &[], |c| {
+        c.join_code = Some("tea at five".into())
+    }) else {
+        return;
+    };
+    let mut page = browser.new_person("typist");
+    page.goto(&url);
+    page.wait_for(
+        "the sign-in form",
+        "!document.getElementById('signin-btn').disabled",
+    );
+    assert_eq!(
+        page.eval("document.getElementById('joincode-row').hidden"),
+        true,
+        "the code is asked for only when the server wants one"
+    );
+    page.click("#username");
+    page.type_text("ann");
+    page.click("#signin-btn");
+    let asked = page.wait_for(
+        "the join code asked for",
+        "!document.getElementById('joincode-row').hidden \
+         && document.getElementById('signin-error').textContent",
+    );
+    assert!(str_of(&asked).contains("join code"), "{asked}");
+    page.screenshot("joincode");
+    page.click("#joincode");
+    page.type_text("tea at six");
+    page.click("#signin-btn");
+    page.wait_for(
+        "a wrong code refused",
+        "document.getElementById('signin-error').textContent.includes('not right')",
+    );
+    page.eval("document.getElementById('joincode').select(); true");
+    page.type_text("tea at five");
+    page.click("#signin-btn");
+    page.wait_for("the chat view", CHAT_READY);
+    assert_eq!(page.text("#me-name"), "ann");
+    page.assert_no_exceptions();
+
+    // The link's code is taken in and taken out of the address bar.
+    let mut linked = browser.new_person("linked");
+    linked.goto(&format!("{url}?code=tea%20at%20five"));
+    linked.wait_for(
+        "the sign-in form",
+        "!document.getElementById('signin-btn').disabled",
+    );
+    assert_eq!(linked.eval("window.location.search"), "");
+    linked.click("#username");
+    linked.type_text("ben");
+    linked.click("#signin-btn");
+    linked.wait_for("the chat view", CHAT_READY);
+    assert_eq!(
+        linked.eval("document.getElementById('joincode-row').hidden"),
+        true
+    );
+    linked.assert_no_exceptions();
+}

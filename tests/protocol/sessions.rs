@@ -384,3 +384,64 @@ fn shutdown_closes_clients_with_1001_and_frees_the_ports() {
     assert_eq!(client.hello("alice")["type"], "welcome");
     server.stop();
 }
+
+#[test]
+fn a_join_code_is_needed_to_sign_in_but_not_to_resume_and_three_wrong_ones_close() {
+    let server = TestServer::start_with(|c| c.join_code = Some("tea at five".into()));
+    let hello = |name: &str, code: Option<&str>| match code {
+        Some(code) => json!({"type": "hello", "username": name, "code": code}),
+        None => json!({"type": "hello", "username": name}),
+    };
+    let mut alice = server.connect();
+    assert_error(&alice.request(hello("alice", None)), "join_code_required");
+    assert_error(
+        &alice.request(hello("alice", Some("tea at six"))),
+        "bad_join_code",
+    );
+    let welcome = alice.request(hello("alice", Some("tea at five")));
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    // Her session's token is proof enough.
+    let mut again = server.connect();
+    let resumed = again.request(json!({
+        "type": "hello", "username": "alice", "resume": welcome["session"]
+    }));
+    assert_eq!(resumed["type"], "welcome", "{resumed}");
+    // Without the code, nobody learns even that alice is online.
+    let mut guesser = server.connect();
+    assert_error(&guesser.request(hello("alice", None)), "join_code_required");
+    for guess in ["a", "b"] {
+        assert_error(
+            &guesser.request(hello("mallory", Some(guess))),
+            "bad_join_code",
+        );
+    }
+    guesser.send_json(hello("mallory", Some("c")));
+    assert_error(&guesser.expect("error"), "bad_join_code");
+    let close = guesser.wait_for("close", |f| {
+        f["type"] == "__close" || f["type"] == "__closed"
+    });
+    assert_eq!(close["code"], 1008, "{close}");
+}
+
+#[test]
+fn an_address_that_guesses_join_codes_is_slowed_to_a_few_an_hour() {
+    let server = TestServer::start_with(|c| c.join_code = Some("tea at five".into()));
+    let mut wrong = 0;
+    let refused = loop {
+        let mut guesser = server.connect();
+        let reply =
+            guesser.request(json!({"type": "hello", "username": "m", "code": format!("{wrong}")}));
+        if reply["code"] != "bad_join_code" {
+            break reply;
+        }
+        wrong += 1;
+        assert!(wrong <= 20, "more than 20 wrong codes an hour were tried");
+    };
+    assert_eq!(wrong, 20);
+    assert_error(&refused, "rate_limited");
+    assert!(refused["retry_after_ms"].as_u64().unwrap() > 60_000);
+    // Even the right code waits, from there.
+    let mut late = server.connect();
+    let reply = late.request(json!({"type": "hello", "username": "m", "code": "tea at five"}));
+    assert_error(&reply, "rate_limited");
+}
