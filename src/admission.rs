@@ -212,10 +212,14 @@ fn split_host(authority: &str) -> Option<(&str, Option<u16>)> {
 /// Caps on open WebSocket sockets.
 #[derive(Debug, Clone, Copy)]
 pub struct SocketLimits {
+    /// Sockets open at once.
     pub total: usize,
+    /// Sockets open at once from one IP address.
     pub per_ip: usize,
-    /// Sockets that may be mid-handshake at once; past this the oldest one
-    /// is dropped to make room, so idle connections cannot lock others out.
+    /// Sockets that may be open at once without a signed-in user (still in
+    /// the handshake, or handshaken but not yet welcomed); past this one of
+    /// them is dropped to make room, so idle connections cannot lock others
+    /// out.
     pub handshaking: usize,
 }
 
@@ -231,8 +235,9 @@ pub struct SocketTable {
 struct Table {
     total: usize,
     per_ip: HashMap<IpAddr, usize>,
-    /// Sockets still in the handshake, oldest first by admission number,
-    /// with a handle to shut them down when room is needed.
+    /// Sockets without a signed-in user yet (in the handshake, or waiting
+    /// for a welcome), oldest first by admission number, with a handle to
+    /// shut them down when room is needed.
     handshaking: BTreeMap<u64, (IpAddr, TcpStream)>,
     /// Sockets dropped to make room: already counted out, so their guards
     /// must not count them out again.
@@ -255,8 +260,13 @@ impl SocketTable {
         }
     }
 
-    /// Admits a new socket, first dropping the oldest sockets still in their
-    /// handshake where that makes room. None: no room; close it.
+    /// Admits a new socket, first dropping sockets without a signed-in user
+    /// where that makes room. None: no room; close it.
+    ///
+    /// Which one goes: when this address is at its own cap, its oldest;
+    /// otherwise the oldest of the address holding the most of them, so a
+    /// crowd of idle sockets from a few addresses makes room for everyone
+    /// else before it costs anyone else a place.
     pub fn admit(&self, stream: &TcpStream, ip: IpAddr) -> Option<Admitted> {
         let mut table = self
             .inner
@@ -268,10 +278,15 @@ impl SocketTable {
             || per_ip(&table) >= self.limits.per_ip
         {
             let from_same_ip = per_ip(&table) >= self.limits.per_ip;
+            let target = if from_same_ip {
+                Some(ip)
+            } else {
+                crowded_ip(&table.handshaking)
+            };
             let victim = table
                 .handshaking
                 .iter()
-                .find(|(_, (victim_ip, _))| !from_same_ip || *victim_ip == ip)
+                .find(|(_, (victim_ip, _))| Some(*victim_ip) == target)
                 .map(|(n, _)| *n);
             let victim = victim?;
             let (victim_ip, socket) = table.handshaking.remove(&victim).expect("BUG: just found");
@@ -296,6 +311,19 @@ impl SocketTable {
     }
 }
 
+/// The address holding the most sockets in `evictable` (the oldest such
+/// address when several hold as many).
+fn crowded_ip(evictable: &BTreeMap<u64, (IpAddr, TcpStream)>) -> Option<IpAddr> {
+    let mut counts: HashMap<IpAddr, (usize, u64)> = HashMap::new();
+    for (number, (ip, _)) in evictable {
+        counts.entry(*ip).or_insert((0, *number)).0 += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, (count, oldest))| (*count, std::cmp::Reverse(*oldest)))
+        .map(|(ip, _)| ip)
+}
+
 impl Table {
     fn leave(&mut self, ip: IpAddr) {
         self.total -= 1;
@@ -309,8 +337,40 @@ impl Table {
 }
 
 impl Admitted {
-    /// The handshake succeeded: the socket can no longer be evicted.
+    /// The socket is in use for good (signed in, or not for chat at all): it
+    /// can no longer be evicted.
     pub fn handshake_done(&self) {
+        self.signed_in_handle().signed_in();
+    }
+
+    /// What marks the socket as in use for good later, from another thread
+    /// (the post, when the hub has welcomed its user).
+    pub fn signed_in_handle(&self) -> SignedIn {
+        SignedIn {
+            table: self.table.clone(),
+            number: self.number,
+        }
+    }
+}
+
+/// Marks an admitted socket as signed in: it can no longer be evicted.
+pub struct SignedIn {
+    table: Arc<Mutex<Table>>,
+    number: u64,
+}
+
+impl SignedIn {
+    /// A handle on no table (for tests of what carries it).
+    #[cfg(test)]
+    pub fn detached() -> SignedIn {
+        SignedIn {
+            table: Arc::default(),
+            number: 0,
+        }
+    }
+
+    /// The socket's user has been welcomed.
+    pub fn signed_in(&self) {
         let mut table = self
             .table
             .lock()
@@ -398,6 +458,46 @@ mod tests {
         assert!(
             table.admit(&s, ip).is_some(),
             "a place freed by a guard is reused"
+        );
+    }
+
+    #[test]
+    fn idle_sockets_go_from_the_most_crowded_address_first() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let table = SocketTable::new(SocketLimits {
+            total: 6,
+            per_ip: 4,
+            handshaking: 64,
+        });
+        let mut keep = Vec::new();
+        let mut admit = |ip: &str| {
+            let client = TcpStream::connect(addr).unwrap();
+            let (server_side, _) = listener.accept().unwrap();
+            let guard = table.admit(&server_side, ip.parse().unwrap());
+            let admitted = guard.is_some();
+            keep.push((guard, server_side, client));
+            admitted
+        };
+        // A real client, then two crowds of idle sockets fill the server.
+        assert!(admit("192.0.2.9"));
+        for _ in 0..3 {
+            assert!(admit("192.0.2.1"));
+        }
+        for _ in 0..2 {
+            assert!(admit("192.0.2.2"));
+        }
+        // Another newcomer: the most crowded address makes room, not the
+        // real client, although its socket is the oldest.
+        assert!(admit("192.0.2.3"));
+        let t = table.inner.lock().unwrap();
+        assert!(
+            t.handshaking.contains_key(&0),
+            "the real client was evicted"
+        );
+        assert_eq!(
+            t.per_ip.get(&"192.0.2.1".parse::<IpAddr>().unwrap()),
+            Some(&2)
         );
     }
 

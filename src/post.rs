@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::admission::SignedIn;
 use crate::frame::Frame;
 use crate::metrics::Metrics;
 use crate::outbox::{Full, Outbox};
@@ -38,6 +39,9 @@ pub struct Route {
     /// queue. Dropping it (the route is forgotten) ends the writer with no
     /// close frame.
     pub close_tx: Sender<CloseRequest>,
+    /// Marks the socket as signed in, so it is no longer evicted to make
+    /// room for newcomers.
+    pub signed_in: SignedIn,
 }
 
 /// Every open connection's route, by [`ConnId`]. A connection thread adds
@@ -63,6 +67,14 @@ impl Routes {
     /// Forgets a connection's route, returning it.
     pub fn remove(&self, conn: ConnId) -> Option<Route> {
         self.lock().remove(&conn)
+    }
+
+    /// The connection's user has been welcomed: its socket is no longer
+    /// evicted to make room.
+    fn signed_in(&self, conn: ConnId) {
+        if let Some(route) = self.lock().get(&conn) {
+            route.signed_in.signed_in();
+        }
     }
 
     fn outbox(&self, conn: ConnId) -> Option<Outbox> {
@@ -104,6 +116,7 @@ fn deliver(routes: &Routes, mail: Vec<Mail>, metrics: &Metrics) -> Vec<ConnId> {
                 );
             }
             Mail::Forget(conn) => end(routes, &mut pending, &mut too_slow, conn, None, metrics),
+            Mail::SignedIn(conn) => routes.signed_in(conn),
         }
     }
     for (conn, (outbox, frames)) in pending.into_iter().filter_map(|(c, p)| Some((c, p?))) {
@@ -229,6 +242,7 @@ mod tests {
             Route {
                 outbox: outbox.clone(),
                 close_tx,
+                signed_in: SignedIn::detached(),
             },
         );
         (outbox, close_rx)

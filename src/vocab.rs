@@ -71,6 +71,9 @@ pub enum Mail {
     /// The connection's reader has ended and the hub has forgotten it:
     /// stop its writer without a close frame.
     Forget(ConnId),
+    /// The connection's user has been welcomed: its socket is in use and
+    /// must not be dropped to make room for newcomers.
+    SignedIn(ConnId),
 }
 
 /// Where the hub hands each batch's mail: the post thread when running, a

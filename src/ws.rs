@@ -361,7 +361,12 @@ fn serve(
     let config = ws_config(settings.max_message);
     let mut ws = tungstenite::accept_hdr_with_config(read_half, check, Some(config))
         .map_err(|e| SetupError::Handshake(e.to_string()))?;
-    admitted.handshake_done();
+    // A chat socket stays evictable until its user is welcomed (the post
+    // marks it then); an echo socket is in use for good once handshaken.
+    let signed_in = admitted.signed_in_handle();
+    if matches!(settings.handler, Handler::Echo) {
+        admitted.handshake_done();
+    }
     let half = ws.get_mut();
     half.discard_writes = true;
     half.deadline = None;
@@ -410,7 +415,14 @@ fn serve(
             let _open = metrics.websocket_opened();
             // The route first: mail the hub sends once it hears of the
             // connection must find it.
-            routes.add(conn, Route { outbox, close_tx });
+            routes.add(
+                conn,
+                Route {
+                    outbox,
+                    close_tx,
+                    signed_in,
+                },
+            );
             if hub_tx.send(Event::Connected { conn, peer }).is_err() {
                 // The hub has stopped: the server is shutting down. The
                 // close goes to the writer before its route (and so its

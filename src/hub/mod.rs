@@ -401,6 +401,7 @@ mod tests {
                     Mail::Close { conn, code, .. } => {
                         self.closed.insert(conn.0, code);
                     }
+                    Mail::SignedIn(_) => {}
                     Mail::Forget(conn) => {
                         self.closed.insert(conn.0, 0);
                     }

@@ -81,6 +81,11 @@ impl Outgoing {
         });
     }
 
+    /// Marks a connection as signed in (see `Mail::SignedIn`).
+    pub fn signed_in(&mut self, conn: ConnId) {
+        self.mail.push(Mail::SignedIn(conn));
+    }
+
     /// Stops the writer of a connection whose reader has ended.
     pub fn forget(&mut self, conn: ConnId) {
         self.mail.push(Mail::Forget(conn));

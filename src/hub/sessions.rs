@@ -463,4 +463,6 @@ fn welcome(
         },
     };
     out.reply(to, &frame);
+    // From now on the socket is someone's: it is not dropped to make room.
+    out.signed_in(to.conn);
 }

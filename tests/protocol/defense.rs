@@ -14,6 +14,7 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::{Bytes, Message};
 
 use crate::support::{Client, Retry, TempDir, TestServer, now_ms};
+use parlor::Config;
 
 /// Attempts a WebSocket handshake with this Origin; Ok(()) if upgraded,
 /// Err(status) if refused.
@@ -350,4 +351,36 @@ fn every_close_code_arrives_every_time() {
         counts, [tries; 3],
         "closes with 1007, 1002, 1009 out of {tries}"
     );
+}
+
+/// Case 5 of a crowd of idle sockets: two addresses hold every WebSocket the
+/// server allows (28 each, the per-address cap), handshaken but never saying
+/// hello, and reopen any that is closed. A person from a third address must
+/// still get in.
+#[test]
+fn idle_handshaken_sockets_from_two_addresses_cannot_keep_a_person_out() {
+    let server = TestServer::start();
+    let addr = server.ws_addr();
+    let per_ip = Config::default().max_users * 2 + 8;
+    let mut crowds: Vec<(&str, Vec<Client>)> = vec![("127.0.0.2", vec![]), ("127.0.0.3", vec![])];
+    let mut welcomed = 0;
+    for round in 0..25 {
+        // The crowds top themselves up to their cap.
+        for (ip, sockets) in &mut crowds {
+            sockets.retain_mut(|s| !s.is_closed());
+            while sockets.len() < per_ip {
+                match Client::connect_from(ip, addr) {
+                    Ok(socket) => sockets.push(socket),
+                    Err(_) => break,
+                }
+            }
+        }
+        let Ok(mut person) = Client::connect_from("127.0.0.4", addr) else {
+            continue;
+        };
+        if person.hello(&format!("person{round}"))["type"] == "welcome" {
+            welcomed += 1;
+        }
+    }
+    assert!(welcomed >= 24, "a person got in {welcomed} times in 25");
 }

@@ -294,17 +294,54 @@ pub struct Client {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("connect");
-        let (ws, _) = tungstenite::client(format!("ws://{addr}/"), stream).expect("handshake");
+        Client::over(stream, addr).expect("handshake")
+    }
+
+    /// Connects from a loopback address of its own (127.0.0.2 and up), as
+    /// another machine would; Err if the server refused the WebSocket.
+    pub fn connect_from(from: &str, addr: SocketAddr) -> Result<Client, String> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a socket");
+        let from: SocketAddr = format!("{from}:0").parse().expect("an IPv4 address");
+        socket
+            .bind(&from.into())
+            .expect("bind the client's address");
+        socket.connect(&addr.into()).map_err(|e| e.to_string())?;
+        Client::over(socket.into(), addr)
+    }
+
+    fn over(stream: TcpStream, addr: SocketAddr) -> Result<Client, String> {
+        let (ws, _) =
+            tungstenite::client(format!("ws://{addr}/"), stream).map_err(|e| e.to_string())?;
         // Short reads from here on, so waiting for a frame can time out; set
         // after the handshake, which a timeout would interrupt.
         ws.get_ref()
             .set_read_timeout(Some(Duration::from_millis(100)))
             .expect("set timeout");
-        Client {
+        Ok(Client {
             ws,
             backlog: Vec::new(),
             next_id: 0,
-        }
+        })
+    }
+
+    /// Whether the server has closed this socket (without waiting).
+    pub fn is_closed(&mut self) -> bool {
+        self.ws
+            .get_ref()
+            .set_nonblocking(true)
+            .expect("non-blocking");
+        let closed = match self.ws.read() {
+            Ok(Message::Close(_)) => true,
+            Ok(_) => false,
+            Err(tungstenite::Error::Io(e)) => e.kind() != std::io::ErrorKind::WouldBlock,
+            Err(_) => true,
+        };
+        self.ws
+            .get_ref()
+            .set_nonblocking(false)
+            .expect("blocking again");
+        closed
     }
 
     pub fn send_json(&mut self, value: Value) {
