@@ -13,9 +13,9 @@ mod support;
 use std::fmt::Write as _;
 
 use parlor::protocol::{
-    ClientFrame, Cursor, MAX_CLIENT_ID_CHARS, MAX_REQ_CHARS, MAX_ROOM_CHARS, MAX_TEXT_CHARS,
-    MAX_USERNAME_CHARS, Request, parse_request, validate_client_id, validate_room_name,
-    validate_text, validate_username,
+    ClientFrame, Cursor, MAX_CLIENT_ID_CHARS, MAX_CLOCK_SKEW_MS, MAX_REQ_CHARS, MAX_ROOM_CHARS,
+    MAX_TEXT_CHARS, MAX_USERNAME_CHARS, Request, message_ts, parse_request, validate_client_id,
+    validate_room_name, validate_text, validate_username,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -1000,5 +1000,27 @@ proptest! {
             text,
             candidates
         );
+    }
+}
+
+proptest! {
+    #![proptest_config(config(4096))]
+
+    /// Whatever clock a client claims, the stored time is within five
+    /// minutes of the server's, and nothing overflows (the extremes of i64
+    /// included, which the generator favours).
+    #[test]
+    fn any_client_clock_gives_a_time_near_the_servers(
+        client in prop_oneof![
+            any::<i64>(),
+            Just(i64::MIN),
+            Just(i64::MAX),
+            (-MAX_CLOCK_SKEW_MS * 2..MAX_CLOCK_SKEW_MS * 2).prop_map(|d| 1_764_086_400_000 + d),
+        ],
+        now in prop_oneof![Just(1_764_086_400_000i64), any::<i64>()],
+    ) {
+        let (ts, skew) = message_ts(Some(client), now);
+        prop_assert!(ts.abs_diff(now) <= MAX_CLOCK_SKEW_MS as u64, "{} from {}", ts, now);
+        prop_assert_eq!(skew.is_none(), ts == client);
     }
 }
