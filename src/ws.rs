@@ -11,7 +11,11 @@
 //! the writer; only one of the two writes at any time.
 //!
 //! The reader parses and checks every text frame (see `protocol`) before the
-//! hub sees it, so that work is spread over the connections' threads.
+//! hub sees it, so that work is spread over the connections' threads. It
+//! hands on at most [`IN_FLIGHT`] things at a time (requests the hub has not
+//! handled, pongs the writer has not sent) and stops reading until one is
+//! done: a client that sends faster than it is answered is held back by TCP,
+//! not queued in the server's memory, and slows only itself.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -34,7 +38,7 @@ use crate::outbox::Outbox;
 use crate::post::{CloseRequest, Route, Routes};
 use crate::protocol::{BadRequest, MAX_FRAME_BYTES, parse_request};
 use crate::tls::TlsConfig;
-use crate::vocab::{ConnId, Event};
+use crate::vocab::{ConnId, Event, Permit, Slot, Slots};
 
 /// Time allowed for the opening HTTP handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,8 +48,11 @@ const PING_AFTER: Duration = Duration::from_secs(15);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A write blocked this long means the client stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Control requests (pongs, pings, echoes) waiting for a connection's writer.
-const CONTROL_QUEUE: usize = 16;
+/// What one connection may have in flight at once: requests the hub has not
+/// yet handled, pongs and echoes its writer has not yet sent. Its reader
+/// stops reading while all are out. Enough for a page's few requests to
+/// overlap; few enough that a flood costs the server almost nothing to hold.
+const IN_FLIGHT: usize = 8;
 /// Queued frames are written in runs of about this many bytes (one TLS
 /// record).
 const WRITE_RUN: usize = 16 * 1024;
@@ -70,6 +77,9 @@ pub enum Handler {
         /// To the hub: one sender per connection thread; the hub's receiver
         /// ends when the hub does.
         hub_tx: Sender<Event>,
+        /// The hub queue's slots, shared by every connection: a request
+        /// takes one (see [`Permit`]) before it is sent on `hub_tx`.
+        hub_slots: Slots,
         /// Where this connection's route is added for the post.
         routes: Routes,
     },
@@ -96,13 +106,18 @@ impl Settings {
     /// Parlor's own settings: frames go to the hub, at most 64 KiB.
     pub fn chat(
         hub_tx: Sender<Event>,
+        hub_slots: Slots,
         routes: Routes,
         tls: Option<TlsConfig>,
         origins: OriginPolicy,
         limits: SocketLimits,
     ) -> Settings {
         Settings {
-            handler: Handler::Hub { hub_tx, routes },
+            handler: Handler::Hub {
+                hub_tx,
+                hub_slots,
+                routes,
+            },
             tls,
             origins,
             limits,
@@ -271,12 +286,13 @@ impl Callback for OriginCheck<'_> {
     }
 }
 
-/// What the reader asks of its writer.
+/// What the reader asks of its writer. A pong or an echo holds one of the
+/// connection's slots until it is on the socket.
 enum Control {
-    Pong(Bytes),
+    Pong(Bytes, Slot),
     Ping,
     /// Conformance mode: send this message back.
-    Echo(Message),
+    Echo(Message, Slot),
     /// Send this close frame (a reply to the client's, or the reason for
     /// ending the connection) and stop.
     Close(Option<CloseFrame>),
@@ -351,9 +367,16 @@ fn serve(
     // the writer: close after the queue. The route being forgotten drops
     // the sender, which ends the writer without a close frame.
     let (close_tx, close_rx) = crossbeam_channel::unbounded();
-    // The reader's requests (pong, ping, echo, close) to the writer. Bounded:
-    // a client that floods pings while not reading must not grow it.
-    let (control_tx, control_rx) = crossbeam_channel::bounded(CONTROL_QUEUE);
+    // The reader's requests (pong, ping, echo, close) to the writer. Holds at
+    // most IN_FLIGHT pongs and echoes (each holds a slot), a ping per
+    // PING_AFTER of silence until IDLE_TIMEOUT, and one close, after which
+    // the reader ends. Unbounded, so that the slots it holds are given back
+    // as soon as the writer ends (see `Slot`). Dropping the sender (the
+    // reader ended) ends the writer.
+    let (control_tx, control_rx) = crossbeam_channel::unbounded();
+    // This connection's slots: requests to the hub, pongs and echoes to the
+    // writer.
+    let slots = Slots::new(IN_FLIGHT);
     let outbox_w = outbox.clone();
     let writer = std::thread::Builder::new()
         .name(format!("conn-{}-tx", conn.0))
@@ -372,7 +395,7 @@ fn serve(
         .map_err(SetupError::Writer)?;
     drop(writer);
     match &settings.handler {
-        Handler::Hub { hub_tx, routes } => {
+        Handler::Hub { hub_tx, routes, .. } => {
             // The route first: mail the hub sends once it hears of the
             // connection must find it.
             routes.add(conn, Route { outbox, close_tx });
@@ -387,13 +410,13 @@ fn serve(
                 routes.remove(conn);
                 return Ok(());
             }
-            read_loop(conn, &mut ws, &settings.handler, &control_tx);
+            read_loop(conn, &mut ws, &settings.handler, &control_tx, &slots);
             // The writer owns the end of the connection: it sends any close
             // frame and then shuts the socket down.
             let _ = hub_tx.send(Event::Disconnected { conn });
         }
         Handler::Echo => {
-            read_loop(conn, &mut ws, &settings.handler, &control_tx);
+            read_loop(conn, &mut ws, &settings.handler, &control_tx, &slots);
             drop((outbox, close_tx));
         }
     }
@@ -405,6 +428,7 @@ fn read_loop(
     ws: &mut WebSocket<ReadHalf>,
     handler: &Handler,
     control_tx: &Sender<Control>,
+    slots: &Slots,
 ) {
     let mut last_heard = Instant::now();
     let close = |code, reason| {
@@ -423,7 +447,7 @@ fn read_loop(
                     log::info!("{conn}: silent for {IDLE_TIMEOUT:?}; closing");
                     return close(CloseCode::Policy, "idle for too long");
                 }
-                let _ = control_tx.try_send(Control::Ping);
+                let _ = control_tx.send(Control::Ping);
                 continue;
             }
             Err(e) => {
@@ -452,9 +476,9 @@ fn read_loop(
         last_heard = Instant::now();
         let event = match (message, handler) {
             (Message::Ping(payload), _) => {
-                // With pongs still waiting, this ping may go unanswered
-                // (RFC 6455 5.5.3: answering the latest one is enough).
-                let _ = control_tx.try_send(Control::Pong(payload));
+                // Waits while IN_FLIGHT pongs and requests are out: a client
+                // that floods pings is read no faster than it is answered.
+                let _ = control_tx.send(Control::Pong(payload, slots.take()));
                 continue;
             }
             (Message::Pong(_) | Message::Frame(_), _) => continue,
@@ -465,22 +489,34 @@ fn read_loop(
                 return;
             }
             (message, Handler::Echo) => {
-                let _ = control_tx.send(Control::Echo(message));
+                let _ = control_tx.send(Control::Echo(message, slots.take()));
                 continue;
             }
-            (Message::Text(text), Handler::Hub { .. }) => match parse_request(&text) {
-                Ok(request) => Event::Request {
-                    conn,
-                    request: request.check(),
-                },
-                Err(error) => Event::BadFrame { conn, error },
-            },
-            (Message::Binary(_), Handler::Hub { .. }) => Event::BadFrame {
+            (Message::Text(text), Handler::Hub { hub_slots, .. }) => {
+                let request = parse_request(&text).map(|request| request.check());
+                // Waits while this connection has IN_FLIGHT things out, then
+                // while the hub's queue is full.
+                let permit = Permit::take(slots, hub_slots);
+                match request {
+                    Ok(request) => Event::Request {
+                        conn,
+                        request,
+                        permit,
+                    },
+                    Err(error) => Event::BadFrame {
+                        conn,
+                        error,
+                        permit,
+                    },
+                }
+            }
+            (Message::Binary(_), Handler::Hub { hub_slots, .. }) => Event::BadFrame {
                 conn,
                 error: BadRequest {
                     req: None,
                     message: "Binary frames are not supported; send JSON text frames.".into(),
                 },
+                permit: Permit::take(slots, hub_slots),
             },
         };
         if let Handler::Hub { hub_tx, .. } = handler
@@ -527,14 +563,25 @@ fn write_loop(
                     // be partly on the wire already.
                     outbox.claim();
                     write_queued(&outbox, &mut stream, true)?;
-                    match control {
-                        Ok(Control::Pong(payload)) => ctx.write(&mut stream, Message::Pong(payload))?,
-                        Ok(Control::Ping) => ctx.write(&mut stream, Message::Ping(Bytes::new()))?,
-                        Ok(Control::Echo(message)) => ctx.write(&mut stream, message)?,
+                    // A pong's or an echo's slot is given back once it is
+                    // on the socket, after the flush.
+                    let _slot = match control {
+                        Ok(Control::Pong(payload, slot)) => {
+                            ctx.write(&mut stream, Message::Pong(payload))?;
+                            Some(slot)
+                        }
+                        Ok(Control::Ping) => {
+                            ctx.write(&mut stream, Message::Ping(Bytes::new()))?;
+                            None
+                        }
+                        Ok(Control::Echo(message, slot)) => {
+                            ctx.write(&mut stream, message)?;
+                            Some(slot)
+                        }
                         Ok(Control::Close(frame)) => return close_with(&mut ctx, &mut stream, frame),
                         // The reader is gone; the hub forgets it next.
                         Err(_) => return close_with(&mut ctx, &mut stream, None),
-                    }
+                    };
                     ctx.flush(&mut stream)?;
                 },
             }

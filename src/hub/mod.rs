@@ -8,6 +8,10 @@
 //! acks and broadcasts them. Any other request first commits the pending
 //! batch, so every reply reflects everything acknowledged before it.
 //!
+//! The channel is never long: each request carries a permit
+//! ([`Permit`](crate::vocab::Permit)), taken by its connection before it is
+//! sent, which the hub gives back just by dropping the event once handled.
+//!
 //! Each job keeps its state in a type of its own, in a file of its own:
 //! [`sessions`] (connections, sign-in, resume), [`rooms`] (rooms, presence,
 //! the room list), [`messages`] (sends and the commit), [`history`] (pages),
@@ -164,7 +168,9 @@ impl Hub {
     fn handle(&mut self, event: Event) -> bool {
         match event {
             Event::Connected { conn, peer } => self.sessions.connected(conn, peer),
-            Event::Request { conn, request } => {
+            // The event's permit is given back when the event is dropped,
+            // at the end of this call.
+            Event::Request { conn, request, .. } => {
                 if !matches!(
                     request.frame,
                     CheckedFrame::Send { .. } | CheckedFrame::Ping
@@ -174,7 +180,7 @@ impl Hub {
                 }
                 self.request(conn, request);
             }
-            Event::BadFrame { conn, error } => {
+            Event::BadFrame { conn, error, .. } => {
                 let to = To {
                     conn,
                     req: error.req.as_deref(),
@@ -277,7 +283,7 @@ mod tests {
     use super::*;
     use crate::protocol::{now_ms, parse_request};
     use crate::store::tests::temp_store;
-    use crate::vocab::Mail;
+    use crate::vocab::{Mail, Permit, Slots};
     use serde_json::{Value, json};
     use std::collections::HashMap;
 
@@ -291,6 +297,9 @@ mod tests {
         /// it was closed.
         inboxes: HashMap<u64, Vec<Value>>,
         closed: HashMap<u64, u16>,
+        /// Every request's permit: each is handled, and its permit given
+        /// back, before the next is queued.
+        slots: (Slots, Slots),
     }
 
     impl Harness {
@@ -307,6 +316,7 @@ mod tests {
                 mail: Vec::new(),
                 inboxes: HashMap::new(),
                 closed: HashMap::new(),
+                slots: (Slots::new(1), Slots::new(1)),
             }
         }
 
@@ -321,9 +331,11 @@ mod tests {
         /// events are waiting on its channel.
         fn queue(&mut self, n: u64, frame: Value) {
             let request = parse_request(&frame.to_string()).unwrap().check();
+            let permit = Permit::take(&self.slots.0, &self.slots.1);
             assert!(self.hub.handle(Event::Request {
                 conn: ConnId(n),
-                request
+                request,
+                permit,
             }));
         }
 
