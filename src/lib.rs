@@ -17,7 +17,8 @@
 //!   (`ConnId`, `Event`, `Mail`, `MailSink`), and the slots that bound what
 //!   is in flight between them (`Slots`, `Permit`).
 //! - `post`: the thread that carries each batch's mail to the connections'
-//!   routes; `outbox`: a connection's bounded queue and its direct sends;
+//!   routes; `outbox`: a connection's queue, bounded in frames and bytes and
+//!   sharing a pool of bytes with all others, and its direct sends;
 //!   `frame`: a server frame encoded once for all its recipients.
 //! - `ws`: the WebSocket accept loop and each connection's reader and writer
 //!   threads; `admission`: who may open a WebSocket.
@@ -187,7 +188,15 @@ pub fn start(config: Config) -> Result<Server, Error> {
     net::warn_if_few_files(limits.total);
     let ws = ws::Listener::start(
         ws_listener,
-        ws::Settings::chat(hub_tx.clone(), hub_slots, routes, tls, origins, limits),
+        ws::Settings::chat(
+            hub_tx.clone(),
+            hub_slots,
+            routes,
+            outbox::Pool::new(outbox::POOL_BYTES),
+            tls,
+            origins,
+            limits,
+        ),
     )?;
     let secure = config.tls.is_some();
     let (web, socket) = if secure {

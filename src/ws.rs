@@ -34,7 +34,7 @@ use tungstenite::{Bytes, Message, WebSocket};
 
 use crate::admission::{Admitted, OriginPolicy, SocketLimits, SocketTable};
 use crate::net::{Stream, wake_listener};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Pool};
 use crate::post::{CloseRequest, Route, Routes};
 use crate::protocol::{BadRequest, MAX_FRAME_BYTES, parse_request};
 use crate::tls::TlsConfig;
@@ -82,6 +82,9 @@ pub enum Handler {
         hub_slots: Slots,
         /// Where this connection's route is added for the post.
         routes: Routes,
+        /// The bytes all outboxes may queue together; this connection's
+        /// outbox counts its queue there.
+        outboxes: Pool,
     },
     /// Conformance testing: send every message straight back, through the
     /// same reader and writer threads.
@@ -108,6 +111,7 @@ impl Settings {
         hub_tx: Sender<Event>,
         hub_slots: Slots,
         routes: Routes,
+        outboxes: Pool,
         tls: Option<TlsConfig>,
         origins: OriginPolicy,
         limits: SocketLimits,
@@ -117,6 +121,7 @@ impl Settings {
                 hub_tx,
                 hub_slots,
                 routes,
+                outboxes,
             },
             tls,
             origins,
@@ -362,7 +367,12 @@ fn serve(
         Stream::Plain(sock) => Some(sock.clone()),
         Stream::Tls(_) => None,
     };
-    let (outbox, woken) = Outbox::new(direct);
+    let pool = match &settings.handler {
+        Handler::Hub { outboxes, .. } => outboxes.clone(),
+        // Nothing is ever pushed to an echoing connection's outbox.
+        Handler::Echo => Pool::new(0),
+    };
+    let (outbox, woken) = Outbox::new(direct, &pool);
     // From the post (which holds the sender in the connection's route) to
     // the writer: close after the queue. The route being forgotten drops
     // the sender, which ends the writer without a close frame.
