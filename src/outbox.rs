@@ -23,7 +23,9 @@
 //! A push onto an empty queue is always taken, whatever its size: the
 //! client had kept up, and refusing it would disconnect a client that asked
 //! for one large page (500 messages of up to 4,000 four-byte characters are
-//! 8 MB). That push is one batch's frames for one connection.
+//! 8 MB). That push is bounded elsewhere: it is one batch's frames for one
+//! connection, and the hub ends a batch once its mail passes a byte bound,
+//! so one push is at most that bound plus the replies to one request.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};

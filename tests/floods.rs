@@ -1,8 +1,9 @@
 //! Floods against the server: idle sockets against the WebSocket port, a
-//! client that floods pings and never reads the pongs, and clients that
-//! flood requests as fast as they are answered. Each test measures the
-//! whole process (its threads, its memory), so each runs alone in a process
-//! of its own (see [`alone`]).
+//! client that floods pings and never reads the pongs, clients that flood
+//! requests as fast as they are answered, and one that asks for the largest
+//! pages and never reads them. Each test measures the whole process (its
+//! threads, its memory), so each runs alone in a process of its own (see
+//! [`alone`]).
 
 mod support;
 
@@ -268,4 +269,54 @@ fn reading_ping_flood() {
         "a bystander's ping took {slowest:?}"
     );
     assert!(grown < 64 * 1024, "memory grew by {grown} KiB");
+}
+
+#[test]
+fn history_requests_never_read_leave_memory_bounded() {
+    alone(
+        "history_requests_never_read_leave_memory_bounded",
+        history_flood,
+    );
+}
+
+fn history_flood() {
+    // Filling the room quickly needs a higher send limit; the pages read
+    // back are what is tested.
+    let server = TestServer::start_with(|c| c.messages_per_second = 10_000);
+    let mut filler = server.login_in("filler", "general");
+    // 500 of the largest messages: 4,000 four-byte characters each, so a
+    // page of 500 is about 8 MB.
+    let text = "\u{1F600}".repeat(4000);
+    for n in 0..500 {
+        let ack = filler.say(&format!("m{n}"), &text);
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    drop(filler);
+    let mut bystander = server.login_in("bystander", "general");
+    let before = rss_kib();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watch = watch_rss(before, &stop);
+    // 100 requests for the largest page, sent at once and never read.
+    let mut attacker = server.login("attacker");
+    for n in 0..100 {
+        attacker.send_json(json!({
+            "type": "history", "room": "general", "limit": 500, "req": format!("h{n}")
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let slowest = (0..3)
+        .map(|n| ping_time(&mut bystander, &format!("p{n}")))
+        .max()
+        .expect("three pings");
+    stop.store(true, Ordering::Relaxed);
+    let grown = watch.join().unwrap();
+    println!("memory grew by {grown} KiB; the slowest ping took {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a bystander's ping took {slowest:?}"
+    );
+    assert!(grown < 96 * 1024, "memory grew by {grown} KiB");
+    // The attacker fell too far behind: what it reads now ends with a close.
+    let close = attacker.wait_for("a close", |f| f["type"] == "__close");
+    assert_eq!(close["code"], 1008, "{close}");
 }

@@ -18,12 +18,22 @@ pub(super) struct To<'a> {
 #[derive(Default)]
 pub(super) struct Outgoing {
     pub mail: Vec<Mail>,
+    /// Bytes of the frames in `mail`, each counted whole for each recipient,
+    /// as the outboxes count them.
+    pub bytes: usize,
 }
 
 impl Outgoing {
     /// A frame already encoded for several recipients.
     pub fn frame(&mut self, conn: ConnId, frame: Frame) {
+        self.bytes += frame.bytes().len();
         self.mail.push(Mail::Frame(conn, frame));
+    }
+
+    /// The batch's mail, leaving none.
+    pub fn take(&mut self) -> Vec<Mail> {
+        self.bytes = 0;
+        std::mem::take(&mut self.mail)
     }
 
     /// A direct reply, echoing the request's `req`.
