@@ -12,9 +12,14 @@
 //! the writer's own control frames (pongs, pings, the close).
 //!
 //! The queue is bounded in frames ([`OUTBOX_FRAMES`]) and in bytes
-//! ([`OUTBOX_BYTES`]), and all queues together share a [`Pool`] of bytes: a
-//! client whose queue would pass either has stopped reading (or reads too
-//! slowly to follow), and the hub disconnects it instead of buffering more.
+//! ([`OUTBOX_BYTES`] besides the frame being written), and all queues
+//! together share a [`Pool`] of bytes: a client whose queue would pass
+//! either has stopped reading (or reads too slowly to follow), and the hub
+//! disconnects it instead of buffering more. The frame being written does
+//! not count against the bytes behind it, so a client that is reading a page
+//! larger than the bound (a page of 500 messages of up to 4,000 four-byte
+//! characters is 8 MB) still receives what is said meanwhile; a connection
+//! holds at most its largest frame and [`OUTBOX_BYTES`].
 //!
 //! A frame shared with other connections (a broadcast) costs memory once,
 //! but counts in full against every queue it waits in: the bound is then
@@ -22,8 +27,7 @@
 //!
 //! A push onto an empty queue is always taken, whatever its size: the
 //! client had kept up, and refusing it would disconnect a client that asked
-//! for one large page (500 messages of up to 4,000 four-byte characters are
-//! 8 MB). That push is bounded elsewhere: it is one batch's frames for one
+//! for one large page after smaller frames. That push is bounded elsewhere: it is one batch's frames for one
 //! connection, and the hub ends a batch once its mail passes a byte bound,
 //! so one push is at most that bound plus the replies to one request.
 
@@ -42,9 +46,10 @@ use crate::net::retry_interrupted;
 /// disconnected.
 pub const OUTBOX_FRAMES: usize = 1024;
 
-/// Bytes queued for one connection before it counts as too slow and is
-/// disconnected: what one client that stops reading can make the server
-/// hold (about 250 of the largest messages, or thousands of ordinary ones).
+/// Bytes queued for one connection, besides the frame being written, before
+/// it counts as too slow and is disconnected: what one client that stops
+/// reading can make the server hold beyond one frame (about 250 of the
+/// largest messages, or thousands of ordinary ones).
 pub const OUTBOX_BYTES: usize = 4 << 20;
 
 /// Bytes queued for all connections together, by default, before the next
@@ -192,8 +197,11 @@ impl Outbox {
         let backlog = state.queue.len();
         if backlog > 0 {
             let bytes = size(frames);
+            // The first frame is on its way (or next): what the bound is
+            // for is what waits behind it.
+            let on_its_way = state.queue.front().map_or(0, |f| f.bytes().len());
             if backlog + frames.len() > OUTBOX_FRAMES
-                || state.bytes + bytes > OUTBOX_BYTES
+                || state.bytes - on_its_way + bytes > OUTBOX_BYTES
                 || !self.0.pool.has_room(bytes)
             {
                 return Err(Full);
@@ -577,28 +585,37 @@ mod tests {
     fn a_queue_is_bounded_in_bytes_as_well_as_in_frames() {
         let (outbox, _woken) = Outbox::new(None, &Pool::new(POOL_BYTES));
         let quarter = OUTBOX_BYTES / 4;
-        for _ in 0..4 {
+        // The first is on its way; four wait behind it.
+        for _ in 0..5 {
             outbox.push(&[frame_of(quarter)]).unwrap();
         }
-        assert_eq!(outbox.queued(), 4);
-        assert!(outbox.queued_bytes() <= OUTBOX_BYTES);
+        assert_eq!(outbox.queued(), 5);
         assert_eq!(outbox.push(&[frame_of(quarter)]), Err(Full));
         // A frame written makes room for another.
         outbox.next(false).unwrap();
         outbox.written();
         outbox.push(&[frame_of(quarter)]).unwrap();
-        assert_eq!(outbox.queued(), 4);
+        assert_eq!(outbox.queued(), 5);
     }
 
     #[test]
-    fn a_push_onto_an_empty_queue_is_taken_whatever_its_bytes() {
-        let pool = Pool::new(OUTBOX_BYTES);
+    fn a_large_frame_on_its_way_leaves_the_bound_to_the_frames_behind_it() {
+        let pool = Pool::new(POOL_BYTES);
         let (outbox, _woken) = Outbox::new(None, &pool);
+        // Onto an empty queue, a page larger than the bound is taken, and
+        // so is what is said while it is written, up to the bound.
         let page = frame_of(2 * OUTBOX_BYTES);
-        outbox.push(&[page, frame_of(100)]).unwrap();
-        assert!(outbox.queued_bytes() > OUTBOX_BYTES);
+        outbox.push(&[page, frame_of(OUTBOX_BYTES - 200)]).unwrap();
+        outbox.push(&[frame_of(100)]).unwrap();
+        assert_eq!(outbox.push(&[frame_of(200)]), Err(Full));
+        assert_eq!(outbox.queued_bytes(), 3 * OUTBOX_BYTES - 100);
         assert_eq!(pool.queued(), outbox.queued_bytes());
-        assert_eq!(outbox.push(&[frame_of(100)]), Err(Full));
+        // The page is written; what waited behind it is now on its way.
+        outbox.next(false).unwrap();
+        outbox.written();
+        assert_eq!(pool.queued(), OUTBOX_BYTES - 100);
+        outbox.push(&[frame_of(OUTBOX_BYTES - 100)]).unwrap();
+        assert_eq!(outbox.push(&[frame_of(200)]), Err(Full));
     }
 
     #[test]
