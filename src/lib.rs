@@ -15,9 +15,11 @@
 //!   per job (`sessions`, `rooms`, `messages`, `history`, `limits`,
 //!   `outgoing`). It never touches a socket.
 //! - `vocab`: what the hub, the post and the connections say to each other
-//!   (`ConnId`, `Event`, `Mail`, `MailSink`).
+//!   (`ConnId`, `Event`, `Mail`, `MailSink`), and the slots that bound what
+//!   is in flight between them (`Slots`, `Permit`).
 //! - `post`: the thread that carries each batch's mail to the connections'
-//!   routes; `outbox`: a connection's bounded queue and its direct sends;
+//!   routes; `outbox`: a connection's queue, bounded in frames and bytes and
+//!   sharing a pool of bytes with all others, and its direct sends;
 //!   `frame`: a server frame encoded once for all its recipients.
 //! - `ws`: the WebSocket accept loop and each connection's reader and writer
 //!   threads; `admission`: who may open a WebSocket, and which host names
@@ -65,6 +67,12 @@ use std::thread::JoinHandle;
 pub use error::Error;
 pub use export::{ExportFormat, ExportOptions, ExportSummary, UtcDay};
 pub use metrics::{IpRange, ScrapeAccess};
+
+/// Requests waiting for the hub, all connections together (each connection
+/// also has a few of its own, see `ws`). Past this, readers wait for the hub
+/// to catch up, so a crowd of clients flooding requests cannot grow the
+/// hub's queue with the number of connections. About one batch.
+const HUB_QUEUE: usize = 1024;
 
 /// Everything `parlor` can be told on its command line.
 #[derive(Debug, Clone)]
@@ -190,9 +198,27 @@ pub fn start(config: Config) -> Result<Server, Error> {
     };
     let http = http::HttpServer::start(&config.http_addr, site, tls.clone())?;
 
-    // The hub's one inbox: every connection thread and the post hold a
-    // sender; the hub exits on `Event::Shutdown`.
+    // The hub's one inbox. Senders: every connection thread (through
+    // `ws::Settings`), the post and `Server`; the receiver is the hub's, and
+    // the hub exits on `Event::Shutdown` (or once every sender is gone).
+    // Unbounded, because no one may ever wait to tell the hub something:
+    // the hub waits for the post when it hands over a batch (the mail
+    // channel holds one), so a post waiting for room in the hub's inbox to
+    // report `TooSlow` could deadlock them. Yet bounded by what may be in it:
+    // - requests and bad frames: each carries a permit, a slot of its
+    //   connection's and one of `hub_slots`, which its reader takes before
+    //   sending and the hub gives back by dropping the event; at most
+    //   HUB_QUEUE wait, whatever the number of connections;
+    // - `Connected` and `Disconnected`: one each per connection (and open
+    //   connections are capped), never waited for, never lost;
+    // - `TooSlow`: at most one per connection (the post closes a full
+    //   outbox, and a closed outbox takes everything silently);
+    // - one `Shutdown`.
+    // When the hub ends, dropping its receiver drops what the channel holds
+    // at once (crossbeam does for unbounded channels), giving the permits
+    // back, so readers waiting for a slot wake and find the hub gone.
     let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
+    let hub_slots = vocab::Slots::new(HUB_QUEUE);
     let routes = post::Routes::default();
     let mut post = post::Post::start(routes.clone(), hub_tx.clone(), metrics.clone())?;
     let settings = hub::Settings {
@@ -238,7 +264,17 @@ pub fn start(config: Config) -> Result<Server, Error> {
     net::warn_if_few_files(limits.total);
     let ws = ws::Listener::start(
         ws_listener,
-        ws::Settings::chat(hub_tx.clone(), routes, tls, origins, hosts, limits, metrics),
+        ws::Settings::chat(
+            hub_tx.clone(),
+            hub_slots,
+            routes,
+            outbox::Pool::new(outbox::POOL_BYTES),
+            tls,
+            origins,
+            hosts,
+            limits,
+            metrics,
+        ),
     )?;
     let secure = config.tls.is_some();
     let (web, socket) = if secure {

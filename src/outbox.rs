@@ -11,13 +11,31 @@
 //! so frames leave in the order they were pushed and never interleave with
 //! the writer's own control frames (pongs, pings, the close).
 //!
-//! The queue is bounded: a client whose queue reaches [`OUTBOX_FRAMES`] has
-//! stopped reading, and the hub disconnects it instead of buffering more.
+//! The queue is bounded in frames ([`OUTBOX_FRAMES`]) and in bytes
+//! ([`OUTBOX_BYTES`] besides the frame being written), and all queues
+//! together share a [`Pool`] of bytes: a client whose queue would pass
+//! either has stopped reading (or reads too slowly to follow), and the hub
+//! disconnects it instead of buffering more. The frame being written does
+//! not count against the bytes behind it, so a client that is reading a page
+//! larger than the bound (a page of 500 messages of up to 4,000 four-byte
+//! characters is 8 MB) still receives what is said meanwhile; a connection
+//! holds at most its largest frame and [`OUTBOX_BYTES`].
+//!
+//! A frame shared with other connections (a broadcast) costs memory once,
+//! but counts in full against every queue it waits in: the bound is then
+//! simple to state and to check, and never lower than what is held.
+//!
+//! A push onto an empty queue is always taken, whatever its size: the
+//! client had kept up, and refusing it would disconnect a client that asked
+//! for one large page after smaller frames. That push is bounded elsewhere: it is one batch's frames for one
+//! connection, and the hub ends a batch once its mail passes a byte bound,
+//! so one push is at most that bound plus the replies to one request.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::TcpStream;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -27,6 +45,18 @@ use crate::net::retry_interrupted;
 /// Frames queued for one connection before it counts as too slow and is
 /// disconnected.
 pub const OUTBOX_FRAMES: usize = 1024;
+
+/// Bytes queued for one connection, besides the frame being written, before
+/// it counts as too slow and is disconnected: what one client that stops
+/// reading can make the server hold beyond one frame (about 250 of the
+/// largest messages, or thousands of ordinary ones).
+pub const OUTBOX_BYTES: usize = 4 << 20;
+
+/// Bytes queued for all connections together, by default, before the next
+/// one that has a queue and needs more is disconnected: what a crowd of
+/// clients that stop reading can make the server hold. Clients that keep up
+/// have empty queues and are never refused by it.
+pub const POOL_BYTES: usize = 64 << 20;
 
 /// The queue is full: the client stopped reading.
 #[derive(Debug, PartialEq, Eq)]
@@ -41,6 +71,51 @@ pub struct Pushed {
     pub queued: usize,
 }
 
+/// The bytes queued in all outboxes together, and how many there may be.
+/// Every outbox holds a handle.
+#[derive(Clone)]
+pub struct Pool(Arc<PoolState>);
+
+struct PoolState {
+    /// Bytes queued now. Only the post adds (in [`Outbox::push`]), so a
+    /// check followed by an add never overshoots; writers subtract.
+    queued: AtomicUsize,
+    limit: usize,
+}
+
+impl Pool {
+    /// A pool of `limit` bytes.
+    pub fn new(limit: usize) -> Pool {
+        Pool(Arc::new(PoolState {
+            queued: AtomicUsize::new(0),
+            limit,
+        }))
+    }
+
+    fn has_room(&self, bytes: usize) -> bool {
+        self.0.queued.load(Ordering::Relaxed) + bytes <= self.0.limit
+    }
+
+    fn add(&self, bytes: usize) {
+        self.0.queued.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn remove(&self, bytes: usize) {
+        self.0.queued.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes queued now, in all outboxes.
+    #[cfg(test)]
+    pub fn queued(&self) -> usize {
+        self.0.queued.load(Ordering::Relaxed)
+    }
+}
+
+/// Bytes of these frames on the wire.
+fn size(frames: &[Frame]) -> usize {
+    frames.iter().map(|f| f.bytes().len()).sum()
+}
+
 /// A handle on a connection's outbox: the post holds one (in the
 /// connection's route) and pushes through it, the connection's writer
 /// thread another (see [`Outbox::new`]).
@@ -51,6 +126,8 @@ struct Shared {
     state: Mutex<State>,
     /// Where pushes write directly; `None` (TLS, tests) queues everything.
     direct: Option<Arc<TcpStream>>,
+    /// Shared with every other outbox; holds this queue's bytes.
+    pool: Pool,
     /// Wakes the writer: one token at most, so wake-ups coalesce.
     wake: Sender<()>,
 }
@@ -58,6 +135,9 @@ struct Shared {
 #[derive(Default)]
 struct State {
     queue: VecDeque<Frame>,
+    /// Bytes of the queued frames, each counted whole (also the first while
+    /// it is partly written); the same bytes are counted in the pool.
+    bytes: usize,
     /// Bytes of the queue's first frame already on the socket.
     written: usize,
     /// The writer thread is writing; everyone else queues.
@@ -66,15 +146,34 @@ struct State {
     closed: bool,
 }
 
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        self.pool.remove(state.bytes);
+    }
+}
+
+impl State {
+    /// Drops these queued frames (written or discarded), giving their bytes
+    /// back.
+    fn drop_frames(&mut self, frames: impl std::ops::RangeBounds<usize>, pool: &Pool) {
+        let freed: usize = self.queue.drain(frames).map(|f| f.bytes().len()).sum();
+        self.bytes -= freed;
+        pool.remove(freed);
+    }
+}
+
 impl Outbox {
-    /// An outbox for a connection, and the receiver that wakes its writer
-    /// thread when there is something to write. `direct` is a clone of a
-    /// plain socket that pushes may write to without blocking.
-    pub fn new(direct: Option<Arc<TcpStream>>) -> (Outbox, Receiver<()>) {
+    /// An outbox for a connection, its queue's bytes counted in `pool`, and
+    /// the receiver that wakes its writer thread when there is something to
+    /// write. `direct` is a clone of a plain socket that pushes may write to
+    /// without blocking.
+    pub fn new(direct: Option<Arc<TcpStream>>, pool: &Pool) -> (Outbox, Receiver<()>) {
         let (wake, woken) = crossbeam_channel::bounded(1);
         let shared = Shared {
             state: Mutex::new(State::default()),
             direct,
+            pool: pool.clone(),
             wake,
         };
         (Outbox(Arc::new(shared)), woken)
@@ -94,17 +193,28 @@ impl Outbox {
     /// Sends frames in order: at once, in one call, as far as the socket
     /// takes them, and the rest through the queue. Never blocks. `Err(Full)`
     /// means the client has fallen too far behind: its queue already held
-    /// frames and these would take it past [`OUTBOX_FRAMES`]; none of them
-    /// was sent or queued. (A push onto an empty queue is always taken: the
-    /// client had kept up, and one push is one batch for one connection.)
+    /// frames and these would take it past [`OUTBOX_FRAMES`] or
+    /// [`OUTBOX_BYTES`], or the pool past its limit; none of them was sent
+    /// or queued. (A push onto an empty queue is always taken: the client
+    /// had kept up, and one push is one batch for one connection; see the
+    /// module's documentation.)
     pub fn push(&self, frames: &[Frame]) -> Result<Pushed, Full> {
         let mut state = self.lock();
         if state.closed || frames.is_empty() {
             return Ok(Pushed::default());
         }
         let backlog = state.queue.len();
-        if backlog > 0 && backlog + frames.len() > OUTBOX_FRAMES {
-            return Err(Full);
+        if backlog > 0 {
+            let bytes = size(frames);
+            // The first frame is on its way (or next): what the bound is
+            // for is what waits behind it.
+            let on_its_way = state.queue.front().map_or(0, |f| f.bytes().len());
+            if backlog + frames.len() > OUTBOX_FRAMES
+                || state.bytes - on_its_way + bytes > OUTBOX_BYTES
+                || !self.0.pool.has_room(bytes)
+            {
+                return Err(Full);
+            }
         }
         let mut rest = frames;
         if state.queue.is_empty()
@@ -145,6 +255,9 @@ impl Outbox {
                 }
             }
         }
+        let queued = size(rest);
+        state.bytes += queued;
+        self.0.pool.add(queued);
         state.queue.extend(rest.iter().cloned());
         drop(state);
         self.wake_writer();
@@ -160,8 +273,8 @@ impl Outbox {
         let mut state = self.lock();
         state.closed = true;
         if discard {
-            let keep = usize::from(state.written > 0);
-            state.queue.truncate(keep);
+            let keep = usize::from(state.written > 0).min(state.queue.len());
+            state.drop_frames(keep.., &self.0.pool);
         }
     }
 
@@ -169,6 +282,12 @@ impl Outbox {
     #[cfg(test)]
     pub fn queued(&self) -> usize {
         self.lock().queue.len()
+    }
+
+    /// Bytes of the frames [`Outbox::queued`] counts.
+    #[cfg(test)]
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     /// Writer thread: takes the socket for itself. Until a call to
@@ -219,7 +338,7 @@ impl Outbox {
         // A discarding close may have shortened the queue meanwhile.
         let n = n.min(state.queue.len());
         if n > 0 {
-            state.queue.drain(..n);
+            state.drop_frames(..n, &self.0.pool);
             state.written = 0;
         }
     }
@@ -233,14 +352,13 @@ const SEND_FRAMES: usize = 64;
 /// make its reader's blocking reads fail, as clones share that flag.)
 fn send_now(sock: &TcpStream, frames: &[Frame]) -> io::Result<usize> {
     let sock = socket2::SockRef::from(sock);
-    // On the stack: this runs for every connection of every batch.
-    let mut slices = [IoSlice::new(&[]); SEND_FRAMES];
-    let n = frames.len().min(SEND_FRAMES);
-    for (slice, frame) in slices.iter_mut().zip(frames) {
-        *slice = IoSlice::new(frame.bytes());
-    }
+    let slices: Vec<IoSlice<'_>> = frames
+        .iter()
+        .take(SEND_FRAMES)
+        .map(|f| IoSlice::new(f.bytes()))
+        .collect();
     retry_interrupted(|| {
-        sock.send_vectored_with_flags(&slices[..n], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        sock.send_vectored_with_flags(&slices, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
     })
 }
 
@@ -272,7 +390,7 @@ mod tests {
     #[test]
     fn a_socket_with_room_gets_the_frame_at_once_without_waking_the_writer() {
         let (ours, mut peer) = socket_pair();
-        let (outbox, woken) = Outbox::new(Some(Arc::new(ours)));
+        let (outbox, woken) = Outbox::new(Some(Arc::new(ours)), &Pool::new(POOL_BYTES));
         let frame = Frame::text(r#"{"type":"pong"}"#);
         outbox.push(std::slice::from_ref(&frame)).unwrap();
         assert_eq!(outbox.queued(), 0);
@@ -285,7 +403,7 @@ mod tests {
     #[test]
     fn frames_pushed_together_leave_together_in_order() {
         let (ours, mut peer) = socket_pair();
-        let (outbox, woken) = Outbox::new(Some(Arc::new(ours)));
+        let (outbox, woken) = Outbox::new(Some(Arc::new(ours)), &Pool::new(POOL_BYTES));
         let frames: Vec<Frame> = ["ack", "message", &"x".repeat(70_000)]
             .iter()
             .map(|t| Frame::text(t))
@@ -302,7 +420,7 @@ mod tests {
     #[test]
     fn a_burst_larger_than_one_send_call_goes_out_at_once_while_the_socket_has_room() {
         let (ours, _peer) = socket_pair();
-        let (outbox, _woken) = Outbox::new(Some(Arc::new(ours)));
+        let (outbox, _woken) = Outbox::new(Some(Arc::new(ours)), &Pool::new(POOL_BYTES));
         let burst: Vec<Frame> = (0..OUTBOX_FRAMES * 2)
             .map(|i| Frame::text(&format!("frame {i}")))
             .collect();
@@ -313,8 +431,9 @@ mod tests {
     #[test]
     fn a_client_that_stops_reading_fills_the_queue_in_order_then_is_full() {
         let (ours, peer) = socket_pair();
-        let (outbox, woken) = Outbox::new(Some(Arc::new(ours)));
-        let frame = |i: usize| Frame::text(&format!("{i:08}").repeat(512));
+        let (outbox, woken) = Outbox::new(Some(Arc::new(ours)), &Pool::new(POOL_BYTES));
+        // Small enough that the frames, not the bytes, run out first.
+        let frame = |i: usize| Frame::text(&format!("{i:08}").repeat(256));
         let mut pushed = 0;
         let full = loop {
             match outbox.push(&[frame(pushed)]) {
@@ -343,7 +462,7 @@ mod tests {
     #[test]
     fn while_the_writer_holds_the_socket_pushes_queue_and_order_is_kept() {
         let (ours, mut peer) = socket_pair();
-        let (outbox, woken) = Outbox::new(Some(Arc::new(ours)));
+        let (outbox, woken) = Outbox::new(Some(Arc::new(ours)), &Pool::new(POOL_BYTES));
         outbox.claim();
         let a = Frame::text("a");
         let b = Frame::text("b");
@@ -382,7 +501,7 @@ mod tests {
     #[test]
     fn a_frame_begun_by_a_direct_send_is_finished_before_anything_else() {
         let (ours, peer) = small_socket_pair();
-        let (outbox, _woken) = Outbox::new(Some(Arc::new(ours)));
+        let (outbox, _woken) = Outbox::new(Some(Arc::new(ours)), &Pool::new(POOL_BYTES));
         let big = Frame::text(&"b".repeat(1 << 20));
         outbox.push(std::slice::from_ref(&big)).unwrap();
         assert_eq!(outbox.queued(), 1, "the socket took the whole frame");
@@ -406,7 +525,7 @@ mod tests {
     #[test]
     fn a_discarding_close_keeps_the_rest_of_a_frame_begun() {
         let (ours, _peer) = small_socket_pair();
-        let (outbox, _woken) = Outbox::new(Some(Arc::new(ours)));
+        let (outbox, _woken) = Outbox::new(Some(Arc::new(ours)), &Pool::new(POOL_BYTES));
         outbox.push(&[Frame::text(&"b".repeat(1 << 20))]).unwrap();
         outbox.push(&[Frame::text("queued behind")]).unwrap();
         assert_eq!(outbox.queued(), 2);
@@ -419,7 +538,7 @@ mod tests {
     #[test]
     fn a_burst_onto_an_empty_queue_is_taken_whole_even_past_the_bound() {
         let (ours, _peer) = small_socket_pair();
-        let (outbox, _woken) = Outbox::new(Some(Arc::new(ours)));
+        let (outbox, _woken) = Outbox::new(Some(Arc::new(ours)), &Pool::new(POOL_BYTES));
         let burst: Vec<Frame> = (0..OUTBOX_FRAMES + 100)
             .map(|i| Frame::text(&format!("{i:01000}")))
             .collect();
@@ -433,7 +552,7 @@ mod tests {
     #[test]
     fn the_writer_takes_queued_frames_in_runs_starting_where_the_socket_stopped() {
         let (ours, _peer) = small_socket_pair();
-        let (outbox, _woken) = Outbox::new(Some(Arc::new(ours)));
+        let (outbox, _woken) = Outbox::new(Some(Arc::new(ours)), &Pool::new(POOL_BYTES));
         let big = Frame::text(&"b".repeat(1 << 20));
         outbox.push(std::slice::from_ref(&big)).unwrap();
         let small: Vec<Frame> = (0..10).map(|i| Frame::text(&format!("{i:0100}"))).collect();
@@ -462,9 +581,85 @@ mod tests {
         assert_eq!(outbox.queued(), 0);
     }
 
+    /// A frame of `bytes` bytes on the wire (header included).
+    fn frame_of(bytes: usize) -> Frame {
+        let header = match bytes {
+            ..128 => 2,
+            128..65_540 => 4,
+            _ => 10,
+        };
+        let frame = Frame::text(&"x".repeat(bytes - header));
+        assert_eq!(frame.bytes().len(), bytes);
+        frame
+    }
+
+    #[test]
+    fn a_queue_is_bounded_in_bytes_as_well_as_in_frames() {
+        let (outbox, _woken) = Outbox::new(None, &Pool::new(POOL_BYTES));
+        let quarter = OUTBOX_BYTES / 4;
+        // The first is on its way; four wait behind it.
+        for _ in 0..5 {
+            outbox.push(&[frame_of(quarter)]).unwrap();
+        }
+        assert_eq!(outbox.queued(), 5);
+        assert_eq!(outbox.push(&[frame_of(quarter)]), Err(Full));
+        // A frame written makes room for another.
+        outbox.next(false).unwrap();
+        outbox.written();
+        outbox.push(&[frame_of(quarter)]).unwrap();
+        assert_eq!(outbox.queued(), 5);
+    }
+
+    #[test]
+    fn a_large_frame_on_its_way_leaves_the_bound_to_the_frames_behind_it() {
+        let pool = Pool::new(POOL_BYTES);
+        let (outbox, _woken) = Outbox::new(None, &pool);
+        // Onto an empty queue, a page larger than the bound is taken, and
+        // so is what is said while it is written, up to the bound.
+        let page = frame_of(2 * OUTBOX_BYTES);
+        outbox.push(&[page, frame_of(OUTBOX_BYTES - 200)]).unwrap();
+        outbox.push(&[frame_of(100)]).unwrap();
+        assert_eq!(outbox.push(&[frame_of(200)]), Err(Full));
+        assert_eq!(outbox.queued_bytes(), 3 * OUTBOX_BYTES - 100);
+        assert_eq!(pool.queued(), outbox.queued_bytes());
+        // The page is written; what waited behind it is now on its way.
+        outbox.next(false).unwrap();
+        outbox.written();
+        assert_eq!(pool.queued(), OUTBOX_BYTES - 100);
+        outbox.push(&[frame_of(OUTBOX_BYTES - 100)]).unwrap();
+        assert_eq!(outbox.push(&[frame_of(200)]), Err(Full));
+    }
+
+    #[test]
+    fn all_queues_share_the_pool_and_give_their_bytes_back() {
+        let mib = 1 << 20;
+        let pool = Pool::new(3 * mib);
+        let (a, _a_woken) = Outbox::new(None, &pool);
+        let (b, _b_woken) = Outbox::new(None, &pool);
+        a.push(&[frame_of(2 * mib)]).unwrap();
+        b.push(&[frame_of(2 * mib)]).unwrap();
+        assert_eq!(pool.queued(), 4 * mib, "b's first push was refused");
+        // Each is far from its own bound, but the pool is spent: a
+        // connection with a queue is refused more.
+        assert_eq!(a.push(&[frame_of(100)]), Err(Full));
+        assert_eq!(b.push(&[frame_of(100)]), Err(Full));
+        // b's writer catches up: a has room again.
+        b.next(false).unwrap();
+        b.written();
+        assert_eq!(pool.queued(), 2 * mib);
+        a.push(&[frame_of(100)]).unwrap();
+        assert_eq!(pool.queued(), 2 * mib + 100);
+        // A discarding close gives a's bytes back; so does dropping b.
+        b.push(&[frame_of(mib)]).unwrap();
+        a.close(true);
+        assert_eq!(pool.queued(), mib);
+        drop(b);
+        assert_eq!(pool.queued(), 0);
+    }
+
     #[test]
     fn a_closed_outbox_takes_nothing_and_a_discarding_close_drops_the_queue() {
-        let (outbox, _woken) = Outbox::new(None);
+        let (outbox, _woken) = Outbox::new(None, &Pool::new(POOL_BYTES));
         outbox.push(&[Frame::text("kept")]).unwrap();
         outbox.close(false);
         outbox.push(&[Frame::text("after close")]).unwrap();

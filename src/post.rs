@@ -232,10 +232,10 @@ fn run(routes: &Routes, mail_rx: &Receiver<Vec<Mail>>, hub_tx: &Sender<Event>, m
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::OUTBOX_FRAMES;
+    use crate::outbox::{OUTBOX_FRAMES, POOL_BYTES, Pool};
 
     fn route(routes: &Routes, n: u64) -> (Outbox, Receiver<CloseRequest>) {
-        let (outbox, _woken) = Outbox::new(None);
+        let (outbox, _woken) = Outbox::new(None, &Pool::new(POOL_BYTES));
         let (close_tx, close_rx) = crossbeam_channel::unbounded();
         routes.add(
             ConnId(n),

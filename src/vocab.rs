@@ -1,11 +1,14 @@
 //! The vocabulary the hub, the post and the connections share: who a
 //! connection is ([`ConnId`]), what the hub hears ([`Event`]), what it asks
-//! of connections ([`Mail`]) and where that mail goes ([`MailSink`]).
+//! of connections ([`Mail`]) and where that mail goes ([`MailSink`]), and
+//! how much may be in flight between them ([`Slots`], [`Permit`]).
 //!
 //! A leaf module: it names no socket and no thread, so the hub can speak it
 //! without touching either.
 
 use std::net::SocketAddr;
+
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::frame::Frame;
 use crate::protocol::CheckedRequest;
@@ -36,15 +39,20 @@ pub enum Event {
     /// A WebSocket handshake completed; mail to `conn` reaches it from now
     /// on.
     Connected { conn: ConnId, peer: SocketAddr },
-    /// A well-formed request, its stateless rules checked.
+    /// A well-formed request, its stateless rules checked. Its permit is
+    /// given back when the hub has handled it and drops the event.
     Request {
         conn: ConnId,
         request: CheckedRequest,
+        #[expect(dead_code, reason = "held, not read: given back when dropped")]
+        permit: Permit,
     },
     /// A text frame that is not a valid request, or a binary frame.
     BadFrame {
         conn: ConnId,
         error: crate::protocol::BadRequest,
+        #[expect(dead_code, reason = "held, not read: given back when dropped")]
+        permit: Permit,
     },
     /// The connection's reader ended: the socket is gone.
     Disconnected { conn: ConnId },
@@ -53,6 +61,91 @@ pub enum Event {
     TooSlow { conn: ConnId },
     /// Commit what is pending, close every connection with 1001 and exit.
     Shutdown,
+}
+
+/// A bounded number of things in flight: a [`Slot`] is taken before each
+/// is handed on, waiting while all are taken, and given back when the slot
+/// is dropped, wherever that happens. So a thread that sends faster than
+/// the others handle waits instead of piling up memory, and whoever ends up
+/// holding a slot needs no code for it: the hub gives its slots back
+/// without knowing they exist.
+///
+/// Made of a bounded channel of tokens: taking a slot puts a token in
+/// (waiting while the channel is full), dropping it takes one out.
+#[derive(Clone)]
+pub struct Slots {
+    /// One token per slot taken; a send waits while all are.
+    taken_tx: Sender<()>,
+    /// Each slot holds a clone, to give its token back. This one keeps the
+    /// channel open while no slot is taken.
+    taken_rx: Receiver<()>,
+}
+
+impl Slots {
+    /// `count` slots (at least one).
+    pub fn new(count: usize) -> Slots {
+        let (taken_tx, taken_rx) = crossbeam_channel::bounded(count.max(1));
+        Slots { taken_tx, taken_rx }
+    }
+
+    /// Takes a slot, waiting until one is given back if all are taken.
+    pub fn take(&self) -> Slot {
+        self.taken_tx
+            .send(())
+            .expect("BUG: `Slots` holds a receiver, so its channel is open");
+        Slot(self.taken_rx.clone())
+    }
+
+    /// Slots taken now.
+    #[cfg(test)]
+    pub fn taken(&self) -> usize {
+        self.taken_rx.len()
+    }
+}
+
+/// One of a [`Slots`]' slots, given back when dropped.
+///
+/// A slot must never be left in a channel that outlives its receiver, or
+/// it is given back only when the channel's last sender goes: the channels
+/// that carry slots are unbounded ones (crossbeam drops what an unbounded
+/// channel holds as soon as its receiver is gone, a bounded one only with
+/// its last sender), bounded instead by the slots they carry.
+pub struct Slot(Receiver<()>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // There is a token for every slot alive, this one's included.
+        let _ = self.0.try_recv();
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Slot")
+    }
+}
+
+/// What a request carries on its way to the hub: a slot of its connection's
+/// (a connection has only a few requests in flight) and one of the hub
+/// queue's (all connections together have a bounded number waiting).
+/// Dropping the event that holds it gives both back.
+#[derive(Debug)]
+pub struct Permit {
+    _conn: Slot,
+    _hub: Slot,
+}
+
+impl Permit {
+    /// Takes a slot of `conn`'s, then one of `hub`'s, waiting for each: a
+    /// connection waits for its own requests before it competes with the
+    /// others for the hub's queue.
+    pub fn take(conn: &Slots, hub: &Slots) -> Permit {
+        let conn = conn.take();
+        Permit {
+            _conn: conn,
+            _hub: hub.take(),
+        }
+    }
 }
 
 /// One thing the hub asks of a connection. A batch's mail is carried out in
@@ -87,5 +180,68 @@ pub trait MailSink {
 impl MailSink for Vec<Mail> {
     fn post(&mut self, mail: Vec<Mail>) {
         self.extend(mail);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn slots_are_let_out_until_all_are_taken_then_when_one_is_dropped() {
+        let slots = Slots::new(3);
+        let taken: Vec<Slot> = (0..3).map(|_| slots.take()).collect();
+        assert_eq!(slots.taken(), 3);
+        let (got_tx, got_rx) = crossbeam_channel::bounded(1);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let slot = slots.take();
+                got_tx.send(()).unwrap();
+                drop(slot);
+            });
+            assert!(
+                got_rx.recv_timeout(Duration::from_millis(200)).is_err(),
+                "a fourth slot was let out"
+            );
+            // Wherever it is dropped, a slot lets the next one out.
+            std::thread::spawn(move || drop(taken)).join().unwrap();
+            got_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the waiting slot was let out");
+        });
+        assert_eq!(slots.taken(), 0);
+    }
+
+    fn bad_frame(conn: u64, permit: Permit) -> Event {
+        Event::BadFrame {
+            conn: ConnId(conn),
+            error: crate::protocol::BadRequest {
+                req: None,
+                message: "bad".into(),
+            },
+            permit,
+        }
+    }
+
+    #[test]
+    fn a_permit_holds_a_slot_of_its_connection_and_of_the_hub_until_its_event_is_dropped() {
+        let hub = Slots::new(3);
+        let (a, b) = (Slots::new(2), Slots::new(2));
+        let (events_tx, events_rx) = crossbeam_channel::unbounded();
+        for (n, conn) in [(1, &a), (1, &a), (2, &b)] {
+            events_tx
+                .send(bad_frame(n, Permit::take(conn, &hub)))
+                .unwrap();
+        }
+        assert_eq!((a.taken(), b.taken(), hub.taken()), (2, 1, 3));
+        // Handled: one of a's.
+        drop(events_rx.recv().unwrap());
+        assert_eq!((a.taken(), b.taken(), hub.taken()), (1, 1, 2));
+        // Never handled, because the hub stopped: the channel's receiver
+        // is dropped, and with it what it held, while senders remain.
+        drop(events_rx);
+        assert_eq!((a.taken(), b.taken(), hub.taken()), (0, 0, 0));
+        drop(events_tx);
     }
 }

@@ -11,7 +11,11 @@
 //! the writer; only one of the two writes at any time.
 //!
 //! The reader parses and checks every text frame (see `protocol`) before the
-//! hub sees it, so that work is spread over the connections' threads.
+//! hub sees it, so that work is spread over the connections' threads. It
+//! hands on at most [`IN_FLIGHT`] things at a time (requests the hub has not
+//! handled, pongs the writer has not sent) and stops reading until one is
+//! done: a client that sends faster than it is answered is held back by TCP,
+//! not queued in the server's memory, and slows only itself.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -31,11 +35,11 @@ use tungstenite::{Bytes, Message, WebSocket};
 use crate::admission::{Admitted, HostPolicy, OriginPolicy, SocketLimits, SocketTable};
 use crate::metrics::Metrics;
 use crate::net::{Stream, wake_listener};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Pool};
 use crate::post::{CloseRequest, Route, Routes};
 use crate::protocol::{BadRequest, MAX_FRAME_BYTES, parse_request};
 use crate::tls::TlsConfig;
-use crate::vocab::{ConnId, Event};
+use crate::vocab::{ConnId, Event, Permit, Slot, Slots};
 
 /// Time allowed for the opening HTTP handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,8 +49,11 @@ const PING_AFTER: Duration = Duration::from_secs(15);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A write blocked this long means the client stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Control requests (pongs, pings, echoes) waiting for a connection's writer.
-const CONTROL_QUEUE: usize = 16;
+/// What one connection may have in flight at once: requests the hub has not
+/// yet handled, pongs and echoes its writer has not yet sent. Its reader
+/// stops reading while all are out. Enough for a page's few requests to
+/// overlap; few enough that a flood costs the server almost nothing to hold.
+const IN_FLIGHT: usize = 8;
 /// Queued frames are written in runs of about this many bytes (one TLS
 /// record).
 const WRITE_RUN: usize = 16 * 1024;
@@ -71,10 +78,16 @@ pub enum Handler {
         /// To the hub: one sender per connection thread; the hub's receiver
         /// ends when the hub does.
         hub_tx: Sender<Event>,
+        /// The hub queue's slots, shared by every connection: a request
+        /// takes one (see [`Permit`]) before it is sent on `hub_tx`.
+        hub_slots: Slots,
         /// Where this connection's route is added for the post.
         routes: Routes,
         /// Counts the connection as open while its reader runs.
         metrics: Metrics,
+        /// The bytes all outboxes may queue together; this connection's
+        /// outbox counts its queue there.
+        outboxes: Pool,
     },
     /// Conformance testing: send every message straight back, through the
     /// same reader and writer threads.
@@ -99,9 +112,12 @@ pub struct Settings {
 
 impl Settings {
     /// Parlor's own settings: frames go to the hub, at most 64 KiB.
+    #[allow(clippy::too_many_arguments)] // One per part a chat connection uses.
     pub fn chat(
         hub_tx: Sender<Event>,
+        hub_slots: Slots,
         routes: Routes,
+        outboxes: Pool,
         tls: Option<TlsConfig>,
         origins: OriginPolicy,
         hosts: HostPolicy,
@@ -111,7 +127,9 @@ impl Settings {
         Settings {
             handler: Handler::Hub {
                 hub_tx,
+                hub_slots,
                 routes,
+                outboxes,
                 metrics,
             },
             tls,
@@ -300,12 +318,13 @@ impl Callback for HandshakeCheck<'_> {
     }
 }
 
-/// What the reader asks of its writer.
+/// What the reader asks of its writer. A pong or an echo holds one of the
+/// connection's slots until it is on the socket.
 enum Control {
-    Pong(Bytes),
+    Pong(Bytes, Slot),
     Ping,
     /// Conformance mode: send this message back.
-    Echo(Message),
+    Echo(Message, Slot),
     /// Send this close frame (a reply to the client's, or the reason for
     /// ending the connection) and stop.
     Close(Option<CloseFrame>),
@@ -381,14 +400,26 @@ fn serve(
         Stream::Plain(sock) => Some(sock.clone()),
         Stream::Tls(_) => None,
     };
-    let (outbox, woken) = Outbox::new(direct);
+    let pool = match &settings.handler {
+        Handler::Hub { outboxes, .. } => outboxes.clone(),
+        // Nothing is ever pushed to an echoing connection's outbox.
+        Handler::Echo => Pool::new(0),
+    };
+    let (outbox, woken) = Outbox::new(direct, &pool);
     // From the post (which holds the sender in the connection's route) to
     // the writer: close after the queue. The route being forgotten drops
     // the sender, which ends the writer without a close frame.
     let (close_tx, close_rx) = crossbeam_channel::unbounded();
-    // The reader's requests (pong, ping, echo, close) to the writer. Bounded:
-    // a client that floods pings while not reading must not grow it.
-    let (control_tx, control_rx) = crossbeam_channel::bounded(CONTROL_QUEUE);
+    // The reader's requests (pong, ping, echo, close) to the writer. Holds at
+    // most IN_FLIGHT pongs and echoes (each holds a slot), a ping per
+    // PING_AFTER of silence until IDLE_TIMEOUT, and one close, after which
+    // the reader ends. Unbounded, so that the slots it holds are given back
+    // as soon as the writer ends (see `Slot`). Dropping the sender (the
+    // reader ended) ends the writer.
+    let (control_tx, control_rx) = crossbeam_channel::unbounded();
+    // This connection's slots: requests to the hub, pongs and echoes to the
+    // writer.
+    let slots = Slots::new(IN_FLIGHT);
     let outbox_w = outbox.clone();
     let writer = std::thread::Builder::new()
         .name(format!("conn-{}-tx", conn.0))
@@ -411,6 +442,7 @@ fn serve(
             hub_tx,
             routes,
             metrics,
+            ..
         } => {
             let _open = metrics.websocket_opened();
             // The route first: mail the hub sends once it hears of the
@@ -434,13 +466,13 @@ fn serve(
                 routes.remove(conn);
                 return Ok(());
             }
-            read_loop(conn, &mut ws, &settings.handler, &control_tx);
+            read_loop(conn, &mut ws, &settings.handler, &control_tx, &slots);
             // The writer owns the end of the connection: it sends any close
             // frame and then shuts the socket down.
             let _ = hub_tx.send(Event::Disconnected { conn });
         }
         Handler::Echo => {
-            read_loop(conn, &mut ws, &settings.handler, &control_tx);
+            read_loop(conn, &mut ws, &settings.handler, &control_tx, &slots);
             drop((outbox, close_tx));
         }
     }
@@ -452,6 +484,7 @@ fn read_loop(
     ws: &mut WebSocket<ReadHalf>,
     handler: &Handler,
     control_tx: &Sender<Control>,
+    slots: &Slots,
 ) {
     let mut last_heard = Instant::now();
     let close = |code, reason| {
@@ -470,7 +503,7 @@ fn read_loop(
                     log::info!("{conn}: silent for {IDLE_TIMEOUT:?}; closing");
                     return close(CloseCode::Policy, "idle for too long");
                 }
-                let _ = control_tx.try_send(Control::Ping);
+                let _ = control_tx.send(Control::Ping);
                 continue;
             }
             Err(e) => {
@@ -499,9 +532,9 @@ fn read_loop(
         last_heard = Instant::now();
         let event = match (message, handler) {
             (Message::Ping(payload), _) => {
-                // With pongs still waiting, this ping may go unanswered
-                // (RFC 6455 5.5.3: answering the latest one is enough).
-                let _ = control_tx.try_send(Control::Pong(payload));
+                // Waits while IN_FLIGHT pongs and requests are out: a client
+                // that floods pings is read no faster than it is answered.
+                let _ = control_tx.send(Control::Pong(payload, slots.take()));
                 continue;
             }
             (Message::Pong(_) | Message::Frame(_), _) => continue,
@@ -512,22 +545,34 @@ fn read_loop(
                 return;
             }
             (message, Handler::Echo) => {
-                let _ = control_tx.send(Control::Echo(message));
+                let _ = control_tx.send(Control::Echo(message, slots.take()));
                 continue;
             }
-            (Message::Text(text), Handler::Hub { .. }) => match parse_request(&text) {
-                Ok(request) => Event::Request {
-                    conn,
-                    request: request.check(),
-                },
-                Err(error) => Event::BadFrame { conn, error },
-            },
-            (Message::Binary(_), Handler::Hub { .. }) => Event::BadFrame {
+            (Message::Text(text), Handler::Hub { hub_slots, .. }) => {
+                let request = parse_request(&text).map(|request| request.check());
+                // Waits while this connection has IN_FLIGHT things out, then
+                // while the hub's queue is full.
+                let permit = Permit::take(slots, hub_slots);
+                match request {
+                    Ok(request) => Event::Request {
+                        conn,
+                        request,
+                        permit,
+                    },
+                    Err(error) => Event::BadFrame {
+                        conn,
+                        error,
+                        permit,
+                    },
+                }
+            }
+            (Message::Binary(_), Handler::Hub { hub_slots, .. }) => Event::BadFrame {
                 conn,
                 error: BadRequest {
                     req: None,
                     message: "Binary frames are not supported; send JSON text frames.".into(),
                 },
+                permit: Permit::take(slots, hub_slots),
             },
         };
         if let Handler::Hub { hub_tx, .. } = handler
@@ -579,14 +624,25 @@ fn write_loop(
                     // be partly on the wire already.
                     outbox.claim();
                     write_queued(&outbox, &mut stream, true)?;
-                    match control {
-                        Ok(Control::Pong(payload)) => ctx.write(&mut stream, Message::Pong(payload))?,
-                        Ok(Control::Ping) => ctx.write(&mut stream, Message::Ping(Bytes::new()))?,
-                        Ok(Control::Echo(message)) => ctx.write(&mut stream, message)?,
+                    // A pong's or an echo's slot is given back once it is
+                    // on the socket, after the flush.
+                    let _slot = match control {
+                        Ok(Control::Pong(payload, slot)) => {
+                            ctx.write(&mut stream, Message::Pong(payload))?;
+                            Some(slot)
+                        }
+                        Ok(Control::Ping) => {
+                            ctx.write(&mut stream, Message::Ping(Bytes::new()))?;
+                            None
+                        }
+                        Ok(Control::Echo(message, slot)) => {
+                            ctx.write(&mut stream, message)?;
+                            Some(slot)
+                        }
                         Ok(Control::Close(frame)) => return close_with(&mut ctx, &mut stream, frame),
                         // The reader is gone; the hub forgets it next.
                         Err(_) => return close_with(&mut ctx, &mut stream, None),
-                    }
+                    };
                     ctx.flush(&mut stream)?;
                 },
             }

@@ -6,7 +6,13 @@
 //! Sends are group-committed: the hub drains whatever is waiting on its
 //! channel, stores all sends of that batch in one transaction, and only then
 //! acks and broadcasts them. Any other request first commits the pending
-//! batch, so every reply reflects everything acknowledged before it.
+//! batch, so every reply reflects everything acknowledged before it. A batch
+//! ends after [`MAX_BATCH`] events, or sooner once its mail is large
+//! ([`BATCH_BYTES`]).
+//!
+//! The channel is never long: each request carries a permit
+//! ([`Permit`](crate::vocab::Permit)), taken by its connection before it is
+//! sent, which the hub gives back just by dropping the event once handled.
 //!
 //! Each job keeps its state in a type of its own, in a file of its own:
 //! [`sessions`] (connections, sign-in, resume), [`rooms`] (rooms, presence,
@@ -40,6 +46,15 @@ use sessions::{Caller, HELLO_TIMEOUT, Sessions};
 const MAX_BATCH: usize = 1024;
 
 pub use limits::Settings as LimitSettings;
+
+/// Bytes of frames a batch may address (each counted whole for each
+/// recipient) before the hub stops taking events and ends it. A batch's mail
+/// waits for the post and then for the outboxes, so this bounds what the
+/// hub holds between them, and what one connection's outbox is handed at
+/// once (beyond the replies to one request and the batch's commit), however
+/// many large pages are asked for at once. Ordinary chat never comes near
+/// it: acks and broadcasts are made at the commit, after the events.
+const BATCH_BYTES: usize = 1 << 20;
 
 /// What the hub is told at start-up.
 #[derive(Debug, Clone)]
@@ -106,7 +121,7 @@ impl Hub {
             self.expire_hellos(Instant::now());
             let mut running = first.is_none_or(|event| self.handle(event));
             let mut handled = 1;
-            while running && handled < MAX_BATCH {
+            while running && handled < MAX_BATCH && self.out.bytes < BATCH_BYTES {
                 match events_rx.try_recv() {
                     Ok(event) => running = self.handle(event),
                     Err(_) => break,
@@ -134,7 +149,7 @@ impl Hub {
             .metrics
             .set_users_signed_in(self.sessions.online_count());
         if !self.out.mail.is_empty() {
-            sink.post(std::mem::take(&mut self.out.mail));
+            sink.post(self.out.take());
         }
     }
 
@@ -186,7 +201,9 @@ impl Hub {
     fn handle(&mut self, event: Event) -> bool {
         match event {
             Event::Connected { conn, peer } => self.sessions.connected(conn, peer),
-            Event::Request { conn, request } => {
+            // The event's permit is given back when the event is dropped,
+            // at the end of this call.
+            Event::Request { conn, request, .. } => {
                 if !matches!(
                     request.frame,
                     CheckedFrame::Send { .. } | CheckedFrame::Ping
@@ -195,7 +212,7 @@ impl Hub {
                 }
                 self.request(conn, request);
             }
-            Event::BadFrame { conn, error } => {
+            Event::BadFrame { conn, error, .. } => {
                 let to = To {
                     conn,
                     req: error.req.as_deref(),
@@ -325,7 +342,7 @@ mod tests {
     use super::*;
     use crate::protocol::{now_ms, parse_request};
     use crate::store::tests::temp_store;
-    use crate::vocab::Mail;
+    use crate::vocab::{Mail, Permit, Slots};
     use serde_json::{Value, json};
     use std::collections::HashMap;
 
@@ -339,6 +356,9 @@ mod tests {
         /// it was closed.
         inboxes: HashMap<u64, Vec<Value>>,
         closed: HashMap<u64, u16>,
+        /// Every request's permit: each is handled, and its permit given
+        /// back, before the next is queued.
+        slots: (Slots, Slots),
     }
 
     impl Harness {
@@ -369,6 +389,7 @@ mod tests {
                 mail: Vec::new(),
                 inboxes: HashMap::new(),
                 closed: HashMap::new(),
+                slots: (Slots::new(1), Slots::new(1)),
             }
         }
 
@@ -383,9 +404,11 @@ mod tests {
         /// events are waiting on its channel.
         fn queue(&mut self, n: u64, frame: Value) {
             let request = parse_request(&frame.to_string()).unwrap().check();
+            let permit = Permit::take(&self.slots.0, &self.slots.1);
             assert!(self.hub.handle(Event::Request {
                 conn: ConnId(n),
-                request
+                request,
+                permit,
             }));
         }
 
@@ -497,6 +520,80 @@ mod tests {
         );
         let bob = h.frames(2);
         assert_eq!(bob.iter().filter(|f| f["type"] == "message").count(), 2);
+    }
+
+    /// Each batch's mail, as the hub handed it over.
+    #[derive(Default)]
+    struct Batches(Vec<Vec<Mail>>);
+
+    impl MailSink for Batches {
+        fn post(&mut self, mail: Vec<Mail>) {
+            self.0.push(mail);
+        }
+    }
+
+    #[test]
+    fn a_batch_ends_once_its_mail_passes_its_bytes() {
+        let mut h = Harness::new();
+        h.sign_in(1, "alice");
+        let text = "\u{1F600}".repeat(crate::protocol::MAX_TEXT_CHARS);
+        for n in 0..100 {
+            h.queue(1, send(&format!("m{n}"), &text));
+        }
+        h.end_batch();
+        h.frames(1);
+        // Three pages of 100 of the largest messages (1.6 MB each) asked
+        // for at once, and a ping: each page ends its batch.
+        let (conn_slots, hub_slots) = (Slots::new(8), Slots::new(8));
+        let (events_tx, events_rx) = crossbeam_channel::unbounded();
+        let request = |frame: Value| {
+            let request = parse_request(&frame.to_string()).unwrap().check();
+            let permit = Permit::take(&conn_slots, &hub_slots);
+            events_tx
+                .send(Event::Request {
+                    conn: ConnId(1),
+                    request,
+                    permit,
+                })
+                .unwrap();
+        };
+        for _ in 0..3 {
+            request(json!({"type": "history", "room": "general", "limit": 100}));
+        }
+        request(json!({"type": "ping"}));
+        events_tx.send(Event::Shutdown).unwrap();
+        let mut batches = Batches::default();
+        let Harness { hub, _dir, .. } = h;
+        hub.run(events_rx, &mut batches);
+        let kinds: Vec<Vec<String>> = batches
+            .0
+            .iter()
+            .map(|batch| {
+                batch
+                    .iter()
+                    .map(|mail| match mail {
+                        Mail::Frame(_, frame) => {
+                            let value: Value = serde_json::from_str(frame.payload()).unwrap();
+                            value["type"].as_str().unwrap().to_string()
+                        }
+                        Mail::Close { code, .. } => format!("close {code}"),
+                        Mail::Forget(_) => "forget".into(),
+                        Mail::SignedIn(_) => "signed in".into(),
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                vec!["history"],
+                vec!["history"],
+                vec!["history"],
+                vec!["pong"],
+                vec!["close 1001"]
+            ]
+        );
+        assert_eq!((conn_slots.taken(), hub_slots.taken()), (0, 0));
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub(super) struct Outgoing {
     pub mail: Vec<Mail>,
     /// The server's metrics.
     pub metrics: Metrics,
+    /// Bytes of the frames in `mail`, each counted whole for each recipient,
+    /// as the outboxes count them.
+    pub bytes: usize,
 }
 
 impl Outgoing {
@@ -28,12 +31,20 @@ impl Outgoing {
         Outgoing {
             mail: Vec::new(),
             metrics,
+            bytes: 0,
         }
     }
 
     /// A frame already encoded for several recipients.
     pub fn frame(&mut self, conn: ConnId, frame: Frame) {
+        self.bytes += frame.bytes().len();
         self.mail.push(Mail::Frame(conn, frame));
+    }
+
+    /// The batch's mail, leaving none.
+    pub fn take(&mut self) -> Vec<Mail> {
+        self.bytes = 0;
+        std::mem::take(&mut self.mail)
     }
 
     /// A direct reply, echoing the request's `req`.
