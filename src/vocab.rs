@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 
-use crossbeam_channel::{Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::frame::Frame;
 use crate::protocol::CheckedRequest;
@@ -70,52 +70,87 @@ pub enum Event {
 /// holding a slot needs no code for it: the hub gives its slots back
 /// without knowing they exist.
 ///
-/// Made of a bounded channel of tokens: taking a slot puts a token in
-/// (waiting while the channel is full), dropping it takes one out.
+/// A counting semaphore (a count under a lock, and a condition variable to
+/// wait on); std has none, and a bounded channel of tokens would cost a
+/// connection more than a kilobyte where this costs a few dozen bytes.
 #[derive(Clone)]
-pub struct Slots {
-    /// One token per slot taken; a send waits while all are.
-    taken_tx: Sender<()>,
-    /// Each slot holds a clone, to give its token back. This one keeps the
-    /// channel open while no slot is taken.
-    taken_rx: Receiver<()>,
+pub struct Slots(Arc<Shared>);
+
+struct Shared {
+    state: Mutex<Taken>,
+    /// Signalled when a slot is given back while someone waits.
+    given_back: Condvar,
+    count: usize,
+}
+
+#[derive(Default)]
+struct Taken {
+    slots: usize,
+    /// Threads waiting for a slot: giving one back wakes one of them, and
+    /// costs no system call when there are none.
+    waiting: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Taken> {
+        // Held only to change two integers, so a panic cannot leave them
+        // half changed.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Slots {
     /// `count` slots (at least one).
     pub fn new(count: usize) -> Slots {
-        let (taken_tx, taken_rx) = crossbeam_channel::bounded(count.max(1));
-        Slots { taken_tx, taken_rx }
+        Slots(Arc::new(Shared {
+            state: Mutex::default(),
+            given_back: Condvar::new(),
+            count: count.max(1),
+        }))
     }
 
     /// Takes a slot, waiting until one is given back if all are taken.
     pub fn take(&self) -> Slot {
-        self.taken_tx
-            .send(())
-            .expect("BUG: `Slots` holds a receiver, so its channel is open");
-        Slot(self.taken_rx.clone())
+        let mut taken = self.0.lock();
+        while taken.slots >= self.0.count {
+            taken.waiting += 1;
+            taken = self
+                .0
+                .given_back
+                .wait(taken)
+                .unwrap_or_else(PoisonError::into_inner);
+            taken.waiting -= 1;
+        }
+        taken.slots += 1;
+        Slot(self.0.clone())
     }
 
     /// Slots taken now.
     #[cfg(test)]
     pub fn taken(&self) -> usize {
-        self.taken_rx.len()
+        self.0.lock().slots
     }
 }
 
 /// One of a [`Slots`]' slots, given back when dropped.
 ///
 /// A slot must never be left in a channel that outlives its receiver, or
-/// it is given back only when the channel's last sender goes: the channels
-/// that carry slots are unbounded ones (crossbeam drops what an unbounded
-/// channel holds as soon as its receiver is gone, a bounded one only with
-/// its last sender), bounded instead by the slots they carry.
-pub struct Slot(Receiver<()>);
+/// it is given back only when the channel's last sender goes, and whoever
+/// waits for it waits for ever: the channels that carry slots are unbounded
+/// ones (crossbeam drops what an unbounded channel holds as soon as its
+/// receiver is gone, a bounded one only with its last sender), bounded
+/// instead by the slots they carry.
+pub struct Slot(Arc<Shared>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        // There is a token for every slot alive, this one's included.
-        let _ = self.0.try_recv();
+        let mut taken = self.0.lock();
+        taken.slots -= 1;
+        let wake = taken.waiting > 0;
+        drop(taken);
+        if wake {
+            self.0.given_back.notify_one();
+        }
     }
 }
 
