@@ -281,6 +281,14 @@ impl Tally {
         *self.counts.entry(what.into()).or_default() += n;
     }
 
+    /// Counts how a connection ended (`what` says how), unless the end of
+    /// the attack cut it.
+    fn ended(&mut self, control: &Control, what: String) {
+        if control.running() {
+            self.add(what, 1);
+        }
+    }
+
     fn count(&self, what: &str) -> u64 {
         self.counts.get(what).copied().unwrap_or(0)
     }
@@ -557,7 +565,7 @@ fn start_pings(target: &Target, sizes: &Sizes) -> Result<Attack, String> {
             let mut tally = Tally::default();
             while control.running() {
                 if let Err(e) = write_text(&writer, r#"{"type":"ping"}"#.to_string()) {
-                    tally.add(format!("write failed: {}", reason(&e)), 1);
+                    tally.ended(&control, format!("ended: write failed: {}", reason(&e)));
                     break;
                 }
                 sent_w.fetch_add(1, Ordering::Relaxed);
@@ -566,7 +574,7 @@ fn start_pings(target: &Target, sizes: &Sizes) -> Result<Attack, String> {
             writing_w.store(false, Ordering::Relaxed);
             tally
         })?;
-        attack.spawn("pinger", false, move |_| {
+        attack.spawn("pinger", false, move |control| {
             let mut tally = Tally::default();
             let _ = conn.set_read_timeout(Some(POLL));
             let mut answered = 0;
@@ -580,12 +588,12 @@ fn start_pings(target: &Target, sizes: &Sizes) -> Result<Attack, String> {
                         }
                     }
                     Ok(Some(Frame::Closed(why))) => {
-                        tally.add(format!("ended: {why}"), 1);
+                        tally.ended(&control, format!("ended: {why}"));
                         break;
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        tally.add(format!("ended: {e}"), 1);
+                        tally.ended(&control, format!("ended: {e}"));
                         break;
                     }
                 }
@@ -694,7 +702,7 @@ fn start_history(target: &Target, sizes: &Sizes) -> Result<Attack, String> {
                     match write_text(&c.writer, request.clone()) {
                         Ok(()) => tally.add("sent", 1),
                         Err(e) => {
-                            tally.add(format!("ended: write failed: {}", reason(&e)), 1);
+                            tally.ended(&control, format!("ended: write failed: {}", reason(&e)));
                             broken = true;
                             break;
                         }
@@ -754,12 +762,12 @@ fn start_history(target: &Target, sizes: &Sizes) -> Result<Attack, String> {
                             }
                         }
                         Ok(Some(Frame::Closed(why))) => {
-                            tally.add(format!("ended: {why}"), 1);
+                            tally.ended(&control, format!("ended: {why}"));
                             break;
                         }
                         Ok(None) => {}
                         Err(e) => {
-                            tally.add(format!("ended: {e}"), 1);
+                            tally.ended(&control, format!("ended: {e}"));
                             break;
                         }
                     }
@@ -803,12 +811,18 @@ fn start_crowd(target: &Target, sizes: &Sizes) -> Result<Attack, String> {
                         match conn.read() {
                             Ok(Some(Frame::Text(text))) => tally.add(label(&text), 1),
                             Ok(Some(Frame::Closed(why))) => {
-                                tally.add(format!("closed by the server: {}", reason(&why)), 1);
+                                tally.ended(
+                                    &control,
+                                    format!("closed by the server: {}", reason(&why)),
+                                );
                                 break;
                             }
                             Ok(None) => {}
                             Err(e) => {
-                                tally.add(format!("closed by the server: {}", reason(&e)), 1);
+                                tally.ended(
+                                    &control,
+                                    format!("closed by the server: {}", reason(&e)),
+                                );
                                 break;
                             }
                         }
@@ -895,7 +909,7 @@ fn start_rooms(target: &Target) -> Result<Attack, String> {
                     control.wait(retry_after(&reply));
                 }
                 Err(e) => {
-                    tally.add(format!("ended: {e}"), 1);
+                    tally.ended(&control, format!("ended: {e}"));
                     break;
                 }
             }
@@ -933,7 +947,7 @@ fn start_rooms(target: &Target) -> Result<Attack, String> {
                     control.wait(retry_after(&reply));
                 }
                 Err(e) => {
-                    tally.add(format!("ended: {e}"), 1);
+                    tally.ended(&control, format!("ended: {e}"));
                     break;
                 }
             }
@@ -1083,7 +1097,6 @@ fn is_answer(what: &str) -> bool {
         || what == "bytes read"
         || what == "signed in again"
         || what.starts_with("ended: ")
-        || what.starts_with("write failed: ")
         || what.starts_with("sign-in refused: "))
 }
 
@@ -1295,6 +1308,15 @@ fn print_outcome(o: &Outcome) {
     crate::report::print_step("  bystanders:", &o.step);
 }
 
+/// "p50/p99 ms", or "none" when nothing arrived.
+fn p50_p99(s: &Summary) -> String {
+    if s.count == 0 {
+        "none".into()
+    } else {
+        format!("{:.2}/{:.2} ms", s.p50, s.p99)
+    }
+}
+
 fn print_summary(outcomes: &[Outcome]) {
     println!(
         "\n== summary (targets: peak RSS < 100 MiB; bystanders' delivery p99 < 50 ms with nothing lost; \
@@ -1318,8 +1340,8 @@ fn print_summary(outcomes: &[Outcome]) {
             format!("{} {}", o.case.number(), o.case.name()),
             o.rss_before.map_or("-".into(), |m| mib(m.rss_kib)),
             o.rss_peak_kib.map_or("-".into(), mib),
-            format!("{:.2}/{:.2} ms", o.step.delivery.p50, o.step.delivery.p99),
-            format!("{:.2}/{:.2} ms", o.step.ack.p50, o.step.ack.p99),
+            p50_p99(&o.step.delivery),
+            p50_p99(&o.step.ack),
             o.step.lost,
             o.sign_ins().map_or("-".into(), |(w, t)| format!("{w}/{t}")),
             verdicts.join(", ")

@@ -233,7 +233,6 @@ fn assert_requests_balance(role: &Value) {
                 k.as_str(),
                 "sent" | "unanswered" | "bytes read" | "signed in again"
             ) && !k.starts_with("ended: ")
-                && !k.starts_with("write failed: ")
                 && !k.starts_with("sign-in refused: ")
         })
         .map(|(_, n)| n.as_u64().expect("a count"))
