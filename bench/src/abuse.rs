@@ -9,8 +9,13 @@
 //! addresses, so limits per address act as they would on a network.
 //! Attacker threads run at the lowest priority (nice 19): on the
 //! generator's core their floods must not delay the bystanders' own
-//! clocks, and they still get every cycle the bystanders leave. An attack that takes the server past `--rss-limit` is stopped
-//! there, and reported so, for the machine's sake.
+//! clocks, and they still get every cycle the bystanders leave.
+//!
+//! Each attack acts for `--duration`, as long as the bystanders send; its
+//! sockets stay open until the bystanders' last messages are in (or the
+//! drain ends), then get a few seconds to take their last replies and are
+//! cut. An attack that takes the server past `--rss-limit` is cut there,
+//! and reported so, for the machine's sake.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream};
@@ -755,7 +760,6 @@ fn start_history(target: &Target, sizes: &Sizes) -> Result<Attack, String> {
                 while control.running() {
                     match c.read() {
                         Ok(Some(Frame::Text(text))) => {
-                            tally.add("bytes read", text.len() as u64);
                             let kind = label(&text);
                             if !unasked(&kind) {
                                 tally.add(kind, 1);
@@ -772,6 +776,7 @@ fn start_history(target: &Target, sizes: &Sizes) -> Result<Attack, String> {
                         }
                     }
                 }
+                tally.add("bytes read", c.paced_bytes());
             }
             tally
         })?;

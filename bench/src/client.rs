@@ -59,10 +59,12 @@ pub struct ReadHalf {
     pace: Option<Pace>,
 }
 
-/// A reading speed: no more than `bytes_per_s` on average since `since`.
+/// A reading speed: after each read of n bytes, no read for n /
+/// `bytes_per_s` seconds, so a pause of the sender is never made up with a
+/// burst.
 struct Pace {
     bytes_per_s: u64,
-    since: Instant,
+    next: Instant,
     read: u64,
 }
 
@@ -74,11 +76,11 @@ impl Read for ReadHalf {
         let Some(pace) = &mut self.pace else {
             return self.stream.read(buf);
         };
-        let due = pace.since + Duration::from_secs_f64(pace.read as f64 / pace.bytes_per_s as f64);
-        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        std::thread::sleep(pace.next.saturating_duration_since(Instant::now()));
         let n = buf.len().min(PACED_CHUNK);
         let got = self.stream.read(&mut buf[..n])?;
         pace.read += got as u64;
+        pace.next = Instant::now() + Duration::from_secs_f64(got as f64 / pace.bytes_per_s as f64);
         Ok(got)
     }
 }
@@ -228,14 +230,22 @@ impl Conn {
         self.ws.get_ref().stream.0.try_clone()
     }
 
-    /// From now on reads take in at most `bytes_per_s` on average, as over
-    /// a slow link: what the server sends waits in its buffers meanwhile.
+    /// From now on reads take in at most `bytes_per_s`, as over a slow
+    /// link: what the server sends waits in its buffers meanwhile. A read
+    /// then returns only once a whole frame is in, however long that takes
+    /// (shut the socket down to end it sooner).
     pub fn pace_reads(&mut self, bytes_per_s: u64) {
         self.ws.get_mut().pace = Some(Pace {
             bytes_per_s: bytes_per_s.max(1),
-            since: Instant::now(),
+            next: Instant::now(),
             read: 0,
         });
+    }
+
+    /// Bytes read since [`Conn::pace_reads`], frames not yet complete
+    /// included.
+    pub fn paced_bytes(&self) -> u64 {
+        self.ws.get_ref().pace.as_ref().map_or(0, |p| p.read)
     }
 
     /// Sets how long one read may block (None: forever).
