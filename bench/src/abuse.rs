@@ -1325,11 +1325,20 @@ fn p50_p99(s: &Summary) -> String {
 fn print_summary(outcomes: &[Outcome]) {
     println!(
         "\n== summary (targets: peak RSS < 100 MiB; bystanders' delivery p99 < 50 ms with nothing lost; \
-         a person signs in >= 24 times in 25)"
+         a person signs in >= 24 times in 25)\n  \
+         lost: deliveries that never came, those of refused sends included; \
+         refused: bystanders' sends answered with an error"
     );
     println!(
-        "  {:<14} {:>10} {:>10} {:>19} {:>19} {:>6} {:>9}  targets",
-        "case", "RSS before", "peak RSS", "delivery p50/p99", "ack p50/p99", "lost", "sign-ins"
+        "  {:<14} {:>10} {:>10} {:>19} {:>19} {:>6} {:>7} {:>9}  targets",
+        "case",
+        "RSS before",
+        "peak RSS",
+        "delivery p50/p99",
+        "ack p50/p99",
+        "lost",
+        "refused",
+        "sign-ins"
     );
     for o in outcomes {
         let mut verdicts = Vec::new();
@@ -1341,13 +1350,14 @@ fn print_summary(outcomes: &[Outcome]) {
             verdicts.push(format!("sign-ins {}", held(ok)));
         }
         println!(
-            "  {:<14} {:>10} {:>10} {:>19} {:>19} {:>6} {:>9}  {}",
+            "  {:<14} {:>10} {:>10} {:>19} {:>19} {:>6} {:>7} {:>9}  {}",
             format!("{} {}", o.case.number(), o.case.name()),
             o.rss_before.map_or("-".into(), |m| mib(m.rss_kib)),
             o.rss_peak_kib.map_or("-".into(), mib),
             p50_p99(&o.step.delivery),
             p50_p99(&o.step.ack),
             o.step.lost,
+            o.step.errors.values().sum::<u64>(),
             o.sign_ins().map_or("-".into(), |(w, t)| format!("{w}/{t}")),
             verdicts.join(", ")
         );
