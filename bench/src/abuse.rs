@@ -15,7 +15,8 @@
 //! sockets stay open until the bystanders' last messages are in (or the
 //! drain ends), then get a few seconds to take their last replies and are
 //! cut. An attack that takes the server past `--rss-limit` is cut there,
-//! and reported so, for the machine's sake.
+//! and a server that goes on growing to twice that is killed, both
+//! reported, for the machine's sake.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream};
@@ -979,30 +980,51 @@ fn room_census(
     Ok((rooms, text.len()))
 }
 
-/// Watches the server's memory during an attack; past the limit it ends
-/// the attack. Returns the highest RSS seen and when the limit was passed.
+/// What the memory watcher saw.
+struct Watched {
+    highest_kib: u64,
+    /// When the server passed the limit and the attack was cut off.
+    cut_at: Option<Duration>,
+    /// When it passed twice the limit and was killed.
+    killed_at: Option<Duration>,
+}
+
+/// Watches the server's memory during an attack: past the limit it ends
+/// the attack; past twice the limit (a server may go on growing with the
+/// requests it has already taken) it kills the server, for the machine's
+/// sake.
 fn watch(
     pid: u32,
     limit_kib: u64,
     control: Control,
     done: Arc<AtomicBool>,
-) -> Result<JoinHandle<(u64, Option<Duration>)>, String> {
+) -> Result<JoinHandle<Watched>, String> {
     std::thread::Builder::new()
         .name("rss-watch".into())
         .spawn(move || {
             let started = Instant::now();
-            let (mut highest, mut tripped) = (0, None);
+            let mut seen = Watched {
+                highest_kib: 0,
+                cut_at: None,
+                killed_at: None,
+            };
             while !done.load(Ordering::Relaxed) {
                 if let Some(m) = Memory::of(pid) {
-                    highest = highest.max(m.rss_kib);
-                    if m.rss_kib > limit_kib && tripped.is_none() {
-                        tripped = Some(started.elapsed());
+                    seen.highest_kib = seen.highest_kib.max(m.rss_kib);
+                    if m.rss_kib > limit_kib && seen.cut_at.is_none() {
+                        seen.cut_at = Some(started.elapsed());
                         control.cut_all();
+                    }
+                    if m.rss_kib > limit_kib.saturating_mul(2) && seen.killed_at.is_none() {
+                        seen.killed_at = Some(started.elapsed());
+                        let _ = std::process::Command::new("kill")
+                            .args(["-KILL", &pid.to_string()])
+                            .status();
                     }
                 }
                 std::thread::sleep(WATCH_EVERY);
             }
-            (highest, tripped)
+            seen
         })
         .map_err(|e| format!("cannot start a thread: {e}"))
 }
@@ -1015,6 +1037,7 @@ struct Outcome {
     rss_highest_sampled_kib: u64,
     rss_after: Option<Memory>,
     stopped_at: Option<Duration>,
+    killed_at: Option<Duration>,
     tallies: BTreeMap<&'static str, Tally>,
     rooms: Option<Value>,
     step: StepResult,
@@ -1064,6 +1087,7 @@ impl Outcome {
             "name": self.case.name(),
             "what": description,
             "stopped_at_rss_limit_after_s": self.stopped_at.map(|d| round3(d.as_secs_f64())),
+            "server_killed_at_twice_rss_limit_after_s": self.killed_at.map(|d| round3(d.as_secs_f64())),
             "server_rss_kib": {
                 "before": self.rss_before.map(|m| m.rss_kib),
                 "peak": self.rss_peak_kib,
@@ -1228,34 +1252,34 @@ fn run_case(
     let step = fleet.step(options.rate, options.duration, options.drain, Some(&server))?;
     let tallies = attack.finish();
     done.store(true, Ordering::Relaxed);
-    let (highest, stopped_at) = watcher
+    let watched = watcher
         .join()
         .map_err(|_| "the memory watcher panicked".to_string())?;
-    let rooms = match rooms_before {
-        Some((before, welcome_before)) => {
-            let (after, welcome_after) =
-                room_census(target.addr, ATTACKER_A, &observer, &mut observer_session)?;
-            Some(json!({
-                "before": before,
-                "after": after,
-                "welcome_bytes_before": welcome_before,
-                "welcome_bytes_after": welcome_after,
-            }))
-        }
-        None => None,
-    };
+    let rooms = rooms_before.map(|(before, welcome_before)| {
+        // A server killed for its memory has no rooms to count.
+        let after = room_census(target.addr, ATTACKER_A, &observer, &mut observer_session).ok();
+        json!({
+            "before": before,
+            "after": after.map(|a| a.0),
+            "welcome_bytes_before": welcome_before,
+            "welcome_bytes_after": after.map(|a| a.1),
+        })
+    });
     std::thread::sleep(sizes.after);
     let rss_after = server.memory();
-    let rss_peak_kib = rss_after.map(|m| m.peak_kib);
+    // A killed server has no peak to read any more: the highest seen.
+    let rss_peak_kib =
+        rss_after.map_or(watched.highest_kib, |m| m.peak_kib.max(watched.highest_kib));
     fleet.close();
     server.stop();
     Ok(Outcome {
         case,
         rss_before,
-        rss_peak_kib,
-        rss_highest_sampled_kib: highest,
+        rss_peak_kib: Some(rss_peak_kib),
+        rss_highest_sampled_kib: watched.highest_kib,
         rss_after,
-        stopped_at,
+        stopped_at: watched.cut_at,
+        killed_at: watched.killed_at,
         tallies,
         rooms,
         step,
@@ -1301,6 +1325,12 @@ fn print_outcome(o: &Outcome) {
     if let Some(at) = o.stopped_at {
         println!(
             "  STOPPED      the server passed --rss-limit {:.1} s into the attack; the attackers were cut off",
+            at.as_secs_f64()
+        );
+    }
+    if let Some(at) = o.killed_at {
+        println!(
+            "  KILLED       the server passed twice --rss-limit {:.1} s into the attack",
             at.as_secs_f64()
         );
     }

@@ -108,8 +108,9 @@ ABUSE (attackers come from 127.0.0.2 and 127.0.0.3, the person from 127.0.0.4):
                         7 rooms: rooms created as fast as allowed, and a
                           create/delete loop
   --tries N             the person's sign-in tries in case 5 (default 25)
-  --rss-limit MIB       stop an attack when the server's RSS passes this
-                        (default 1024), for the machine's sake
+  --rss-limit MIB       cut an attack off when the server's RSS passes this
+                        (default 1024) and kill the server at twice this,
+                        for the machine's sake
 
 OPTIONS:
   --out DIR             JSON output directory (default target/bench)
