@@ -3,9 +3,11 @@
 //! the handshake is done, and every write (requests, sends, pongs) goes
 //! through one [`Writer`] behind a mutex, so the scheduler thread and the
 //! connection's reader thread can both send without interleaving frames.
+//! A connection may come from a loopback address of its own (127.0.0.2 and
+//! up), as another machine would, and may read at a set pace.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,11 +56,32 @@ impl Write for Socket {
 pub struct ReadHalf {
     stream: Socket,
     discard_writes: bool,
+    pace: Option<Pace>,
 }
+
+/// A reading speed: after each read of n bytes, no read for n /
+/// `bytes_per_s` seconds, so a pause of the sender is never made up with a
+/// burst.
+struct Pace {
+    bytes_per_s: u64,
+    next: Instant,
+    read: u64,
+}
+
+/// Bytes one paced read takes at most, so the pace is even.
+const PACED_CHUNK: usize = 4096;
 
 impl Read for ReadHalf {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stream.read(buf)
+        let Some(pace) = &mut self.pace else {
+            return self.stream.read(buf);
+        };
+        std::thread::sleep(pace.next.saturating_duration_since(Instant::now()));
+        let n = buf.len().min(PACED_CHUNK);
+        let got = self.stream.read(&mut buf[..n])?;
+        pace.read += got as u64;
+        pace.next = Instant::now() + Duration::from_secs_f64(got as f64 / pace.bytes_per_s as f64);
+        Ok(got)
     }
 }
 
@@ -135,9 +158,40 @@ pub struct Conn {
 impl Conn {
     pub fn connect(addr: SocketAddr) -> Result<Conn, String> {
         let stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        Conn::over(stream, addr, REPLY_TIMEOUT)
+    }
+
+    /// Connects from the local address `from` (on Linux any 127.x.y.z is
+    /// this machine), as a client on another machine would, so limits per
+    /// address apply to it; the handshake may take `handshake_timeout`.
+    pub fn connect_from(
+        addr: SocketAddr,
+        from: IpAddr,
+        handshake_timeout: Duration,
+    ) -> Result<Conn, String> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .map_err(|e| format!("socket: {e}"))?;
+        socket
+            .bind(&SocketAddr::new(from, 0).into())
+            .map_err(|e| format!("bind {from}: {e}"))?;
+        socket
+            .connect(&addr.into())
+            .map_err(|e| format!("connect {addr} from {from}: {e}"))?;
+        Conn::over(socket.into(), addr, handshake_timeout)
+    }
+
+    fn over(
+        stream: TcpStream,
+        addr: SocketAddr,
+        handshake_timeout: Duration,
+    ) -> Result<Conn, String> {
         stream
             .set_nodelay(true)
-            .and_then(|()| stream.set_read_timeout(Some(REPLY_TIMEOUT)))
+            .and_then(|()| stream.set_read_timeout(Some(handshake_timeout)))
             .map_err(|e| format!("socket setup: {e}"))?;
         let write_stream = stream
             .try_clone()
@@ -145,6 +199,7 @@ impl Conn {
         let read_half = ReadHalf {
             stream: Socket(stream),
             discard_writes: false,
+            pace: None,
         };
         let (mut ws, _) = tungstenite::client::client_with_config(
             format!("ws://{addr}/"),
@@ -153,6 +208,11 @@ impl Conn {
         )
         .map_err(|e| format!("WebSocket handshake with {addr}: {e}"))?;
         ws.get_mut().discard_writes = true;
+        ws.get_ref()
+            .stream
+            .0
+            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .map_err(|e| format!("socket setup: {e}"))?;
         let writer = Writer {
             ctx: WebSocketContext::new(Role::Client, Some(ws_config())),
             stream: Socket(write_stream),
@@ -162,6 +222,30 @@ impl Conn {
             writer: Arc::new(Mutex::new(writer)),
             next_req: 0,
         })
+    }
+
+    /// A second handle on the socket, to end the connection from another
+    /// thread (`shutdown`) while this one may be blocked on it.
+    pub fn socket(&self) -> io::Result<TcpStream> {
+        self.ws.get_ref().stream.0.try_clone()
+    }
+
+    /// From now on reads take in at most `bytes_per_s`, as over a slow
+    /// link: what the server sends waits in its buffers meanwhile. A read
+    /// then returns only once a whole frame is in, however long that takes
+    /// (shut the socket down to end it sooner).
+    pub fn pace_reads(&mut self, bytes_per_s: u64) {
+        self.ws.get_mut().pace = Some(Pace {
+            bytes_per_s: bytes_per_s.max(1),
+            next: Instant::now(),
+            read: 0,
+        });
+    }
+
+    /// Bytes read since [`Conn::pace_reads`], frames not yet complete
+    /// included.
+    pub fn paced_bytes(&self) -> u64 {
+        self.ws.get_ref().pace.as_ref().map_or(0, |p| p.read)
     }
 
     /// Sets how long one read may block (None: forever).

@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+mod abuse;
 mod client;
 mod history;
 mod load;
@@ -40,6 +41,7 @@ Usage:
   parlor-bench fanout  [TARGET] [LOAD] [OPTIONS]
   parlor-bench sweep   [TARGET] [LOAD] [SWEEP] [OPTIONS]
   parlor-bench history --spawn PATH [HISTORY] [OPTIONS]
+  parlor-bench abuse   --spawn PATH [LOAD] [ABUSE] [OPTIONS]
 
 fanout: N connections over R rooms, S of them sending at a fixed total rate,
   open loop; reports deliveries expected/received/duplicated/lost, delivery
@@ -49,6 +51,11 @@ sweep: raises the rate step by step until delivery p99 exceeds the limit or
   anything is lost; reports the highest passing rate.
 history: builds a database with a big room through Parlor's store, starts
   parlor on it and measures start-up, joins, pages, catch-up, room switches.
+abuse: runs attacks in turn, each --duration long against a fresh parlor
+  with its default limits (room made only for the bystanders), while the
+  LOAD (default: 10 users in one room, 100 messages/s) chats from 127.0.0.1;
+  reports the server's RSS before and at peak, the bystanders' latency and
+  losses, and in case 5 how often a person signs in.
 
 TARGET (one or more; each is measured in turn, in this order):
   --spawn PATH          start this parlor binary (127.0.0.1, port 0, temp db,
@@ -90,6 +97,21 @@ HISTORY:
   --startups N          server starts to time (default 5)
   --rebuild             rebuild the cached database
 
+ABUSE (attackers come from 127.0.0.2 and 127.0.0.3, the person from 127.0.0.4):
+  --cases LIST          which, in this order (default 0,1,2,5,7):
+                        0 none: the bystanders alone, for comparison
+                        1 pings: 10 signed-in sockets flood pings
+                        2 history: pages of 500 big messages, unread or
+                          read slowly
+                        5 crowd: two addresses hold every socket they may
+                          and never say hello; a person signs in
+                        7 rooms: rooms created as fast as allowed, and a
+                          create/delete loop
+  --tries N             the person's sign-in tries in case 5 (default 25)
+  --rss-limit MIB       cut an attack off when the server's RSS passes this
+                        (default 1024) and kill the server at twice this,
+                        for the machine's sake
+
 OPTIONS:
   --out DIR             JSON output directory (default target/bench)
   --no-pin              do not pin generator and servers to cores
@@ -121,6 +143,7 @@ enum Command {
     Fanout,
     Sweep,
     History,
+    Abuse,
 }
 
 /// A server to measure.
@@ -154,6 +177,10 @@ struct Options {
     reps: usize,
     startups: usize,
     rebuild: bool,
+    cases: Vec<abuse::Case>,
+    tries: usize,
+    rss_limit_mib: u64,
+    quick: bool,
     out: PathBuf,
     pin: bool,
 }
@@ -168,8 +195,11 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Options>, String> {
         Some(Arg::Value(word)) if word == "fanout" => Command::Fanout,
         Some(Arg::Value(word)) if word == "sweep" => Command::Sweep,
         Some(Arg::Value(word)) if word == "history" => Command::History,
+        Some(Arg::Value(word)) if word == "abuse" => Command::Abuse,
         Some(Arg::Value(word)) => return Err(format!("unknown command {word:?} (see --help)")),
-        Some(_) => return Err("the command comes first: fanout, sweep or history".into()),
+        Some(_) => {
+            return Err("the command comes first: fanout, sweep, history or abuse".into());
+        }
     };
     let mut o = Options {
         command,
@@ -179,7 +209,13 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Options>, String> {
         rooms: if quick { 2 } else { 1 },
         senders: None,
         rate: if quick { 40.0 } else { 100.0 },
-        duration: if quick { 1.0 } else { 10.0 },
+        // Each attack needs time to build up.
+        duration: match (command, quick) {
+            (Command::Abuse, false) => 20.0,
+            (Command::Abuse, true) => 1.5,
+            (_, false) => 10.0,
+            (_, true) => 1.0,
+        },
         drain: None,
         text_bytes: 40,
         stall: None,
@@ -195,6 +231,10 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Options>, String> {
         reps: if quick { 10 } else { 200 },
         startups: if quick { 2 } else { 5 },
         rebuild: false,
+        cases: abuse::Case::ALL.to_vec(),
+        tries: if quick { 5 } else { 25 },
+        rss_limit_mib: 1024,
+        quick,
         out: PathBuf::from("target/bench"),
         pin: !quick,
     };
@@ -245,6 +285,14 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Options>, String> {
             "--reps" => o.reps = number(&mut parser, &flag)?,
             "--startups" => o.startups = number(&mut parser, &flag)?,
             "--rebuild" => o.rebuild = true,
+            "--cases" => {
+                o.cases = value(&mut parser, &flag)?
+                    .split(',')
+                    .map(|word| abuse::Case::parse(word.trim()))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--tries" => o.tries = number(&mut parser, &flag)?,
+            "--rss-limit" => o.rss_limit_mib = number(&mut parser, &flag)? as u64,
             "--out" => o.out = path(&mut parser, &flag)?,
             "--no-pin" => o.pin = false,
             "--quick" => {}
@@ -263,6 +311,9 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Options>, String> {
     }
     if command == Command::History && !matches!(o.subjects.as_slice(), [Subject::Spawn(_)]) {
         return Err("history needs exactly --spawn PATH (it builds the database itself)".into());
+    }
+    if command == Command::Abuse && !matches!(o.subjects.as_slice(), [Subject::Spawn(_)]) {
+        return Err("abuse needs exactly --spawn PATH (it starts a server per attack)".into());
     }
     Ok(Some(o))
 }
@@ -351,6 +402,7 @@ fn main() -> ExitCode {
         Command::Fanout => fanout(&options, pinned),
         Command::Sweep => sweep(&options, pinned),
         Command::History => history(&options, pinned),
+        Command::Abuse => abuse(&options, pinned),
     };
     match result.and_then(|(kind, body)| report::write_json(&options.out, kind, pinned, body)) {
         Ok(path) => {
@@ -660,6 +712,26 @@ fn history(options: &Options, pinned: bool) -> Result<(&'static str, Value), Str
     Ok(("history", result))
 }
 
+fn abuse(options: &Options, pinned: bool) -> Result<(&'static str, Value), String> {
+    let Some(Subject::Spawn(binary)) = options.subjects.first() else {
+        return Err("abuse needs --spawn PATH".into());
+    };
+    let result = abuse::run(&abuse::AbuseOptions {
+        binary: binary.clone(),
+        cases: options.cases.clone(),
+        bystanders: options.shape(Protocol::Parlor),
+        rate: options.rate,
+        duration: Duration::from_secs_f64(options.duration),
+        drain: drain(options, 5.0),
+        tries: options.tries,
+        rss_limit_kib: options.rss_limit_mib.saturating_mul(1024),
+        quick: options.quick,
+        pin: pinned,
+        out: options.out.clone(),
+    })?;
+    Ok(("abuse", result))
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -717,6 +789,18 @@ mod tests {
     }
 
     #[test]
+    fn abuse_cases_by_number_or_name_and_its_own_durations() {
+        use abuse::Case;
+        let o = options(&["abuse", "--spawn", "p"]);
+        assert_eq!(o.cases, Case::ALL);
+        assert_eq!((o.duration, o.tries, o.rss_limit_mib), (20.0, 25, 1024));
+        let o = options(&["abuse", "--spawn", "p", "--cases", "7, pings,0", "--quick"]);
+        assert_eq!(o.cases, [Case::Rooms, Case::Pings, Case::None]);
+        assert_eq!((o.duration, o.tries), (1.5, 5));
+        assert_eq!(options(&["fanout", "--spawn", "p"]).duration, 10.0);
+    }
+
+    #[test]
     fn bad_arguments_say_why() {
         assert!(error(&["fanout", "--spawn"]).contains("--spawn needs a value"));
         assert!(error(&["fanout", "--spawn", "p", "--rate=0"]).contains("positive number"));
@@ -726,6 +810,8 @@ mod tests {
         assert!(error(&["fanout", "--spawn", "p", "extra"]).contains("unknown argument"));
         assert!(error(&["fanout"]).contains("say what to measure"));
         assert!(error(&["history", "--ws", "127.0.0.1:1"]).contains("history needs"));
+        assert!(error(&["abuse", "--ws", "127.0.0.1:1"]).contains("abuse needs"));
+        assert!(error(&["abuse", "--spawn", "p", "--cases", "1,3"]).contains("unknown case"));
         assert!(error(&["frobnicate"]).contains("unknown command"));
         assert!(error(&["--spawn", "p", "fanout"]).contains("command comes first"));
         for help in [&["--help"][..], &[], &["fanout", "--spawn", "p", "-h"]] {

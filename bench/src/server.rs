@@ -79,7 +79,7 @@ pub struct ParlorLaunch<'a> {
 }
 
 /// Whether `parlor --help` lists `flag`.
-fn knows_flag(binary: &Path, flag: &str) -> bool {
+pub fn knows_flag(binary: &Path, flag: &str) -> bool {
     Command::new(binary)
         .arg("--help")
         .output()
@@ -101,34 +101,46 @@ impl ServerProcess {
     /// Starts `parlor` on ports chosen by the system, with limits raised so
     /// the benchmark measures the server, not its rate limits.
     pub fn parlor(launch: &ParlorLaunch) -> Result<ServerProcess, String> {
+        let mut options: Vec<String> = [
+            "--max-users",
+            &launch.max_users.to_string(),
+            "--messages-per-second",
+            "1000000",
+            "--room-switches-per-minute",
+            "1000000",
+        ]
+        .map(String::from)
+        .to_vec();
+        // Request budgets: every benchmark client signs in from 127.0.0.1
+        // with a new name. Only binaries that have them are told (so older
+        // builds can be measured side by side).
+        if knows_flag(launch.binary, "--request-burst") {
+            options.extend(
+                [
+                    "--requests-per-second",
+                    "1000000",
+                    "--request-burst",
+                    "1000000",
+                    "--new-users-per-ip-per-hour",
+                    "1000000",
+                ]
+                .map(String::from),
+            );
+        }
+        ServerProcess::parlor_with(launch, &options)
+    }
+
+    /// Starts `parlor` on ports chosen by the system with exactly these
+    /// options besides its addresses, database and log level (`max_users`
+    /// of the launch is not used).
+    pub fn parlor_with(launch: &ParlorLaunch, options: &[String]) -> Result<ServerProcess, String> {
         let mut command = pinned(launch.pin);
         command
             .arg(launch.binary)
             .args(["--http", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--db"])
             .arg(launch.db)
-            .args([
-                "--max-users",
-                &launch.max_users.to_string(),
-                "--messages-per-second",
-                "1000000",
-                "--room-switches-per-minute",
-                "1000000",
-                "--log-level",
-                "warn",
-            ]);
-        // Request budgets: every benchmark client signs in from 127.0.0.1
-        // with a new name. Only binaries that have them are told (so older
-        // builds can be measured side by side).
-        if knows_flag(launch.binary, "--request-burst") {
-            command.args([
-                "--requests-per-second",
-                "1000000",
-                "--request-burst",
-                "1000000",
-                "--new-users-per-ip-per-hour",
-                "1000000",
-            ]);
-        }
+            .args(["--log-level", "warn"])
+            .args(options);
         let log = std::fs::File::create(launch.log)
             .map_err(|e| format!("cannot create {}: {e}", launch.log.display()))?;
         let started = Instant::now();

@@ -1,8 +1,9 @@
 //! `parlor-bench` works and its books balance: a short `--quick` fan-out
 //! against a `parlor` it starts itself, a raw fan-out against a minimal
-//! broadcast relay started here, and a quick history run. Counts are
-//! checked (every expected delivery is received or lost, none twice,
-//! nothing lost at this tiny load); timings never are.
+//! broadcast relay started here, a quick history run and a quick round of
+//! attacks. Counts are checked (every expected delivery is received or
+//! lost, none twice, nothing lost at this tiny load; every attack request
+//! answered at most once); timings and memory never are.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -211,6 +212,97 @@ fn quick_history_catches_up_exactly() {
             "{page}"
         );
     }
+}
+
+/// A count in an attack's report (0 when it never happened).
+fn count(counts: &Value, what: &str) -> u64 {
+    counts[what].as_u64().unwrap_or(0)
+}
+
+/// Requests an attacker sent are each answered once or still unanswered:
+/// the answers (every count but what was sent, bytes and how connections
+/// ended) and the unanswered add up to what was sent.
+fn assert_requests_balance(role: &Value) {
+    let counts = role.as_object().expect("an attacker's counts");
+    let sent = count(role, "sent");
+    assert!(sent > 0, "{role}");
+    let answered: u64 = counts
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "sent" | "unanswered" | "bytes read" | "signed in again"
+            ) && !k.starts_with("ended: ")
+                && !k.starts_with("sign-in refused: ")
+        })
+        .map(|(_, n)| n.as_u64().expect("a count"))
+        .sum();
+    assert_eq!(answered + count(role, "unanswered"), sent, "{role}");
+}
+
+#[test]
+fn quick_abuse_runs_every_attack_and_counts_add_up() {
+    let out = OutDir::new("abuse");
+    let report = bench(&out.0, &["abuse", "--quick", "--spawn", parlor()]);
+    assert_eq!(report["kind"], "abuse");
+    let cases = report["result"]["cases"].as_array().expect("cases");
+    let numbers: Vec<u64> = cases.iter().filter_map(|c| c["case"].as_u64()).collect();
+    assert_eq!(numbers, [0, 1, 2, 5, 7]);
+    for case in cases {
+        // Under attack a bystander's message may be late (lost past the
+        // drain), never duplicated; every one is accounted for.
+        let step = &case["bystanders"];
+        let d = &step["deliveries"];
+        let n = |v: &Value| v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"));
+        assert!(n(&step["sent"]) > 0, "{case}");
+        assert_eq!(
+            n(&d["expected"]),
+            n(&d["received"]) + n(&d["lost"]),
+            "{case}"
+        );
+        assert_eq!(n(&d["duplicated"]), 0, "{case}");
+        assert_eq!(n(&step["acks"]["duplicated"]), 0, "{case}");
+        assert_eq!(n(&step["acks"]["expected"]), n(&step["sent"]), "{case}");
+        assert!(
+            case["server_rss_kib"]["peak"]
+                .as_u64()
+                .is_some_and(|k| k > 0),
+            "{case}"
+        );
+    }
+    let attackers =
+        |number: u64| &cases.iter().find(|c| c["case"] == number).expect("case")["attackers"];
+    assert_eq!(attackers(0).as_object().map(|a| a.len()), Some(0));
+    assert_requests_balance(&attackers(1)["pinger"]);
+    assert_requests_balance(&attackers(2)["unread"]);
+    assert_requests_balance(&attackers(2)["slow reader"]);
+    // Case 5: every try of the person either got a welcome or failed.
+    let person = &attackers(5)["person"];
+    let failed: u64 = person
+        .as_object()
+        .expect("the person's counts")
+        .iter()
+        .filter(|(k, _)| k.starts_with("failed: "))
+        .map(|(_, n)| n.as_u64().expect("a count"))
+        .sum();
+    assert_eq!(count(person, "tries"), 5, "{person}");
+    assert_eq!(count(person, "welcome") + failed, 5, "{person}");
+    assert!(count(&attackers(5)["crowd"], "opened") > 0);
+    // Case 7: the rooms a new sign-in sees are those before, plus every
+    // creation answered, minus every deletion.
+    let rooms_case = cases.iter().find(|c| c["case"] == 7).expect("case 7");
+    let creator = &rooms_case["attackers"]["creator"];
+    let cycler = &rooms_case["attackers"]["cycler"];
+    assert_requests_balance(creator);
+    let rooms = &rooms_case["rooms"];
+    assert_eq!(
+        rooms["after"].as_u64().expect("rooms after"),
+        rooms["before"].as_u64().expect("rooms before")
+            + count(creator, "created")
+            + count(cycler, "created")
+            - count(cycler, "deleted"),
+        "{rooms_case}"
+    );
 }
 
 /// Minimal broadcast relays (one per room) in this process: every text
