@@ -51,6 +51,11 @@ pub(super) fn cost(frame: &CheckedFrame) -> u32 {
     }
 }
 
+/// Bytes of replies that cost one more request unit: an 8 MB page of the
+/// largest messages costs 512 units more (25 s of the default budget), a
+/// page of 50 ordinary messages nothing more.
+pub(super) const REPLY_BYTES_PER_UNIT: usize = 16 * 1024;
+
 /// A token bucket of request units.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Bucket {
@@ -67,14 +72,26 @@ impl Bucket {
         }
     }
 
-    /// Spends `cost` units, or says how long until they are there (nothing
-    /// is spent then).
-    pub fn spend(&mut self, settings: &Settings, cost: u32, now: Instant) -> Result<(), Duration> {
+    /// Spends `cost` units however many there are: the bucket may go below
+    /// zero, and then refills from there.
+    pub fn owe(&mut self, settings: &Settings, cost: u32, now: Instant) {
+        self.refill(settings, now);
+        self.units -= f64::from(cost);
+    }
+
+    fn refill(&mut self, settings: &Settings, now: Instant) {
         let rate = f64::from(settings.requests_per_second.max(1));
         let burst = f64::from(settings.request_burst);
         let earned = now.saturating_duration_since(self.at).as_secs_f64() * rate;
         self.units = (self.units + earned).min(burst);
         self.at = now;
+    }
+
+    /// Spends `cost` units, or says how long until they are there (nothing
+    /// is spent then).
+    pub fn spend(&mut self, settings: &Settings, cost: u32, now: Instant) -> Result<(), Duration> {
+        self.refill(settings, now);
+        let rate = f64::from(settings.requests_per_second.max(1));
         let cost = f64::from(cost);
         if self.units >= cost {
             self.units -= cost;
@@ -142,6 +159,13 @@ impl Limits {
             .spend(&settings, cost, now)
             .map_err(over_budget)
             .inspect_err(|_| self.metrics.rate_limited(Limited::Budget))
+    }
+
+    /// Charges `user`'s request budget `units` after the fact (see
+    /// [`Bucket::owe`]).
+    pub fn owe(&mut self, user: &NameKey, units: u32, now: Instant) {
+        let settings = self.settings.clone();
+        self.rate(user, now).requests.owe(&settings, units, now);
     }
 
     /// Records a send by `user` now, or refuses it.
@@ -358,6 +382,21 @@ mod tests {
         assert!(limits.request(&alice, 1, later).is_err());
         // Others have budgets of their own.
         assert!(limits.request(&NameKey::of("bob"), 20, t0).is_ok());
+    }
+
+    #[test]
+    fn large_replies_put_the_budget_below_zero_and_the_next_request_waits() {
+        let mut limits = Limits::new(settings(10, 5), Metrics::default());
+        let alice = NameKey::of("alice");
+        let t0 = Instant::now();
+        assert!(limits.request(&alice, 1, t0).is_ok());
+        // An 8 MB page came back: 19 units left, 29 owed.
+        limits.owe(&alice, 29, t0);
+        let refused = limits
+            .request(&alice, 1, t0)
+            .expect_err("a user in debt waits");
+        assert_eq!(refused.wait, Duration::from_millis(1100));
+        assert!(limits.request(&alice, 1, t0 + Duration::from_millis(1100)).is_ok());
     }
 
     #[test]

@@ -210,7 +210,10 @@ impl Hub {
                 ) {
                     self.commit();
                 }
+                let before = self.out.bytes;
                 self.request(conn, request);
+                let said = self.out.bytes.saturating_sub(before);
+                self.charge_for_bytes(conn, said);
             }
             Event::BadFrame { conn, error, .. } => {
                 let to = To {
@@ -234,6 +237,26 @@ impl Hub {
             Event::Shutdown => return false,
         }
         true
+    }
+
+    /// Charges the request budget of `conn`'s user (or of `conn`, before it
+    /// signs in) for `bytes` of replies, after the fact: a page of large
+    /// messages costs more than one of small ones, which its request could
+    /// not know. The budget may go below zero; the next request then waits.
+    fn charge_for_bytes(&mut self, conn: ConnId, bytes: usize) {
+        let units = u32::try_from(bytes / limits::REPLY_BYTES_PER_UNIT).unwrap_or(u32::MAX);
+        if units == 0 {
+            return;
+        }
+        let now = Instant::now();
+        match self.sessions.caller(conn) {
+            Caller::Gone => {}
+            Caller::Anonymous => self.sessions.owe(conn, &self.limits.settings, units, now),
+            Caller::SignedIn(user) => {
+                let user = user.key.clone();
+                self.limits.owe(&user, units, now);
+            }
+        }
     }
 
     /// Dispatches a request by what it is and who sent it.

@@ -141,6 +141,17 @@ impl Sessions {
         self.online.len()
     }
 
+    /// Charges the request budget of a connection that has not signed in
+    /// yet `units` after the fact (see `Bucket::owe`).
+    pub fn owe(&mut self, conn: ConnId, settings: &limits::Settings, units: u32, now: Instant) {
+        if let Some(connection) = self.conns.get_mut(&conn) {
+            connection
+                .budget
+                .get_or_insert_with(|| Bucket::full(settings, now))
+                .owe(settings, units, now);
+        }
+    }
+
     /// Where every signed-in user's mail goes.
     pub fn online_conns(&self) -> impl Iterator<Item = ConnId> + '_ {
         self.online.values().map(|o| o.conn)
