@@ -15,7 +15,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::str::FromStr;
 
-use crate::Error;
+use crate::error::Error;
 use crate::protocol::{ChatMessage, NameKey, PageMessage};
 use crate::store::{Snapshot, SnapshotRoom};
 

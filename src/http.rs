@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use tiny_http::{Header, Method, Request, Response};
 
-use crate::Error;
+use crate::error::Error;
 use crate::admission::HostPolicy;
 use crate::front::{Front, Peers};
 use crate::metrics::{self, Metrics, ScrapeAccess};

@@ -9,7 +9,7 @@ use rustls::ServerConnection;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::Error;
+use crate::error::Error;
 
 /// The certificate and key both listeners present.
 #[derive(Clone)]

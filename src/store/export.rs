@@ -8,7 +8,7 @@ use std::path::Path;
 use rusqlite::{Connection, params};
 
 use super::{RoomId, database_error, open_read_only};
-use crate::Error;
+use crate::error::Error;
 use crate::protocol::{ChatMessage, NameKey};
 
 /// One read transaction on a Parlor database opened read-only: everything

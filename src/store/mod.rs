@@ -14,7 +14,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_ite
 
 use rusqlite::types::{FromSql, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
-use crate::Error;
+use crate::error::Error;
 use crate::protocol::{ChatMessage, NameKey, PageMessage, PageQuery, Seq, now_ms};
 
 mod export;
