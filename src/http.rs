@@ -12,8 +12,8 @@ use std::thread::JoinHandle;
 
 use tiny_http::{Header, Method, Request, Response};
 
-use crate::error::Error;
 use crate::admission::HostPolicy;
+use crate::error::Error;
 use crate::front::{Front, Peers};
 use crate::metrics::{self, Metrics, ScrapeAccess};
 use crate::tls::TlsConfig;

@@ -396,7 +396,11 @@ mod tests {
             .request(&alice, 1, t0)
             .expect_err("a user in debt waits");
         assert_eq!(refused.wait, Duration::from_millis(1100));
-        assert!(limits.request(&alice, 1, t0 + Duration::from_millis(1100)).is_ok());
+        assert!(
+            limits
+                .request(&alice, 1, t0 + Duration::from_millis(1100))
+                .is_ok()
+        );
     }
 
     #[test]
