@@ -25,13 +25,11 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::admission::{SocketLimits, SocketTable};
-use crate::net::{Stream, wake_listener};
+use crate::net::{Acceptor, Stream};
 use crate::tls::TlsConfig;
 
 /// How long the front waits on a client's bytes (or for room to send).
@@ -61,9 +59,7 @@ const LINGER_BYTES: usize = 64 * 1024;
 
 /// The public listener and its `http-accept` thread.
 pub struct Front {
-    addr: SocketAddr,
-    stopping: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
+    acceptor: Acceptor,
     peers: Peers,
 }
 
@@ -123,9 +119,6 @@ impl Front {
         backend: SocketAddr,
         tls: Option<TlsConfig>,
     ) -> std::io::Result<Front> {
-        let addr = listener.local_addr()?;
-        let stopping = Arc::new(AtomicBool::new(false));
-        let flag = stopping.clone();
         let peers = Peers::default();
         let relays = peers.clone();
         let table = SocketTable::new(SocketLimits {
@@ -133,45 +126,27 @@ impl Front {
             per_ip: MAX_HTTP_CONNECTIONS,
             handshaking: MAX_HTTP_CONNECTIONS,
         });
-        let thread = std::thread::Builder::new()
-            .name("http-accept".into())
-            .spawn(move || {
-                for sock in listener.incoming() {
-                    if flag.load(Ordering::SeqCst) {
-                        break;
+        let acceptor = Acceptor::start(listener, "http-accept", move |sock, peer| {
+            // Never marked done: any HTTP connection may be dropped to make
+            // room, oldest first.
+            let Some(admitted) = table.admit(&sock, peer.ip()) else {
+                return;
+            };
+            let (tls, peers) = (tls.clone(), relays.clone());
+            let spawned = std::thread::Builder::new()
+                .name("http-conn".into())
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    if let Err(e) = relay(sock, peer, backend, tls.as_ref(), &peers) {
+                        log::debug!("http: connection from {peer} ended: {e}");
                     }
-                    let Ok(sock) = sock else {
-                        // Out of file descriptors and the like: do not spin.
-                        std::thread::sleep(Duration::from_millis(50));
-                        continue;
-                    };
-                    let Ok(peer) = sock.peer_addr() else { continue };
-                    // Never marked done: any HTTP connection may be dropped
-                    // to make room, oldest first.
-                    let Some(admitted) = table.admit(&sock, peer.ip()) else {
-                        continue;
-                    };
-                    let (tls, peers) = (tls.clone(), relays.clone());
-                    let spawned = std::thread::Builder::new()
-                        .name("http-conn".into())
-                        .stack_size(128 * 1024)
-                        .spawn(move || {
-                            if let Err(e) = relay(sock, peer, backend, tls.as_ref(), &peers) {
-                                log::debug!("http: connection from {peer} ended: {e}");
-                            }
-                            drop(admitted);
-                        });
-                    if spawned.is_err() {
-                        log::error!("http: cannot start a connection thread");
-                    }
-                }
-            })?;
-        Ok(Front {
-            addr,
-            stopping,
-            thread,
-            peers,
-        })
+                    drop(admitted);
+                });
+            if spawned.is_err() {
+                log::error!("http: cannot start a connection thread");
+            }
+        })?;
+        Ok(Front { acceptor, peers })
     }
 
     /// Who is behind each relayed connection.
@@ -181,16 +156,12 @@ impl Front {
 
     /// Where the public listener listens.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.acceptor.addr()
     }
 
     /// Stops accepting and frees the port.
     pub fn stop(self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        wake_listener(self.addr);
-        if self.thread.join().is_err() {
-            log::error!("http-accept thread panicked");
-        }
+        self.acceptor.stop();
     }
 }
 

@@ -9,8 +9,10 @@
 //! holding it, so a quiet client never blocks the writer.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, MutexGuard};
+use std::thread::JoinHandle;
 
 use rustls::ServerConnection;
 
@@ -176,8 +178,74 @@ pub fn wake_addr(mut addr: SocketAddr) -> SocketAddr {
 
 /// Wakes a listener blocked in `accept` by connecting to it once, so its
 /// thread sees that it should stop.
-pub fn wake_listener(addr: SocketAddr) {
+fn wake_listener(addr: SocketAddr) {
     let _ = TcpStream::connect_timeout(&wake_addr(addr), std::time::Duration::from_secs(1));
+}
+
+/// A thread accepting on a listener and handing each socket, with its peer,
+/// to `admit`, until [`Acceptor::stop`].
+pub struct Acceptor {
+    addr: SocketAddr,
+    /// Set by `stop`; the thread checks it after each accept.
+    stopping: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+    name: &'static str,
+}
+
+impl Acceptor {
+    /// Starts the thread `name` on a bound listener.
+    pub fn start(
+        listener: TcpListener,
+        name: &'static str,
+        mut admit: impl FnMut(TcpStream, SocketAddr) + Send + 'static,
+    ) -> io::Result<Acceptor> {
+        let addr = listener.local_addr()?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let flag = stopping.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                for sock in listener.incoming() {
+                    if flag.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let sock = match sock {
+                        Ok(sock) => sock,
+                        Err(e) => {
+                            log::warn!("{name}: accept failed: {e}");
+                            // Out of file descriptors and the like: do not
+                            // spin.
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            continue;
+                        }
+                    };
+                    if let Ok(peer) = sock.peer_addr() {
+                        admit(sock, peer);
+                    }
+                }
+            })?;
+        Ok(Acceptor {
+            addr,
+            stopping,
+            thread,
+            name,
+        })
+    }
+
+    /// Where the listener listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and frees the port. A blocked `accept` is woken by
+    /// connecting to it once.
+    pub fn stop(self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        wake_listener(self.addr);
+        if self.thread.join().is_err() {
+            log::error!("{} thread panicked", self.name);
+        }
+    }
 }
 
 /// File descriptors one WebSocket connection holds (the reader's socket

@@ -20,8 +20,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select};
@@ -34,7 +33,7 @@ use tungstenite::{Bytes, Message, WebSocket};
 
 use crate::admission::{Admitted, HostPolicy, OriginPolicy, SocketLimits, SocketTable};
 use crate::metrics::Metrics;
-use crate::net::{Stream, wake_listener};
+use crate::net::{Acceptor, Stream};
 use crate::outbox::{Outbox, Pool};
 use crate::post::{CloseRequest, Route, Routes};
 use crate::protocol::{BadRequest, MAX_FRAME_BYTES, parse_request};
@@ -142,95 +141,58 @@ impl Settings {
 }
 
 /// The running accept loop.
-pub struct Listener {
-    addr: SocketAddr,
-    stopping: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
-}
+pub struct Listener(Acceptor);
 
 impl Listener {
     /// Starts the `ws-accept` thread on a bound listener.
     pub fn start(listener: TcpListener, settings: Settings) -> io::Result<Listener> {
-        let addr = listener.local_addr()?;
-        let stopping = Arc::new(AtomicBool::new(false));
-        let flag = stopping.clone();
         let table = SocketTable::new(settings.limits);
         let settings = Arc::new(settings);
-        let thread = std::thread::Builder::new()
-            .name("ws-accept".into())
-            .spawn(move || accept_loop(listener, settings, flag, table))?;
-        Ok(Listener {
-            addr,
-            stopping,
-            thread,
-        })
+        let acceptor = Acceptor::start(listener, "ws-accept", move |stream, peer| {
+            accept(stream, peer, &settings, &table)
+        })?;
+        Ok(Listener(acceptor))
     }
 
     /// Where the listener listens.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.0.addr()
     }
 
-    /// Stops accepting and frees the port. A blocked `accept` is woken by
-    /// connecting to it once.
+    /// Stops accepting and frees the port.
     pub fn stop(self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        wake_listener(self.addr);
-        if self.thread.join().is_err() {
-            log::error!("ws-accept thread panicked");
-        }
+        self.0.stop();
     }
 }
 
-fn accept_loop(
-    listener: TcpListener,
-    settings: Arc<Settings>,
-    stopping: Arc<AtomicBool>,
-    table: SocketTable,
-) {
+/// Admits an accepted socket and starts its `conn-N-rx` thread.
+fn accept(stream: TcpStream, peer: SocketAddr, settings: &Arc<Settings>, table: &SocketTable) {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-    for stream in listener.incoming() {
-        if stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        let stream = match stream {
-            Ok(stream) => stream,
-            Err(e) => {
-                log::warn!("ws: accept failed: {e}");
-                // Out of file descriptors and the like: do not spin.
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        let Ok(peer) = stream.peer_addr() else {
-            continue;
-        };
-        let Some(admitted) = table.admit(&stream, peer.ip()) else {
-            log::warn!("ws: refused a connection from {peer}: too many open sockets");
-            continue;
-        };
-        let conn = ConnId(NEXT_ID.fetch_add(1, Ordering::Relaxed));
-        let settings = settings.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("conn-{}-rx", conn.0))
-            .stack_size(CONN_STACK)
-            .spawn(move || {
-                // A connection's errors end only that connection; they are
-                // logged here, once.
-                match serve(conn, stream, peer, admitted, &settings) {
-                    Ok(()) => {}
-                    Err(SetupError::Socket(e)) => log::warn!("{conn}: socket setup failed: {e}"),
-                    Err(SetupError::Handshake(e)) => {
-                        log::info!("{conn}: WebSocket handshake from {peer} failed: {e}")
-                    }
-                    Err(SetupError::Writer(e)) => {
-                        log::error!("{conn}: cannot start its writer: {e}")
-                    }
+    let Some(admitted) = table.admit(&stream, peer.ip()) else {
+        log::warn!("ws: refused a connection from {peer}: too many open sockets");
+        return;
+    };
+    let conn = ConnId(NEXT_ID.fetch_add(1, Ordering::Relaxed));
+    let settings = settings.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("conn-{}-rx", conn.0))
+        .stack_size(CONN_STACK)
+        .spawn(move || {
+            // A connection's errors end only that connection; they are
+            // logged here, once.
+            match serve(conn, stream, peer, admitted, &settings) {
+                Ok(()) => {}
+                Err(SetupError::Socket(e)) => log::warn!("{conn}: socket setup failed: {e}"),
+                Err(SetupError::Handshake(e)) => {
+                    log::info!("{conn}: WebSocket handshake from {peer} failed: {e}")
                 }
-            });
-        if let Err(e) = spawned {
-            log::error!("{conn}: cannot start its thread: {e}");
-        }
+                Err(SetupError::Writer(e)) => {
+                    log::error!("{conn}: cannot start its writer: {e}")
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("{conn}: cannot start its thread: {e}");
     }
 }
 
