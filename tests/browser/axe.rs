@@ -39,14 +39,11 @@ fn script() -> Option<&'static str> {
         .as_deref()
 }
 
-/// Runs axe-core on the page as it is now and fails the test on any serious
-/// or critical violation, listing them. `state` names the screenshot
-/// (`target/browser-shots/axe-<state>.png`). Lesser findings are printed.
-pub fn check(page: &mut Page, state: &str) {
-    let Some(script) = script() else {
-        return;
-    };
-    page.screenshot(&format!("axe-{state}"));
+/// Runs axe-core on the page as it is now and returns every violation
+/// (`id`, `impact`, `help`, the first `nodes`), or None when axe-core is
+/// not installed outside CI.
+pub fn violations(page: &mut Page) -> Option<Vec<Value>> {
+    let script = script()?;
     if page.eval("typeof window.axe === 'object'") != true {
         page.eval(&format!("{script};\ntrue"));
     }
@@ -59,7 +56,17 @@ pub fn check(page: &mut Page, state: &str) {
             }));
         })()",
     );
-    let violations = found.as_array().cloned().unwrap_or_default();
+    Some(found.as_array().cloned().unwrap_or_default())
+}
+
+/// Runs axe-core on the page as it is now and fails the test on any serious
+/// or critical violation, listing them. `state` names the screenshot
+/// (`target/browser-shots/axe-<state>.png`). Lesser findings are printed.
+pub fn check(page: &mut Page, state: &str) {
+    page.screenshot(&format!("axe-{state}"));
+    let Some(violations) = violations(page) else {
+        return;
+    };
     let (bad, minor): (Vec<Value>, Vec<Value>) = violations
         .into_iter()
         .partition(|v| v["impact"] == "serious" || v["impact"] == "critical");

@@ -637,6 +637,30 @@ impl Page {
         );
     }
 
+    /// The role, accessible name and description Chromium gives the first
+    /// element matching `selector`: what a screen reader is told.
+    pub fn accessible(&mut self, selector: &str) -> Value {
+        let found = self.socket.call(
+            "Runtime.evaluate",
+            json!({"expression": format!("document.querySelector({})", js_string(selector))}),
+        );
+        let Some(object) = found["result"]["objectId"].as_str() else {
+            panic!("{}: no element {selector}", self.name);
+        };
+        let object = object.to_string();
+        self.socket.call("Accessibility.enable", json!({}));
+        let tree = self.socket.call(
+            "Accessibility.getPartialAXTree",
+            json!({"objectId": object, "fetchRelatives": false}),
+        );
+        let node = &tree["nodes"][0];
+        json!({
+            "role": node["role"]["value"],
+            "name": node["name"]["value"],
+            "description": node["description"]["value"],
+        })
+    }
+
     /// Emulates the system's light or dark preference.
     pub fn set_color_scheme(&mut self, scheme: &str) {
         self.socket.call(

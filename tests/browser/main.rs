@@ -10,6 +10,8 @@
 //! Without Chromium these tests say so loudly and pass, except under
 //! `CI=true`, where a missing browser is a failure.
 
+mod all_day;
+mod axe;
 mod cdp;
 #[path = "../support/mod.rs"]
 mod support;
