@@ -7,6 +7,7 @@
 //! characters, page sizes), as pure functions. The hub only ever sees
 //! [`CheckedRequest`]s, and only decides what needs its state.
 
+use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -166,10 +167,12 @@ pub enum ClientFrame {
     SignOut,
     /// The user has seen `room` up to `seq`.
     Read { room: String, seq: i64 },
+    /// The user is typing in their room.
+    Typing,
 }
 
 /// Every `type` a client may send.
-const FRAME_TYPES: [&str; 10] = [
+const FRAME_TYPES: [&str; 11] = [
     "hello",
     "create_room",
     "delete_room",
@@ -180,6 +183,7 @@ const FRAME_TYPES: [&str; 10] = [
     "ping",
     "sign_out",
     "read",
+    "typing",
 ];
 
 /// A client frame together with its optional `req` correlation string.
@@ -300,6 +304,8 @@ pub enum CheckedFrame {
     SignOut,
     /// `bad_request` on `Err`.
     Read { room: RoomRef, seq: Checked<Seq> },
+    /// The user is typing.
+    Typing,
 }
 
 impl Request {
@@ -356,6 +362,7 @@ impl Request {
             },
             ClientFrame::Ping => CheckedFrame::Ping,
             ClientFrame::SignOut => CheckedFrame::SignOut,
+            ClientFrame::Typing => CheckedFrame::Typing,
             ClientFrame::Read { room, seq } => CheckedFrame::Read {
                 room: RoomRef::new(&room),
                 seq: if seq >= 0 {
@@ -414,6 +421,8 @@ pub enum ServerFrame {
         history: Page,
         /// The user's read mark in the room before this join.
         read_seq: Seq,
+        /// The read marks of the room's members, by display name.
+        read_by: BTreeMap<String, Seq>,
     },
     Left {
         room: String,
@@ -444,6 +453,17 @@ pub enum ServerFrame {
         mentions: u64,
     },
     SignedOut,
+    /// Someone in the room is typing.
+    Typing {
+        room: String,
+        user: String,
+    },
+    /// Someone in the room has read it up to `seq`.
+    ReadBy {
+        room: String,
+        user: String,
+        seq: Seq,
+    },
     Pong,
     Error {
         code: ErrorCode,

@@ -43,6 +43,16 @@ pub(super) struct Room {
     pub newest: Seq,
 }
 
+impl Room {
+    /// Where the members get their mail, but `except`.
+    pub fn conns_except<'a>(&'a self, except: &'a NameKey) -> impl Iterator<Item = ConnId> + 'a {
+        self.members
+            .iter()
+            .filter(move |(key, _)| *key != except)
+            .map(|(_, m)| m.conn)
+    }
+}
+
 /// The live rooms and who is in them.
 pub(super) struct Rooms {
     rooms: BTreeMap<NameKey, Room>,
@@ -101,6 +111,26 @@ impl Rooms {
 
     pub fn get_mut(&mut self, key: &NameKey) -> Option<&mut Room> {
         self.rooms.get_mut(key)
+    }
+
+    /// The live room with this id.
+    pub fn by_id(&self, id: RoomId) -> Option<&Room> {
+        self.rooms.values().find(|r| r.id == id)
+    }
+
+    /// Relays `typing` to the others in `user`'s room; nothing when they
+    /// are in none.
+    pub fn typing(&self, out: &mut Outgoing, user: &Online) {
+        let Some(room) = self.room_of(&user.key).and_then(|key| self.rooms.get(key)) else {
+            return;
+        };
+        let frame = encode(&ServerFrame::Typing {
+            room: room.name.clone(),
+            user: user.name.clone(),
+        });
+        for conn in room.conns_except(&user.key) {
+            out.frame(conn, frame.clone());
+        }
     }
 
     /// The key of the room `user` is in.
@@ -306,7 +336,7 @@ impl Rooms {
         };
         let read_seq = reading.mark(&user.key, live.id);
         if self.whereabouts.get(&user.key) == Some(key) {
-            return out.reply(to, &self.joined_frame(key, history, read_seq));
+            return out.reply(to, &self.joined_frame(key, history, read_seq, reading));
         }
         // Going back to the room a lost connection was in is no switch.
         let back = self.left_behind.get(&user.key) == Some(key);
@@ -334,20 +364,31 @@ impl Rooms {
             state: PresenceState::Joined,
         });
         let others: Vec<ConnId> = self.member_conns(key).filter(|c| *c != user.conn).collect();
-        out.reply(to, &self.joined_frame(key, history, read_seq));
+        out.reply(to, &self.joined_frame(key, history, read_seq, reading));
         for other in others {
             out.frame(other, presence.clone());
         }
         self.changed();
     }
 
-    fn joined_frame(&self, key: &NameKey, history: Page, read_seq: Seq) -> ServerFrame {
+    fn joined_frame(
+        &self,
+        key: &NameKey,
+        history: Page,
+        read_seq: Seq,
+        reading: &Reading,
+    ) -> ServerFrame {
         let room = &self.rooms[key];
         ServerFrame::Joined {
             room: room.name.clone(),
             members: room.members.values().map(|m| m.name.clone()).collect(),
             history,
             read_seq,
+            read_by: room
+                .members
+                .iter()
+                .map(|(user, m)| (m.name.clone(), reading.mark(user, room.id)))
+                .collect(),
         }
     }
 
