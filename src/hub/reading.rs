@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::protocol::{NameKey, RoomInfo, Seq, ServerFrame};
-use crate::store::{ReadMark, RoomId, Store, UserId};
+use crate::store::{MAX_UNREAD, ReadMark, RoomId, Store, UserId};
 use crate::vocab::ConnId;
 
 use super::outgoing::{Outgoing, To, encode};
@@ -63,12 +63,14 @@ impl Counts {
         }
     }
 
-    /// (unread, mentions) now.
+    /// (unread, mentions) now, each at most [`MAX_UNREAD`].
     fn now(&self, room: &Room) -> (u64, u64) {
         let since = room.total.saturating_sub(self.base_total);
         (
-            (self.base_unread + since).saturating_sub(self.own),
-            self.mentions,
+            (self.base_unread + since)
+                .saturating_sub(self.own)
+                .min(MAX_UNREAD),
+            self.mentions.min(MAX_UNREAD),
         )
     }
 }
