@@ -20,7 +20,7 @@ use crate::server::{ParlorLaunch, ServerProcess, TempDir};
 use crate::stats::{Summary, round3};
 
 const PAGE_SIZES: [u32; 4] = [50, 100, 200, 500];
-const SMALL_ROOMS: usize = 4;
+const SMALL_ROOMS: usize = 49;
 /// Every 26th message goes to one of the small rooms, so the big room gets
 /// 25 of every 26 and the small rooms share the rest.
 const CYCLE: usize = 26;

@@ -91,7 +91,7 @@ FROM users u, rooms r WHERE r.deleted_at IS NULL";
 
 /// Unread messages (and mentions) are counted up to this many per room;
 /// more are reported as this many.
-pub const MAX_UNREAD: u64 = 10_000;
+pub const MAX_UNREAD: u64 = 1_000;
 
 /// A user's row id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
