@@ -168,23 +168,33 @@ impl Reading {
             .unwrap_or_default()
     }
 
-    /// The room list as `user` sees it, counts included. For a `welcome`
-    /// (`first`), the counts are the ones the user starts from; a change
-    /// later is pushed as an `unread` frame even when a room list carried it
-    /// first, so clients need only follow `unread` frames.
-    pub fn room_list(&mut self, rooms: &Rooms, user: &NameKey, first: bool) -> Vec<RoomInfo> {
+    /// The room list for `user`'s `welcome`: the counts they start from.
+    pub fn room_list(&mut self, rooms: &Rooms, user: &NameKey) -> Vec<RoomInfo> {
         let mut reader = self.readers.get_mut(user);
         rooms.infos(|room| match reader.as_deref_mut() {
             Some(reader) => {
                 let counts = reader.counts(room);
                 let now = counts.now(room);
-                if first {
-                    counts.sent = Some(now);
-                }
+                counts.sent = Some(now);
                 now
             }
             None => (0, 0),
         })
+    }
+
+    /// `user`'s (unread, mentions) in `room`, for a room list. A change is
+    /// also pushed as an `unread` frame when a room list carried it first,
+    /// so clients need only follow `unread` frames.
+    pub fn counts(&self, user: &NameKey, room: &Room) -> (u64, u64) {
+        match self.readers.get(user) {
+            Some(reader) => reader
+                .rooms
+                .get(&room.id)
+                .copied()
+                .unwrap_or_default()
+                .now(room),
+            None => (0, 0),
+        }
     }
 
     /// A message from `sender` was committed in `room`, mentioning

@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use crate::frame::Frame;
 use crate::protocol::{
-    Checked, ErrorCode, NameKey, Page, PageQuery, PresenceState, RoomInfo, RoomName, RoomRef, Seq,
-    ServerFrame, now_ms,
+    Checked, ErrorCode, NameKey, Page, PageQuery, PresenceState, RoomInfo, RoomList, RoomName,
+    RoomRef, Seq, ServerFrame, now_ms,
 };
 use crate::store::{RoomId, Store};
 use crate::vocab::ConnId;
@@ -170,9 +171,8 @@ impl Rooms {
     /// The room list, sorted by name, with one user's (unread, mentions)
     /// in each room as `counts` gives them.
     pub fn infos(&self, mut counts: impl FnMut(&Room) -> (u64, u64)) -> Vec<RoomInfo> {
-        let mut rooms: Vec<RoomInfo> = self
-            .rooms
-            .values()
+        self.sorted()
+            .into_iter()
             .map(|r| {
                 let (unread, mentions) = counts(r);
                 RoomInfo {
@@ -184,7 +184,12 @@ impl Rooms {
                     mentions,
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    /// The live rooms in list order: by display name.
+    fn sorted(&self) -> Vec<&Room> {
+        let mut rooms: Vec<&Room> = self.rooms.values().collect();
         rooms.sort_by(|a, b| a.name.cmp(&b.name));
         rooms
     }
@@ -199,14 +204,13 @@ impl Rooms {
         requester: Option<&To>,
     ) {
         self.list_due = None;
+        // Encoded once but for the counts: a list goes to everyone at once.
+        let template = RoomList::new(&self.infos(|_| (0, 0)));
+        let order = self.sorted();
         for (user, conn) in online {
-            let frame = ServerFrame::Rooms {
-                rooms: reading.room_list(self, user, false),
-            };
-            match requester {
-                Some(to) if to.conn == conn => out.reply(to, &frame),
-                _ => out.reply(&To { conn, req: None }, &frame),
-            }
+            let req = requester.filter(|to| to.conn == conn).and_then(|to| to.req);
+            let counts = order.iter().map(|room| reading.counts(user, room));
+            out.frame(conn, Frame::text(&template.encode(counts, req)));
         }
     }
 

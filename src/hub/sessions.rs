@@ -608,7 +608,7 @@ fn welcome(
         username,
         session,
         room,
-        rooms: reading.room_list(rooms, user, true),
+        rooms: reading.room_list(rooms, user),
         limits: WireLimits {
             max_text_chars: MAX_TEXT_CHARS,
             page_sizes: PAGE_SIZES,
