@@ -423,6 +423,7 @@ mod tests {
             from: "a_lice".into(),
             text: text.into(),
             ts,
+            mentions: Vec::new(),
         };
         let day = "2025-11-25".parse::<UtcDay>().unwrap().start_ms();
         let mut t = Transcript::default();

@@ -7,6 +7,7 @@
 //! characters, page sizes), as pure functions. The hub only ever sees
 //! [`CheckedRequest`]s, and only decides what needs its state.
 
+use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -43,7 +44,7 @@ pub fn now_ms() -> i64 {
 
 /// A message's place in the global order: assigned at commit, strictly
 /// increasing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Seq(pub i64);
 
@@ -162,10 +163,16 @@ pub enum ClientFrame {
     },
     /// Ask for a `pong`.
     Ping,
+    /// End the session now: presence left, the resume token void.
+    SignOut,
+    /// The user has seen `room` up to `seq`.
+    Read { room: String, seq: i64 },
+    /// The user is typing in their room.
+    Typing,
 }
 
 /// Every `type` a client may send.
-const FRAME_TYPES: [&str; 8] = [
+const FRAME_TYPES: [&str; 11] = [
     "hello",
     "create_room",
     "delete_room",
@@ -174,6 +181,9 @@ const FRAME_TYPES: [&str; 8] = [
     "send",
     "history",
     "ping",
+    "sign_out",
+    "read",
+    "typing",
 ];
 
 /// A client frame together with its optional `req` correlation string.
@@ -290,6 +300,12 @@ pub enum CheckedFrame {
     },
     /// Ask for a `pong`.
     Ping,
+    /// End the session.
+    SignOut,
+    /// `bad_request` on `Err`.
+    Read { room: RoomRef, seq: Checked<Seq> },
+    /// The user is typing.
+    Typing,
 }
 
 impl Request {
@@ -345,6 +361,16 @@ impl Request {
                 },
             },
             ClientFrame::Ping => CheckedFrame::Ping,
+            ClientFrame::SignOut => CheckedFrame::SignOut,
+            ClientFrame::Typing => CheckedFrame::Typing,
+            ClientFrame::Read { room, seq } => CheckedFrame::Read {
+                room: RoomRef::new(&room),
+                seq: if seq >= 0 {
+                    Ok(Seq(seq))
+                } else {
+                    Err("\"seq\" must be 0 or more.".into())
+                },
+            },
         };
         CheckedRequest {
             req: self.req,
@@ -393,6 +419,10 @@ pub enum ServerFrame {
         room: String,
         members: Vec<String>,
         history: Page,
+        /// The user's read mark in the room before this join.
+        read_seq: Seq,
+        /// The read marks of the room's members, by display name.
+        read_by: BTreeMap<String, Seq>,
     },
     Left {
         room: String,
@@ -415,6 +445,24 @@ pub enum ServerFrame {
     },
     RoomDeleted {
         room: String,
+    },
+    /// A user's unread counts in one room.
+    Unread {
+        room: String,
+        unread: u64,
+        mentions: u64,
+    },
+    SignedOut,
+    /// Someone in the room is typing.
+    Typing {
+        room: String,
+        user: String,
+    },
+    /// Someone in the room has read it up to `seq`.
+    ReadBy {
+        room: String,
+        user: String,
+        seq: Seq,
     },
     Pong,
     Error {
@@ -439,21 +487,75 @@ impl ServerFrame {
     /// carried one.
     pub fn encode(&self, req: Option<&str>) -> String {
         let body = serde_json::to_string(self).expect("BUG: server frames always serialize");
-        let Some(req) = req else {
-            return body;
-        };
-        // Every server frame is an object with at least a "type", and none
-        // has a field named "req" or "ref": the key goes first.
-        let rest = body
-            .strip_prefix('{')
-            .expect("BUG: a server frame is a JSON object");
         let key = if matches!(self, ServerFrame::Error { .. }) {
             "ref"
         } else {
             "req"
         };
-        let req = serde_json::to_string(req).expect("BUG: a string always serializes");
-        format!("{{\"{key}\":{req},{rest}")
+        with_req(body, key, req)
+    }
+}
+
+/// Adds `req` to an encoded frame as its first field, named `key`.
+fn with_req(body: String, key: &str, req: Option<&str>) -> String {
+    let Some(req) = req else {
+        return body;
+    };
+    // Every server frame is an object with at least a "type", and none has
+    // a field named "req" or "ref": the key goes first.
+    let rest = body
+        .strip_prefix('{')
+        .expect("BUG: a server frame is a JSON object");
+    let req = serde_json::to_string(req).expect("BUG: a string always serializes");
+    format!("{{\"{key}\":{req},{rest}")
+}
+
+/// A room list encoded once for users whose counts differ: each room's
+/// fields but the counts are JSON already, and [`RoomList::encode`] adds one
+/// user's counts. Encodes exactly what `ServerFrame::Rooms` would.
+pub struct RoomList {
+    /// Each room's object up to its counts, in list order.
+    rooms: Vec<String>,
+}
+
+impl RoomList {
+    /// The template of `rooms` (their counts are ignored).
+    pub fn new(rooms: &[RoomInfo]) -> RoomList {
+        const COUNTS: &str = "\"unread\":0,\"mentions\":0}";
+        let rooms = rooms
+            .iter()
+            .map(|room| {
+                let mut json = serde_json::to_string(&RoomInfo {
+                    unread: 0,
+                    mentions: 0,
+                    ..room.clone()
+                })
+                .expect("BUG: a room always serializes");
+                debug_assert!(json.ends_with(COUNTS), "{json}");
+                json.truncate(json.len() - COUNTS.len());
+                json
+            })
+            .collect();
+        RoomList { rooms }
+    }
+
+    /// The `rooms` frame with these (unread, mentions), one per room in
+    /// list order.
+    pub fn encode(&self, counts: impl Iterator<Item = (u64, u64)>, req: Option<&str>) -> String {
+        use std::fmt::Write;
+        let mut body =
+            String::with_capacity(32 + self.rooms.iter().map(|r| r.len() + 32).sum::<usize>());
+        body.push_str("{\"type\":\"rooms\",\"rooms\":[");
+        for (i, (room, (unread, mentions))) in self.rooms.iter().zip(counts).enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(room);
+            write!(body, "\"unread\":{unread},\"mentions\":{mentions}}}")
+                .expect("BUG: writing to a String cannot fail");
+        }
+        body.push_str("]}");
+        with_req(body, "req", req)
     }
 }
 
@@ -472,6 +574,9 @@ pub struct ChatMessage {
     pub text: String,
     /// When it was sent, in ms since the epoch.
     pub ts: i64,
+    /// The users it mentions, by display name, each once.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
 }
 
 /// One message inside a history page: the fields of a `message` frame,
@@ -491,6 +596,9 @@ impl Serialize for PageMessage {
         s.serialize_field("from", &m.from)?;
         s.serialize_field("text", &m.text)?;
         s.serialize_field("ts", &m.ts)?;
+        if !m.mentions.is_empty() {
+            s.serialize_field("mentions", &m.mentions)?;
+        }
         s.end()
     }
 }
@@ -521,6 +629,10 @@ pub struct RoomInfo {
     pub created_by: Option<String>,
     /// How many people are in it now.
     pub members: usize,
+    /// Messages from others the user has not read (see `read`).
+    pub unread: u64,
+    /// How many of those mention the user.
+    pub mentions: u64,
 }
 
 /// The limits a `welcome` tells the client.
@@ -708,6 +820,48 @@ pub fn validate_client_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Most distinct names one message may mention.
+pub const MAX_MENTIONS: usize = 20;
+
+/// The names a text may mention: each `@name` at a word boundary (the `@`
+/// first or after a character that is not a letter, digit, `_`, `-`, `.` or
+/// `@`), `name` being the longest run of username characters after it, and
+/// also that run without trailing `.`, `-` or `_` ("@bob." means bob). Keys,
+/// each once, at most [`MAX_MENTIONS`]; which are users is the caller's to
+/// find out.
+pub fn mention_candidates(text: &str) -> Vec<NameKey> {
+    let username_char = |c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '.');
+    let mut keys: Vec<NameKey> = Vec::new();
+    let mut previous: Option<char> = None;
+    for (i, c) in text.char_indices() {
+        let at_boundary = previous.is_none_or(|p| !username_char(p) && p != '@');
+        previous = Some(c);
+        if c != '@' || !at_boundary {
+            continue;
+        }
+        let start = i + 1;
+        let end = text[start..]
+            .char_indices()
+            .find(|&(_, c)| !username_char(c))
+            .map_or(text.len(), |(j, _)| start + j);
+        let run = &text[start..end];
+        let trimmed = run.trim_end_matches(['.', '-', '_']);
+        for name in [run, trimmed] {
+            if name.is_empty() || name.chars().count() > MAX_USERNAME_CHARS {
+                continue;
+            }
+            let key = NameKey::of(name);
+            if !keys.contains(&key) {
+                if keys.len() == MAX_MENTIONS {
+                    return keys;
+                }
+                keys.push(key);
+            }
+        }
+    }
+    keys
+}
+
 /// Normalizes and checks message text: `\r\n` becomes `\n`; then 1–4000
 /// characters, not only white space, and no control characters other than
 /// `\n` and `\t`.
@@ -828,6 +982,7 @@ mod tests {
                 from: "a".into(),
                 text: "t".into(),
                 ts: 2,
+                mentions: vec!["Bob".into()],
             })],
             has_older: false,
             has_newer: true,
@@ -838,6 +993,103 @@ mod tests {
         assert_eq!(value["messages"][0]["type"], "message");
         assert_eq!(value["messages"][0]["from"], "a");
         assert_eq!(value["has_newer"], true);
+        assert_eq!(value["messages"][0]["mentions"], serde_json::json!(["Bob"]));
+        let plain = ChatMessage {
+            mentions: Vec::new(),
+            ..match &page {
+                ServerFrame::History(page) => page.messages[0].0.clone(),
+                _ => unreachable!(),
+            }
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&ServerFrame::Message(plain).encode(None)).unwrap();
+        assert!(value.get("mentions").is_none(), "{value}");
+    }
+
+    #[test]
+    fn a_room_list_template_encodes_what_the_frame_would() {
+        let room = |name: &str, by: Option<&str>, members, unread, mentions| RoomInfo {
+            name: name.into(),
+            created_at: 1_764_086_400_000,
+            created_by: by.map(str::to_string),
+            members,
+            unread,
+            mentions,
+        };
+        let rooms = vec![
+            room("Design \"quoted\" ✓", Some("ali\\ce"), 3, 4, 1),
+            room("general", None, 0, 0, 0),
+            room("ops", Some("bob"), 12, 1_000, 999),
+        ];
+        let template = RoomList::new(&rooms);
+        for req in [None, Some("r\"1")] {
+            let counts = rooms.iter().map(|r| (r.unread, r.mentions));
+            assert_eq!(
+                template.encode(counts, req),
+                ServerFrame::Rooms {
+                    rooms: rooms.clone()
+                }
+                .encode(req)
+            );
+        }
+        assert_eq!(
+            RoomList::new(&[]).encode(std::iter::empty(), None),
+            ServerFrame::Rooms { rooms: vec![] }.encode(None)
+        );
+    }
+
+    #[test]
+    fn mentions_are_at_signs_at_word_boundaries() {
+        let names = |text: &str| -> Vec<String> {
+            mention_candidates(text)
+                .iter()
+                .map(|k| k.as_str().to_string())
+                .collect()
+        };
+        assert_eq!(names("@bob hi"), ["bob"]);
+        assert_eq!(names("hi @Bob, and (@carol)"), ["bob", "carol"]);
+        // Trailing punctuation: both the run and the run without it.
+        assert_eq!(names("thanks @bob."), ["bob.", "bob"]);
+        assert_eq!(names("@a_lice_"), ["a_lice_", "a_lice"]);
+        // Not at a word boundary: e-mail addresses, doubled at signs.
+        assert!(names("mail bob@example.org").is_empty());
+        assert!(names("@@bob").is_empty());
+        assert!(names("@ bob").is_empty());
+        assert!(names("@").is_empty());
+        // The same name twice, in other casing or look-alike letters, is one.
+        assert_eq!(names("@bob @BOB @ｂｏｂ"), ["bob"]);
+        // Bounded, however many a text names.
+        let many: String = (0..100).map(|i| format!("@u{i} ")).collect();
+        assert_eq!(names(&many).len(), MAX_MENTIONS);
+        // A run longer than any username is no name.
+        assert!(names(&format!("@{}", "x".repeat(40))).is_empty());
+    }
+
+    #[test]
+    fn read_and_sign_out_are_checked() {
+        let read = parse_request(r#"{"type":"read","room":" general ","seq":42}"#)
+            .unwrap()
+            .check();
+        match read.frame {
+            CheckedFrame::Read { room, seq } => {
+                assert_eq!(room.typed, "general");
+                assert_eq!(seq, Ok(Seq(42)));
+            }
+            other => panic!("{other:?}"),
+        }
+        let back = parse_request(r#"{"type":"read","room":"general","seq":-1}"#)
+            .unwrap()
+            .check();
+        assert!(matches!(back.frame, CheckedFrame::Read { seq: Err(_), .. }));
+        assert!(parse_request(r#"{"type":"read","room":"general"}"#).is_err());
+        assert!(parse_request(r#"{"type":"read","room":"general","seq":"1"}"#).is_err());
+        assert_eq!(
+            parse_request(r#"{"type":"sign_out"}"#)
+                .unwrap()
+                .check()
+                .frame,
+            CheckedFrame::SignOut
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use unicode_normalization::char::is_combining_mark;
 use unicode_security::{GeneralSecurityProfile, RestrictionLevel, RestrictionLevelDetection};
 
 /// Every `type` a client may send.
-const FRAME_TYPES: [&str; 8] = [
+const FRAME_TYPES: [&str; 11] = [
     "hello",
     "create_room",
     "delete_room",
@@ -38,6 +38,9 @@ const FRAME_TYPES: [&str; 8] = [
     "send",
     "history",
     "ping",
+    "sign_out",
+    "read",
+    "typing",
 ];
 
 /// Field names of client frames, so generated objects often hit real fields
@@ -290,6 +293,9 @@ fn any_frame() -> impl Strategy<Value = ClientFrame> {
                 }
             }),
         Just(ClientFrame::Ping),
+        Just(ClientFrame::SignOut),
+        Just(ClientFrame::Typing),
+        (field_string(), any::<i64>()).prop_map(|(room, seq)| ClientFrame::Read { room, seq }),
     ]
 }
 
@@ -427,6 +433,12 @@ fn encode_request(
             ],
         ),
         ClientFrame::Ping => ("ping", vec![]),
+        ClientFrame::SignOut => ("sign_out", vec![]),
+        ClientFrame::Typing => ("typing", vec![]),
+        ClientFrame::Read { room, seq } => (
+            "read",
+            vec![("room", Some(s(room))), ("seq", Some(seq.to_string()))],
+        ),
     };
     let mut members: Vec<(String, String)> = vec![(s("type"), s(kind))];
     let optional = fields.into_iter().chain(std::iter::once((

@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use crate::frame::Frame;
 use crate::protocol::{
-    Checked, ErrorCode, NameKey, Page, PageQuery, PresenceState, RoomInfo, RoomName, RoomRef,
-    ServerFrame, now_ms,
+    Checked, ErrorCode, NameKey, Page, PageQuery, PresenceState, RoomInfo, RoomList, RoomName,
+    RoomRef, Seq, ServerFrame, now_ms,
 };
 use crate::store::{RoomId, Store};
 use crate::vocab::ConnId;
@@ -14,6 +15,7 @@ use crate::vocab::ConnId;
 use super::history::read_page;
 use super::limits::Limits;
 use super::outgoing::{Outgoing, To, encode};
+use super::reading::Reading;
 use super::sessions::Online;
 
 /// Longest a member count change waits to be sent in a room list.
@@ -38,6 +40,18 @@ pub(super) struct Room {
     members: BTreeMap<NameKey, Member>,
     /// Messages stored in the room, for pages' `total`.
     pub total: u64,
+    /// Its newest message's seq; 0 when it has none.
+    pub newest: Seq,
+}
+
+impl Room {
+    /// Where the members get their mail, but `except`.
+    pub fn conns_except<'a>(&'a self, except: &'a NameKey) -> impl Iterator<Item = ConnId> + 'a {
+        self.members
+            .iter()
+            .filter(move |(key, _)| *key != except)
+            .map(|(_, m)| m.conn)
+    }
 }
 
 /// The live rooms and who is in them.
@@ -47,6 +61,9 @@ pub(super) struct Rooms {
     max_rooms: usize,
     /// The room each signed-in user is in, if any, by user key.
     whereabouts: HashMap<NameKey, NameKey>,
+    /// The room each user was in when their last session ended: going back
+    /// there is not a room switch.
+    left_behind: HashMap<NameKey, NameKey>,
     /// When the room list is due, after a member count changed.
     pub list_due: Option<Instant>,
 }
@@ -65,6 +82,7 @@ impl Rooms {
                     created_by: r.created_by,
                     members: BTreeMap::new(),
                     total: r.message_count,
+                    newest: r.newest,
                 };
                 (NameKey::of(&room.name), room)
             })
@@ -73,6 +91,7 @@ impl Rooms {
             rooms,
             max_rooms,
             whereabouts: HashMap::new(),
+            left_behind: HashMap::new(),
             list_due: None,
         })
     }
@@ -82,12 +101,37 @@ impl Rooms {
         self.max_rooms
     }
 
+    /// Every live room.
+    pub fn iter(&self) -> impl Iterator<Item = &Room> {
+        self.rooms.values()
+    }
+
     pub fn get(&self, key: &NameKey) -> Option<&Room> {
         self.rooms.get(key)
     }
 
     pub fn get_mut(&mut self, key: &NameKey) -> Option<&mut Room> {
         self.rooms.get_mut(key)
+    }
+
+    /// The live room with this id.
+    pub fn by_id(&self, id: RoomId) -> Option<&Room> {
+        self.rooms.values().find(|r| r.id == id)
+    }
+
+    /// Relays `typing` to the others in `user`'s room; nothing when they
+    /// are in none.
+    pub fn typing(&self, out: &mut Outgoing, user: &Online) {
+        let Some(room) = self.room_of(&user.key).and_then(|key| self.rooms.get(key)) else {
+            return;
+        };
+        let frame = encode(&ServerFrame::Typing {
+            room: room.name.clone(),
+            user: user.name.clone(),
+        });
+        for conn in room.conns_except(&user.key) {
+            out.frame(conn, frame.clone());
+        }
     }
 
     /// The key of the room `user` is in.
@@ -124,40 +168,49 @@ impl Rooms {
             .get_or_insert_with(|| Instant::now() + ROOMS_COALESCE);
     }
 
-    /// The room list, sorted by name.
-    pub fn infos(&self) -> Vec<RoomInfo> {
-        let mut rooms: Vec<RoomInfo> = self
-            .rooms
-            .values()
-            .map(|r| RoomInfo {
-                name: r.name.clone(),
-                created_at: r.created_at,
-                created_by: r.created_by.clone(),
-                members: r.members.len(),
+    /// The room list, sorted by name, with one user's (unread, mentions)
+    /// in each room as `counts` gives them.
+    pub fn infos(&self, mut counts: impl FnMut(&Room) -> (u64, u64)) -> Vec<RoomInfo> {
+        self.sorted()
+            .into_iter()
+            .map(|r| {
+                let (unread, mentions) = counts(r);
+                RoomInfo {
+                    name: r.name.clone(),
+                    created_at: r.created_at,
+                    created_by: r.created_by.clone(),
+                    members: r.members.len(),
+                    unread,
+                    mentions,
+                }
             })
-            .collect();
+            .collect()
+    }
+
+    /// The live rooms in list order: by display name.
+    fn sorted(&self) -> Vec<&Room> {
+        let mut rooms: Vec<&Room> = self.rooms.values().collect();
         rooms.sort_by(|a, b| a.name.cmp(&b.name));
         rooms
     }
 
-    /// Sends the room list to every signed-in connection (`online`);
-    /// `requester` gets its copy with its `req`.
-    pub fn send_list(
+    /// Sends the room list to every signed-in user (`online`), each with
+    /// their own counts; `requester` gets its copy with its `req`.
+    pub fn send_list<'a>(
         &mut self,
-        online: impl Iterator<Item = ConnId>,
+        online: impl Iterator<Item = (&'a NameKey, ConnId)>,
+        reading: &mut Reading,
         out: &mut Outgoing,
         requester: Option<&To>,
     ) {
         self.list_due = None;
-        let frame = ServerFrame::Rooms {
-            rooms: self.infos(),
-        };
-        let shared = encode(&frame);
-        for conn in online {
-            match requester {
-                Some(to) if to.conn == conn => out.reply(to, &frame),
-                _ => out.frame(conn, shared.clone()),
-            }
+        // Encoded once but for the counts: a list goes to everyone at once.
+        let template = RoomList::new(&self.infos(|_| (0, 0)));
+        let order = self.sorted();
+        for (user, conn) in online {
+            let req = requester.filter(|to| to.conn == conn).and_then(|to| to.req);
+            let counts = order.iter().map(|room| reading.counts(user, room));
+            out.frame(conn, Frame::text(&template.encode(counts, req)));
         }
     }
 
@@ -214,6 +267,7 @@ impl Rooms {
                 created_by: Some(user.name.clone()),
                 members: BTreeMap::new(),
                 total: 0,
+                newest: Seq(0),
             },
         );
         true
@@ -221,9 +275,11 @@ impl Rooms {
 
     /// Answers `delete_room`; true when the room is gone (the caller then
     /// sends the new room list).
+    #[allow(clippy::too_many_arguments)]
     pub fn delete(
         &mut self,
         store: &Store,
+        reading: &mut Reading,
         limits: &mut Limits,
         out: &mut Outgoing,
         to: &To,
@@ -244,6 +300,7 @@ impl Rooms {
             return false;
         }
         let live = self.rooms.remove(&room.key).expect("BUG: looked up above");
+        reading.room_deleted(live.id);
         log::info!("{}: {} deleted room {}", to.conn, user.name, live.name);
         let deleted = encode(&ServerFrame::RoomDeleted {
             room: live.name.clone(),
@@ -261,6 +318,7 @@ impl Rooms {
     pub fn join(
         &mut self,
         store: &Store,
+        reading: &Reading,
         limits: &mut Limits,
         out: &mut Outgoing,
         to: &To,
@@ -280,13 +338,17 @@ impl Rooms {
             Ok(page) => page,
             Err(e) => return out.storage_failed(to, "loading history", &e),
         };
+        let read_seq = reading.mark(&user.key, live.id);
         if self.whereabouts.get(&user.key) == Some(key) {
-            return out.reply(to, &self.joined_frame(key, history));
+            return out.reply(to, &self.joined_frame(key, history, read_seq, reading));
         }
-        if let Err(refusal) = limits.switch(&user.key, Instant::now()) {
+        // Going back to the room a lost connection was in is no switch.
+        let back = self.left_behind.get(&user.key) == Some(key);
+        if !back && let Err(refusal) = limits.switch(&user.key, Instant::now()) {
             log::warn!("{}: {} hit the room switch rate limit", to.conn, user.name);
             return out.rate_limited(to, refusal.message, refusal.wait);
         }
+        self.left_behind.remove(&user.key);
         if let Some(previous) = self.whereabouts.get(&user.key).cloned() {
             self.remove_member(&user.key, &previous, out);
         }
@@ -306,19 +368,31 @@ impl Rooms {
             state: PresenceState::Joined,
         });
         let others: Vec<ConnId> = self.member_conns(key).filter(|c| *c != user.conn).collect();
-        out.reply(to, &self.joined_frame(key, history));
+        out.reply(to, &self.joined_frame(key, history, read_seq, reading));
         for other in others {
             out.frame(other, presence.clone());
         }
         self.changed();
     }
 
-    fn joined_frame(&self, key: &NameKey, history: Page) -> ServerFrame {
+    fn joined_frame(
+        &self,
+        key: &NameKey,
+        history: Page,
+        read_seq: Seq,
+        reading: &Reading,
+    ) -> ServerFrame {
         let room = &self.rooms[key];
         ServerFrame::Joined {
             room: room.name.clone(),
             members: room.members.values().map(|m| m.name.clone()).collect(),
             history,
+            read_seq,
+            read_by: room
+                .members
+                .iter()
+                .map(|(user, m)| (m.name.clone(), reading.mark(user, room.id)))
+                .collect(),
         }
     }
 
@@ -334,10 +408,12 @@ impl Rooms {
         self.changed();
     }
 
-    /// `user` signed out: they leave their room, if any.
+    /// `user`'s session ended: they leave their room, if any, and may come
+    /// back to it later without it counting as a switch.
     pub fn signed_out(&mut self, user: &NameKey, out: &mut Outgoing) {
         if let Some(room) = self.whereabouts.remove(user) {
             self.remove_member(user, &room, out);
+            self.left_behind.insert(user.clone(), room);
             self.changed();
         }
     }

@@ -93,7 +93,7 @@ impl Snapshot {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT m.seq, m.client_id, u.name, m.text, m.ts
+                "SELECT m.seq, m.client_id, u.name, m.text, m.ts, m.mentions
                  FROM messages m JOIN users u ON u.id = m.user_id
                  WHERE m.room_id = ?1 AND m.ts >= ?2 ORDER BY m.ts, m.seq",
             )
@@ -111,6 +111,7 @@ impl Snapshot {
                     from: row.get(2)?,
                     text: row.get(3)?,
                     ts: row.get(4)?,
+                    mentions: super::mention_names(row.get(5)?),
                 })
             })()
             .map_err(fail)?;
@@ -135,6 +136,7 @@ mod tests {
             text: format!("text {id}"),
             ts,
             received_at: ts,
+            mentions: Vec::new(),
         }
     }
 

@@ -25,8 +25,8 @@ pub use export::{Snapshot, SnapshotRoom};
 const APPLICATION_ID: i64 = 0x5052_4c52;
 /// The schema version this code writes; older files are migrated forward.
 /// Version 2: names are keyed by `protocol::name_key` (look-alikes are one
-/// name) instead of case folding alone.
-const SCHEMA_VERSION: i64 = 2;
+/// name) instead of case folding alone. Version 3: read marks and mentions.
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE users (
@@ -59,6 +59,39 @@ CREATE TABLE messages (
 CREATE INDEX messages_room_ts ON messages(room_id, ts, seq);
 CREATE INDEX messages_room_seq ON messages(room_id, seq);
 ";
+
+/// Read marks (how far each user has read each room) and mentions (which
+/// users each message names, to count them; the display names also ride in
+/// `messages.mentions`, one per line). Counting unread messages reads only
+/// the `(room_id, seq, user_id)` index.
+const SCHEMA_V3: &str = "
+CREATE TABLE read_marks (
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    room_id INTEGER NOT NULL REFERENCES rooms(id),
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (user_id, room_id)
+) WITHOUT ROWID;
+CREATE TABLE mentions (
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    room_id INTEGER NOT NULL REFERENCES rooms(id),
+    seq INTEGER NOT NULL REFERENCES messages(seq),
+    PRIMARY KEY (user_id, room_id, seq)
+) WITHOUT ROWID;
+ALTER TABLE messages ADD COLUMN mentions TEXT;
+CREATE INDEX messages_room_seq_user ON messages(room_id, seq, user_id);
+DROP INDEX messages_room_seq;
+";
+
+/// Every user's read mark in every live room: the room's newest message
+/// (for a database from before read marks, and for a new user).
+const MARK_ALL_READ: &str = "
+INSERT INTO read_marks (user_id, room_id, seq)
+SELECT u.id, r.id, COALESCE((SELECT max(m.seq) FROM messages m WHERE m.room_id = r.id), 0)
+FROM users u, rooms r WHERE r.deleted_at IS NULL";
+
+/// Unread messages (and mentions) are counted up to this many per room;
+/// more are reported as this many.
+pub const MAX_UNREAD: u64 = 1_000;
 
 /// A user's row id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -101,6 +134,8 @@ pub struct RoomRecord {
     pub created_by: Option<String>,
     /// How many messages it holds.
     pub message_count: u64,
+    /// Its newest message's seq; 0 when it has none.
+    pub newest: Seq,
 }
 
 /// A user as stored; `name` keeps the casing first used.
@@ -158,6 +193,19 @@ pub struct NewMessage {
     pub ts: i64,
     /// The server's clock when it arrived.
     pub received_at: i64,
+    /// The users it mentions: ids and display names, each once.
+    pub mentions: Vec<(UserId, String)>,
+}
+
+/// A read mark: `user` has seen `room` up to `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadMark {
+    /// Whose.
+    pub user: UserId,
+    /// In which room.
+    pub room: RoomId,
+    /// Up to which message.
+    pub seq: Seq,
 }
 
 /// A slice of history, oldest first.
@@ -258,6 +306,11 @@ impl Store {
             // unique.
             rekey(&tx, "rooms", "deleted_at IS NULL")?;
         }
+        if from < 3 {
+            tx.execute_batch(SCHEMA_V3)?;
+            // What was there before read marks counts as read.
+            tx.execute(MARK_ALL_READ, [])?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()
     }
@@ -265,7 +318,8 @@ impl Store {
     /// All rooms that have not been deleted.
     pub fn live_rooms(&self) -> rusqlite::Result<Vec<RoomRecord>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT r.id, r.name, r.created_at, u.name, r.message_count
+            "SELECT r.id, r.name, r.created_at, u.name, r.message_count,
+                    COALESCE((SELECT max(m.seq) FROM messages m WHERE m.room_id = r.id), 0)
              FROM rooms r LEFT JOIN users u ON u.id = r.created_by
              WHERE r.deleted_at IS NULL ORDER BY r.id",
         )?;
@@ -276,16 +330,20 @@ impl Store {
                 created_at: row.get(2)?,
                 created_by: row.get(3)?,
                 message_count: row.get::<_, i64>(4)?.max(0) as u64,
+                newest: row.get(5)?,
             })
         })?;
         rows.collect()
     }
 
-    /// Records a login: creates the user on first use (keeping that casing)
-    /// and updates `last_seen`.
+    /// Records a login: creates the user on first use (keeping that casing,
+    /// with every live room read up to its newest message) and updates
+    /// `last_seen`.
     pub fn login_user(&self, name: &str, now: i64) -> rusqlite::Result<UserRecord> {
         let key = NameKey::of(name);
-        self.conn
+        let tx = self.conn.unchecked_transaction()?;
+        let known = self.find_user(&key)?;
+        let user = tx
             .prepare_cached(
                 "INSERT INTO users (name, name_key, created_at, last_seen) VALUES (?1, ?2, ?3, ?3)
                  ON CONFLICT (name_key) DO UPDATE SET last_seen = excluded.last_seen
@@ -296,7 +354,75 @@ impl Store {
                     id: row.get(0)?,
                     name: row.get(1)?,
                 })
+            })?;
+        if known.is_none() {
+            tx.prepare_cached(&format!("{MARK_ALL_READ} AND u.id = ?1"))?
+                .execute([user.id])?;
+        }
+        tx.commit()?;
+        Ok(user)
+    }
+
+    /// The user with this key, if one ever signed in.
+    pub fn find_user(&self, key: &NameKey) -> rusqlite::Result<Option<UserRecord>> {
+        self.conn
+            .prepare_cached("SELECT id, name FROM users WHERE name_key = ?1")?
+            .query_row([key.as_str()], |row| {
+                Ok(UserRecord {
+                    id: row.get(0)?,
+                    name: row.get(1)?,
+                })
             })
+            .optional()
+    }
+
+    /// A user's read marks, by room (rooms without one start at 0).
+    pub fn read_marks(&self, user: UserId) -> rusqlite::Result<Vec<(RoomId, Seq)>> {
+        self.conn
+            .prepare_cached("SELECT room_id, seq FROM read_marks WHERE user_id = ?1")?
+            .query_map([user], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect()
+    }
+
+    /// What `user` has not read in `room` after `mark`: messages from others,
+    /// and how many of them mention the user, each counted up to
+    /// [`MAX_UNREAD`] (so a count reads at most that many index entries,
+    /// whatever a client asks).
+    pub fn unread(&self, user: UserId, room: RoomId, mark: Seq) -> rusqlite::Result<(u64, u64)> {
+        let count = |sql: &str| -> rusqlite::Result<u64> {
+            self.conn
+                .prepare_cached(sql)?
+                .query_row(params![room, mark, user, MAX_UNREAD as i64], |row| {
+                    row.get::<_, i64>(0)
+                })
+                .map(|n| n.max(0) as u64)
+        };
+        Ok((
+            count(
+                "SELECT count(*) FROM (SELECT 1 FROM messages
+                 WHERE room_id = ?1 AND seq > ?2 AND user_id <> ?3 LIMIT ?4)",
+            )?,
+            count(
+                "SELECT count(*) FROM (SELECT 1 FROM mentions
+                 WHERE user_id = ?3 AND room_id = ?1 AND seq > ?2 LIMIT ?4)",
+            )?,
+        ))
+    }
+
+    /// Stores read marks in one transaction, each only if it is further
+    /// than the one stored.
+    pub fn save_read_marks(&mut self, marks: &[ReadMark]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut save = tx.prepare_cached(
+                "INSERT INTO read_marks (user_id, room_id, seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_id, room_id) DO UPDATE SET seq = max(seq, excluded.seq)",
+            )?;
+            for mark in marks {
+                save.execute(params![mark.user, mark.room, mark.seq])?;
+            }
+        }
+        tx.commit()
     }
 
     /// Whether a user with this key has ever signed in.
@@ -366,18 +492,23 @@ impl Store {
         let mut counts: Vec<(RoomId, i64)> = Vec::new();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO messages (room_id, user_id, client_id, text, ts, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO messages (room_id, user_id, client_id, text, ts, received_at, mentions)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (user_id, client_id) DO NOTHING",
             )?;
             for m in batch {
+                let names = (!m.mentions.is_empty()).then(|| {
+                    let names: Vec<&str> = m.mentions.iter().map(|(_, n)| n.as_str()).collect();
+                    names.join("\n")
+                });
                 let inserted = insert.execute(params![
                     m.room_id,
                     m.user_id,
                     m.client_id,
                     m.text,
                     m.ts,
-                    m.received_at
+                    m.received_at,
+                    names
                 ])?;
                 if inserted == 0 {
                     let original = find_sent(&tx, m.user_id, &m.client_id)?
@@ -385,7 +516,18 @@ impl Store {
                     stored.push(Stored::Repeat(original));
                     continue;
                 }
-                stored.push(Stored::New(Seq(tx.last_insert_rowid())));
+                let seq = Seq(tx.last_insert_rowid());
+                stored.push(Stored::New(seq));
+                if !m.mentions.is_empty() {
+                    let mut mention = tx.prepare_cached(
+                        "INSERT INTO mentions (user_id, room_id, seq) VALUES (?1, ?2, ?3)",
+                    )?;
+                    // They count towards unread mentions; mentioning
+                    // yourself does not.
+                    for (user, _) in m.mentions.iter().filter(|(u, _)| *u != m.user_id) {
+                        mention.execute(params![user, m.room_id, seq])?;
+                    }
+                }
                 match counts.iter_mut().find(|(room, _)| *room == m.room_id) {
                     Some((_, n)) => *n += 1,
                     None => counts.push((m.room_id, 1)),
@@ -410,7 +552,7 @@ impl Store {
         query: PageQuery,
         limit: u32,
     ) -> rusqlite::Result<PageRows> {
-        const COLUMNS: &str = "SELECT m.seq, m.client_id, u.name, m.text, m.ts
+        const COLUMNS: &str = "SELECT m.seq, m.client_id, u.name, m.text, m.ts, m.mentions
              FROM messages m JOIN users u ON u.id = m.user_id WHERE m.room_id = ?1";
         const NEWEST_FIRST: &str = "m.ts DESC, m.seq DESC";
         let fetch = i64::from(limit) + 1;
@@ -444,6 +586,7 @@ impl Store {
                     from: row.get(2)?,
                     text: row.get(3)?,
                     ts: row.get(4)?,
+                    mentions: mention_names(row.get(5)?),
                 }))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -498,6 +641,13 @@ impl Store {
                 |row| row.get(0),
             )
     }
+}
+
+/// The display names in a `messages.mentions` column.
+fn mention_names(column: Option<String>) -> Vec<String> {
+    column
+        .map(|names| names.split('\n').map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 /// Writes a consistent copy of the Parlor database at `db` to `dest` (which
@@ -693,6 +843,7 @@ pub(crate) mod tests {
             text: format!("text {id}"),
             ts,
             received_at: ts,
+            mentions: Vec::new(),
         }
     }
 
@@ -943,6 +1094,52 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(autocheckpoint, 0);
         assert!(wal_frames_after_two_commits(&mut store) > 1000);
+    }
+
+    #[test]
+    fn unread_counts_leave_out_your_own_and_stop_at_the_cap() {
+        let (_dir, mut store) = temp_store();
+        let alice = store.login_user("alice", 1).unwrap();
+        let bob = store.login_user("bob", 1).unwrap();
+        // alice came when general was empty: her mark is 0.
+        assert_eq!(store.read_marks(alice.id).unwrap(), [(GENERAL, Seq(0))]);
+        let n = 2 * MAX_UNREAD as usize + 20;
+        let batch: Vec<NewMessage> = (0..n)
+            .map(|i| {
+                let from = if i % 2 == 0 { bob.id } else { alice.id };
+                let mut m = message(GENERAL, from, &format!("m{i}"), i as i64);
+                if i < 3 {
+                    m.mentions = vec![(alice.id, "alice".into()), (bob.id, "bob".into())];
+                }
+                m
+            })
+            .collect();
+        let seqs = store.insert_messages(&batch).unwrap();
+        // Half are bob's: alice has n / 2 unread, past the cap.
+        assert_eq!(
+            store.unread(alice.id, GENERAL, Seq(0)).unwrap(),
+            (MAX_UNREAD, 2)
+        );
+        // Messages 0 and 2 are bob's and mention alice; message 1 is hers
+        // and her own mention of herself does not count for her.
+        assert_eq!(store.unread(bob.id, GENERAL, Seq(0)).unwrap().1, 1);
+        let near_end = seqs[n - 7].seq();
+        assert_eq!(store.unread(alice.id, GENERAL, near_end).unwrap(), (3, 0));
+        // A later user starts with everything read.
+        let carol = store.login_user("carol", 2).unwrap();
+        assert_eq!(
+            store.read_marks(carol.id).unwrap(),
+            [(GENERAL, seqs[n - 1].seq())]
+        );
+        // Marks only move forward.
+        let mark = |seq| ReadMark {
+            user: alice.id,
+            room: GENERAL,
+            seq,
+        };
+        store.save_read_marks(&[mark(Seq(50))]).unwrap();
+        store.save_read_marks(&[mark(Seq(10))]).unwrap();
+        assert_eq!(store.read_marks(alice.id).unwrap(), [(GENERAL, Seq(50))]);
     }
 
     #[test]

@@ -10,5 +10,6 @@ mod defense;
 mod http;
 mod messages;
 mod metrics;
+mod reading;
 mod sessions;
 mod tls;
