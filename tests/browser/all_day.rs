@@ -159,7 +159,9 @@ fn reload_mid_conversation_resumes_unseen_and_resends_what_was_unsent() {
         Vec::<Value>::new(),
         "bob never saw alice leave or come back"
     );
-    say(&mut alice, "still here");
+    alice.eval("document.getElementById('composer-input').select(); true");
+    alice.type_text("still here");
+    alice.press(Key::Enter);
     bob.wait_for("alice's message after the reloads", |f| {
         f["type"] == "message" && f["text"] == "still here"
     });
@@ -179,6 +181,56 @@ fn reload_mid_conversation_resumes_unseen_and_resends_what_was_unsent() {
         alice.eval("sessionStorage.getItem('parlor.session')"),
         Value::Null
     );
+    alice.assert_no_exceptions();
+}
+
+#[test]
+fn a_room_the_server_will_not_let_us_back_into_is_not_shown() {
+    // Two switches a minute: signing in (general) and design use them up.
+    let Some((mut browser, _server, url)) =
+        set_up_with("rejoin", &[("general", 2), ("design", 2)], |c| {
+            c.room_switches_per_minute = 2
+        })
+    else {
+        return;
+    };
+    let mut alice = browser.new_person("alice");
+    sign_in(&mut alice, &url, "alice");
+    switch_room(&mut alice, "design");
+    // Signed out and in again, the page goes to the room this browser
+    // remembers, here general (as another tab would have left it): a third
+    // switch, one too many. (Going back to design would be free: it is
+    // where alice was.)
+    alice.click("#signout-btn");
+    alice.wait_for(
+        "the sign-in form",
+        "document.getElementById('app').dataset.view === 'signin' \
+         && !document.getElementById('signin-btn').disabled",
+    );
+    alice.eval("localStorage.setItem('parlor.room', 'general'); true");
+    alice.click("#signin-btn");
+    let alert = alice.wait_for(
+        "the reason shown",
+        "document.getElementById('conn').dataset.state === 'ready' \
+         && document.getElementById('chat-alert').textContent",
+    );
+    let alert = str_of(&alert).to_string();
+    assert!(
+        alert.contains("“general”") && alert.contains("Trying again in"),
+        "{alert}"
+    );
+    assert_eq!(
+        alice.eval(
+            "[document.getElementById('room-title').textContent,
+              document.querySelectorAll('.room-btn[aria-current]').length,
+              document.getElementById('composer-input').disabled,
+              document.querySelectorAll('#msg-list li').length]"
+        ),
+        json!(["No room", 0, true, 0]),
+        "no room is shown while the server has us in none"
+    );
+    alice.screenshot("rejoin-refused");
+    axe::check(&mut alice, "rejoin-refused");
     alice.assert_no_exceptions();
 }
 
@@ -308,7 +360,7 @@ fn unread_badge_and_bold_room_when_someone_writes_elsewhere_cleared_on_opening()
 
     // Read marks are kept: back in general and home again, design is read.
     switch_room(&mut alice, "general");
-    assert_eq!(room_label(&mut alice, "design"), "design, 1 person");
+    wait_room_label(&mut alice, "design", "design, 1 person");
     alice.reload();
     alice.wait_for("the chat after the reload", CHAT_READY);
     wait_room_label_starts(&mut alice, "design", "design, 1 person");
@@ -352,9 +404,9 @@ fn new_messages_line_marks_what_came_while_away() {
 
     // While the window is in the background the line marks the first
     // message that came meanwhile, and the title counts it.
-    alice.set_focused(false);
     alice.click(&room_button("design"));
     alice.wait_for("design on screen", &in_room("design"));
+    alice.set_hidden(true);
     bob.join("design");
     bob.say("bg-1", "written while alice looked elsewhere");
     wait_message(
@@ -368,8 +420,7 @@ fn new_messages_line_marks_what_came_while_away() {
         "the title counting it",
         "document.title.startsWith('(1) #design')",
     );
-    alice.set_focused(true);
-    alice.eval("window.dispatchEvent(new Event('focus')); true");
+    alice.set_hidden(false);
     alice.wait_for(
         "the title without a count",
         "document.title === '#design · Parlor'",
@@ -735,6 +786,7 @@ fn day_separators_name_each_day_and_times_carry_the_full_date() {
                 text: text.into(),
                 ts,
                 received_at: now,
+                mentions: Vec::new(),
             })
             .collect();
         store.insert_messages(&batch).expect("add the messages");

@@ -628,15 +628,6 @@ impl Page {
             .call("Emulation.setTimezoneOverride", json!({"timezoneId": zone}));
     }
 
-    /// Whether the page believes its window has the focus (every page
-    /// starts focused; see `Browser::new_person`).
-    pub fn set_focused(&mut self, focused: bool) {
-        self.socket.call(
-            "Emulation.setFocusEmulationEnabled",
-            json!({"enabled": focused}),
-        );
-    }
-
     /// The role, accessible name and description Chromium gives the first
     /// element matching `selector`: what a screen reader is told.
     pub fn accessible(&mut self, selector: &str) -> Value {
@@ -659,6 +650,28 @@ impl Page {
             "name": node["name"]["value"],
             "description": node["description"]["value"],
         })
+    }
+
+    /// Makes the page believe its window is hidden and unfocused (true),
+    /// as when a person looks at another window, or shown and focused
+    /// again (false). Headless Chromium has no other windows to look at:
+    /// every window reports itself visible and focused, so the page's view
+    /// of it is overridden and the matching events are sent.
+    pub fn set_hidden(&mut self, hidden: bool) {
+        let js = if hidden {
+            "Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => 'hidden'});
+             Object.defineProperty(document, 'hidden', {configurable: true, get: () => true});
+             document.hasFocus = () => false;
+             window.dispatchEvent(new Event('blur'));
+             document.dispatchEvent(new Event('visibilitychange'));
+             true"
+        } else {
+            "delete document.visibilityState; delete document.hidden; delete document.hasFocus;
+             document.dispatchEvent(new Event('visibilitychange'));
+             window.dispatchEvent(new Event('focus'));
+             true"
+        };
+        self.eval(js);
     }
 
     /// Emulates the system's light or dark preference.
