@@ -288,6 +288,73 @@ fn five_network_blips_in_a_row_leave_the_page_in_its_room() {
     alice.assert_no_exceptions();
 }
 
+// ---- Sending ----------------------------------------------------------------------
+
+#[test]
+fn checkmarks_come_in_the_order_messages_were_written_and_the_too_quickly_warning_goes() {
+    // Two messages a second: a burst of six is mostly refused at first and
+    // acked as the server lets each retry through, in whatever order.
+    let Some((mut browser, _server, url)) = set_up_with("burst", &[], |c| {
+        c.messages_per_second = 2
+    }) else {
+        return;
+    };
+    let mut alice = browser.new_person("alice");
+    sign_in(&mut alice, &url, "alice");
+    // Record the order in which messages first show ✓.
+    alice.eval(
+        "window.__ticks = [];
+         new MutationObserver(() => {
+             for (const li of document.querySelectorAll('#msg-list li.msg.sent')) {
+                 const text = li.querySelector('.msg-text').textContent;
+                 if (!window.__ticks.includes(text)) window.__ticks.push(text);
+             }
+         }).observe(document.getElementById('msg-list'),
+             {subtree: true, childList: true, attributes: true, characterData: true});
+         true",
+    );
+    let burst: Vec<String> = (1..=6).map(|i| format!("burst {i}")).collect();
+    for text in &burst {
+        paste_and_send(&mut alice, text);
+    }
+    let warning = alice.wait_for(
+        "the too-quickly warning",
+        "document.getElementById('chat-alert').textContent.includes('too quickly') \
+         && document.getElementById('chat-alert').textContent",
+    );
+    assert!(str_of(&warning).contains("will go out"), "{warning}");
+    alice.screenshot("burst-sending");
+    for text in &burst {
+        wait_message(&mut alice, "a message of the burst acked", text, "m.sent");
+    }
+    let ticks: Vec<String> = alice
+        .eval("window.__ticks")
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|v| str_of(v).to_string())
+        .collect();
+    assert_eq!(ticks, burst, "✓ appeared in the order written");
+    alice.wait_for(
+        "the warning gone once everything is sent",
+        "document.getElementById('chat-alert').textContent === ''",
+    );
+    // ✓ sits right after the time (or after the text, in a folded group).
+    let gaps = alice.eval(
+        "Array.from(document.querySelectorAll('#msg-list li.msg.sent')).map((li) => {
+            const status = li.querySelector('.msg-status').getBoundingClientRect();
+            const before = li.classList.contains('grouped') ? li.querySelector('.msg-text') : li.querySelector('.msg-time');
+            return Math.round(status.left - before.getBoundingClientRect().right);
+        })",
+    );
+    for gap in gaps.as_array().expect("an array") {
+        let gap = gap.as_i64().expect("a number");
+        assert!((0..=16).contains(&gap), "✓ is next to its message: {gaps}");
+    }
+    alice.screenshot("burst-sent");
+    alice.assert_no_exceptions();
+}
+
 // ---- Unread counts, the "New messages" line, mentions ------------------------
 
 #[test]
