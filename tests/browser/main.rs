@@ -2,7 +2,9 @@
 //! 0: chatting across two browsers, presence, rooms, history pages, text
 //! that looks like HTML, reconnecting after a restart, keyboard-only use, and
 //! the spec's time bounds for the first view, room switches, delivery and
-//! presence.
+//! presence. `all_day.rs` holds issue 10's tests (reloads and blips, unread
+//! counts, mentions, notifications, links, days, phones) and runs axe-core
+//! (`axe.rs`) in every state.
 //!
 //! Each simulated person has their own browser context (nothing shared with
 //! the others, like separate browsers) and is driven with real mouse and key
