@@ -21,11 +21,7 @@ const PHONE: (u32, u32) = (360, 740);
 
 /// Runs axe-core in light and in dark (the page follows the system).
 fn axe_both(page: &mut Page, state: &str) {
-    page.set_color_scheme("light");
-    axe::check(page, &format!("{state}-light"));
-    page.set_color_scheme("dark");
-    axe::check(page, &format!("{state}-dark"));
-    page.set_color_scheme("light");
+    axe::check_light_and_dark(page, state);
 }
 
 /// The `aria-label` of `room`'s button.

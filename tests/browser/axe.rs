@@ -80,3 +80,13 @@ pub fn check(page: &mut Page, state: &str) {
         serde_json::to_string_pretty(&bad).expect("BUG: JSON values always serialize")
     );
 }
+
+/// [`check`] with the system's preference light, then dark (the page
+/// follows it); `state` gets `-light` and `-dark`.
+pub fn check_light_and_dark(page: &mut Page, state: &str) {
+    page.set_color_scheme("light");
+    check(page, &format!("{state}-light"));
+    page.set_color_scheme("dark");
+    check(page, &format!("{state}-dark"));
+    page.set_color_scheme("light");
+}

@@ -375,6 +375,8 @@ pub enum Key {
     ArrowDown,
     ArrowUp,
     Escape,
+    /// Ctrl+K, the page's search shortcut.
+    CtrlK,
 }
 
 /// One person's page.
@@ -551,6 +553,7 @@ impl Page {
 
     /// Presses and releases one key.
     pub fn press(&mut self, key: Key) {
+        const CTRL: u32 = 2;
         const SHIFT: u32 = 8;
         let (name, code, text, modifiers) = match key {
             Key::Enter => ("Enter", 13, Some("\r"), 0),
@@ -560,10 +563,12 @@ impl Page {
             Key::ArrowDown => ("ArrowDown", 40, None, 0),
             Key::ArrowUp => ("ArrowUp", 38, None, 0),
             Key::Escape => ("Escape", 27, None, 0),
+            Key::CtrlK => ("k", 75, None, CTRL),
         };
+        let code_name = if name == "k" { "KeyK" } else { name };
         let mut down = json!({
             "type": if text.is_some() { "keyDown" } else { "rawKeyDown" },
-            "key": name, "code": name, "modifiers": modifiers,
+            "key": name, "code": code_name, "modifiers": modifiers,
             "windowsVirtualKeyCode": code, "nativeVirtualKeyCode": code,
         });
         if let Some(text) = text {
@@ -574,7 +579,7 @@ impl Page {
         self.socket.call(
             "Input.dispatchKeyEvent",
             json!({
-                "type": "keyUp", "key": name, "code": name, "modifiers": modifiers,
+                "type": "keyUp", "key": name, "code": code_name, "modifiers": modifiers,
                 "windowsVirtualKeyCode": code, "nativeVirtualKeyCode": code,
             }),
         );

@@ -4,7 +4,8 @@
 //! the spec's time bounds for the first view, room switches, delivery and
 //! presence. `all_day.rs` holds issue 10's tests (reloads and blips, unread
 //! counts, mentions, notifications, links, days, phones) and runs axe-core
-//! (`axe.rs`) in every state.
+//! (`axe.rs`) in every state; `fix_and_find.rs` holds issue 11's (editing
+//! and deleting your own messages, search, "is typing…", "Seen by …").
 //!
 //! Each simulated person has their own browser context (nothing shared with
 //! the others, like separate browsers) and is driven with real mouse and key
@@ -15,6 +16,7 @@
 mod all_day;
 mod axe;
 mod cdp;
+mod fix_and_find;
 #[path = "../support/mod.rs"]
 mod support;
 
