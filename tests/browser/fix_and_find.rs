@@ -493,6 +493,47 @@ fn a_deleted_message_is_gone_from_every_page_at_once() {
         "m.deleted && m.text === 'This message was deleted.'",
     );
 
+    // A page that was offline meanwhile shows what became of the messages
+    // on it once it is back.
+    say(&mut alice, "typo heer");
+    let typo = seq_of(&wait_message(&mut alice, "a typo", "typo heer", "m.sent"));
+    say(&mut alice, "never mind");
+    let never = seq_of(&wait_message(&mut alice, "another", "never mind", "m.sent"));
+    wait_message(&mut bob, "the typo", "typo heer", "true");
+    wait_message(&mut bob, "the other", "never mind", "true");
+    bob.set_offline(true);
+    bob.wait_for(
+        "bob offline",
+        "document.getElementById('conn').dataset.state !== 'ready'",
+    );
+    alice.click(&format!("{} button.msg-edit", li(&typo)));
+    wait_shown(&mut alice, "the editor", &typo, "m.editing");
+    alice.eval("document.activeElement.select(); true");
+    alice.type_text("typo here");
+    alice.press(Key::Enter);
+    wait_shown(&mut alice, "the edit", &typo, "m.edited === '(edited)'");
+    alice.click(&format!("{} button.msg-delete", li(&never)));
+    alice.wait_for(
+        "the confirmation",
+        "document.getElementById('msg-delete-dialog').open",
+    );
+    alice.click("#msg-delete-confirm");
+    wait_shown(&mut alice, "the tombstone", &never, "m.deleted");
+    bob.set_offline(false);
+    bob.wait_for("bob back", CHAT_READY);
+    wait_shown(
+        &mut bob,
+        "the edit made while bob was offline",
+        &typo,
+        "m.text === 'typo here' && m.edited === '(edited)'",
+    );
+    wait_shown(
+        &mut bob,
+        "the delete made while bob was offline",
+        &never,
+        "m.deleted && m.text === 'This message was deleted.'",
+    );
+
     // A message that is gone cannot be deleted: said in the page.
     say(&mut alice, "second thoughts");
     let other = seq_of(&wait_message(
@@ -600,7 +641,7 @@ fn search_for(page: &mut Page, query: &str) -> Vec<Value> {
     page.wait_for(
         &format!("results for {query:?}"),
         &format!(
-            "document.getElementById('search-status').textContent.endsWith('match “' + {} + '”.')",
+            "document.getElementById('search-status').textContent.endsWith('“' + {} + '”.')",
             js_string(query)
         ),
     );
