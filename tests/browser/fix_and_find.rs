@@ -397,8 +397,37 @@ fn an_edit_in_place_shows_edited_in_the_other_browser() {
     );
     assert_eq!(error, "You can only edit your own messages.");
     alice.screenshot("edit-refused");
+    // Text the server refuses, as it would in a send.
+    alice.eval(
+        "window.__rewrite = (f) => f.type === 'edit' ? Object.assign(f, {text: '   '}) : f; true",
+    );
+    alice.click(&format!("{} .msg-edit-save", li(&seq)));
+    let error = alice.wait_for(
+        "the second refusal in the editor",
+        "(() => { const t = (document.querySelector('.msg-editor [role=\"alert\"]') || {}).textContent || '';
+            return t.startsWith('That text cannot be saved: ') && t; })()",
+    );
+    assert!(
+        str_of(&error).len() > "That text cannot be saved: ".len(),
+        "{error}"
+    );
     alice.press(Key::Escape);
     alice.eval("window.__rewrite = null; true");
+    // The arrow keys go from message to message.
+    alice.eval(&format!(
+        "document.querySelector({}).focus(); true",
+        js_string(&li(&seq))
+    ));
+    alice.press(Key::ArrowDown);
+    assert_eq!(
+        alice.eval("document.activeElement.dataset.seq"),
+        theirs.as_str()
+    );
+    alice.press(Key::ArrowUp);
+    assert_eq!(
+        alice.eval("document.activeElement.dataset.seq"),
+        seq.as_str()
+    );
     assert_eq!(shown(&mut bob, &theirs)["text"], "bob's own words");
     assert_eq!(shown(&mut alice, &seq)["text"], "lets meet at 11");
 
