@@ -799,7 +799,20 @@ fn search_finds_words_across_rooms_and_opens_a_result_at_its_message() {
         "The deploy plan for Zürich is ready"
     );
 
-    // A result in the room on screen, from the general room's message.
+    // A result in the room on screen but not on the page shown: the page
+    // around it replaces it.
+    alice.press(Key::CtrlK);
+    let far = search_for(&mut alice, "design message 199");
+    assert_eq!(far[0]["text"], "design message 199", "{far:?}");
+    alice.press(Key::ArrowDown);
+    alice.press(Key::Enter);
+    alice.wait_for("the far message lit up", &lit("design message 199"));
+    assert_eq!(
+        alice.eval("document.querySelector('.room-btn[aria-current=\"true\"]').dataset.room"),
+        "design"
+    );
+
+    // A result in another room, from the general room's message.
     alice.press(Key::CtrlK);
     search_for(&mut alice, "deploy");
     alice.click("#search-results > li:first-child .result-btn");
