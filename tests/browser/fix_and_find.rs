@@ -812,6 +812,24 @@ fn search_finds_words_across_rooms_and_opens_a_result_at_its_message() {
         "design"
     );
 
+    // Tabbing out of search closes it.
+    alice.press(Key::CtrlK);
+    search_for(&mut alice, "design message 199");
+    for _ in 0..10 {
+        alice.press(Key::Tab);
+        if alice.eval("document.getElementById('search-form').contains(document.activeElement)")
+            == false
+        {
+            break;
+        }
+    }
+    assert_eq!(
+        alice.eval("document.getElementById('search-panel').hidden"),
+        true,
+        "the focus left search ({}) and the results closed",
+        focused(&mut alice)
+    );
+
     // A result in another room, from the general room's message.
     alice.press(Key::CtrlK);
     search_for(&mut alice, "deploy");
