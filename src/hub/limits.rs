@@ -48,6 +48,9 @@ pub(super) fn cost(frame: &CheckedFrame) -> u32 {
         CheckedFrame::Hello { .. } => 2,
         CheckedFrame::Join { limit, .. } | CheckedFrame::History { limit, .. } => 1 + page(limit),
         CheckedFrame::CreateRoom { .. } | CheckedFrame::DeleteRoom { .. } => 5,
+        // Edits and deletes also spend the message budget.
+        CheckedFrame::Edit { .. } | CheckedFrame::DeleteMessage { .. } => 1,
+        CheckedFrame::Search { limit, .. } => 1 + limit.as_ref().map_or(1, |l| l / 10),
     }
 }
 

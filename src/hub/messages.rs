@@ -266,6 +266,8 @@ impl Sends {
                 from: p.from,
                 text: p.message.text,
                 ts: p.message.ts,
+                edited_at: None,
+                deleted: false,
             };
             let ack = ServerFrame::Ack {
                 id: message.id.clone(),
