@@ -220,7 +220,9 @@ impl Store {
         }
         let store = Store {
             conn,
-            erased: false,
+            // A server killed between an erasure and its scrub may have
+            // left the old text in the WAL: the first scrub clears it.
+            erased: true,
         };
         store
             .configure()

@@ -7,8 +7,10 @@ mod support;
 
 mod budgets;
 mod defense;
+mod edits;
 mod http;
 mod messages;
 mod metrics;
+mod search;
 mod sessions;
 mod tls;
