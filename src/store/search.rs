@@ -113,6 +113,20 @@ pub fn match_expression(words: &[String]) -> Option<String> {
 }
 
 impl Store {
+    /// Bytes of the file the search index takes (its shadow tables and
+    /// their indexes), for the benchmark's report.
+    pub fn search_index_bytes(&self) -> rusqlite::Result<u64> {
+        self.conn.query_row(
+            "SELECT coalesce(sum(pgsize), 0) FROM dbstat
+             WHERE name LIKE 'message\\_search\\_%' ESCAPE '\\'",
+            [],
+            |row| {
+                row.get::<_, i64>(0)
+                    .map(|bytes| bytes.max(0).unsigned_abs())
+            },
+        )
+    }
+
     /// The newest `limit` messages of live rooms (of `room` alone, if
     /// given) older than `before` that contain every word, newest first.
     /// Deleted messages are not in the index.
@@ -255,6 +269,35 @@ mod tests {
         let page = store.search(&words("de"), None, None, 2).unwrap();
         assert_eq!(page.messages.len(), 2);
         assert!(page.has_more);
+    }
+
+    #[test]
+    fn the_index_size_counts_its_own_tables_only() {
+        let (_dir, mut store) = temp_store();
+        let empty = store.search_index_bytes().unwrap();
+        assert!(empty > 0, "the index's tables take pages from the start");
+        let user = store.login_user("ann", 1).unwrap();
+        let batch: Vec<NewMessage> = (0..2000)
+            .map(|i| NewMessage {
+                room_id: RoomId(1),
+                user_id: user.id,
+                client_id: format!("c{i}"),
+                text: format!("word{i} and some shared words"),
+                ts: i,
+                received_at: i,
+            })
+            .collect();
+        store.insert_messages(&batch).unwrap();
+        let full = store.search_index_bytes().unwrap();
+        let file: i64 = store
+            .conn
+            .query_row(
+                "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert!(full > empty && full < file as u64, "{empty} {full} {file}");
     }
 
     #[test]
