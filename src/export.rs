@@ -425,6 +425,7 @@ mod tests {
             ts,
             edited_at: None,
             deleted: false,
+            mentions: Vec::new(),
         };
         let day = "2025-11-25".parse::<UtcDay>().unwrap().start_ms();
         let mut t = Transcript::default();

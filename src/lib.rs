@@ -125,6 +125,9 @@ pub struct Config {
     /// Whether SQLite checkpoints the WAL after commits, as it does by
     /// default; false leaves checkpoints to a replicator (Litestream).
     pub auto_checkpoint: bool,
+    /// How long a session (room, presence) outlives a lost connection, for
+    /// the page to resume it without anyone seeing a leave and a join.
+    pub presence_grace: std::time::Duration,
 }
 
 impl Default for Config {
@@ -150,6 +153,7 @@ impl Default for Config {
             tls: None,
             metrics: None,
             auto_checkpoint: true,
+            presence_grace: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -226,6 +230,7 @@ pub fn start(config: Config) -> Result<Server, Error> {
         max_users_per_ip: config.max_users_per_ip,
         max_rooms: config.max_rooms,
         join_code: config.join_code.clone(),
+        presence_grace: config.presence_grace,
         limits: hub::LimitSettings {
             messages_per_second: config.messages_per_second,
             room_switches_per_minute: config.room_switches_per_minute,

@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
+use std::time::Duration;
 
 use lexopt::Arg::{Long, Short, Value};
 use parlor::{Config, ExportOptions, ScrapeAccess};
@@ -43,6 +44,9 @@ Options:
                                    with in an hour (default 20)
   --max-users-per-ip N             most users signed in from one IP address
                                    (default: no limit)
+  --presence-grace SECONDS         how long a dropped connection's session, room and
+                                   presence wait for the page to come back (default 5;
+                                   0: sign out at once)
   --join-code CODE                 a new sign-in needs this code (the page asks
                                    once, or takes it from ?code=CODE); also
                                    PARLOR_JOIN_CODE (default: none needed)
@@ -139,6 +143,17 @@ where
                 config.max_connections_per_ip = Some(positive(&mut parser, &flag)?)
             }
             "--no-auto-checkpoint" => config.auto_checkpoint = false,
+            "--presence-grace" => {
+                let raw = value(&mut parser, &flag)?;
+                config.presence_grace = match raw.parse::<u32>() {
+                    Ok(seconds) if seconds <= 3600 => Duration::from_secs(seconds.into()),
+                    _ => {
+                        return Err(format!(
+                            "--presence-grace must be a whole number of seconds from 0 to 3600, not {raw:?}"
+                        ));
+                    }
+                }
+            }
             "--metrics" => metrics = true,
             "--metrics-from" => {
                 let raw = value(&mut parser, &flag)?;
@@ -499,6 +514,16 @@ mod tests {
         assert_eq!(config.max_users, 10);
         assert!(config.auto_checkpoint);
         assert!(!run(&["--no-auto-checkpoint"]).unwrap().auto_checkpoint);
+        assert_eq!(
+            run(&["--presence-grace", "0"]).unwrap().presence_grace,
+            Duration::ZERO
+        );
+        assert_eq!(
+            run(&["--presence-grace=30"]).unwrap().presence_grace,
+            Duration::from_secs(30)
+        );
+        assert!(run(&["--presence-grace", "-1"]).is_err());
+        assert!(run(&["--presence-grace", "soon"]).is_err());
         let config = run(&[
             "--http",
             "0.0.0.0:80",

@@ -50,7 +50,7 @@ pub fn now_ms() -> i64 {
 
 /// A message's place in the global order: assigned at commit, strictly
 /// increasing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Seq(pub i64);
 
@@ -185,10 +185,14 @@ pub enum ClientFrame {
     },
     /// Ask for a `pong`.
     Ping,
+    /// End the session now: presence left, the resume token void.
+    SignOut,
+    /// The user has seen `room` up to `seq`.
+    Read { room: String, seq: i64 },
 }
 
 /// Every `type` a client may send.
-const FRAME_TYPES: [&str; 11] = [
+const FRAME_TYPES: [&str; 13] = [
     "hello",
     "create_room",
     "delete_room",
@@ -200,6 +204,8 @@ const FRAME_TYPES: [&str; 11] = [
     "delete_message",
     "search",
     "ping",
+    "sign_out",
+    "read",
 ];
 
 /// A client frame together with its optional `req` correlation string.
@@ -329,6 +335,10 @@ pub enum CheckedFrame {
     },
     /// Ask for a `pong`.
     Ping,
+    /// End the session.
+    SignOut,
+    /// `bad_request` on `Err`.
+    Read { room: RoomRef, seq: Checked<Seq> },
 }
 
 impl Request {
@@ -405,6 +415,15 @@ impl Request {
                 before_seq: before_seq.map(Seq),
             },
             ClientFrame::Ping => CheckedFrame::Ping,
+            ClientFrame::SignOut => CheckedFrame::SignOut,
+            ClientFrame::Read { room, seq } => CheckedFrame::Read {
+                room: RoomRef::new(&room),
+                seq: if seq >= 0 {
+                    Ok(Seq(seq))
+                } else {
+                    Err("\"seq\" must be 0 or more.".into())
+                },
+            },
         };
         CheckedRequest {
             req: self.req,
@@ -500,6 +519,8 @@ pub enum ServerFrame {
         room: String,
         members: Vec<String>,
         history: Page,
+        /// The user's read mark in the room before this join.
+        read_seq: Seq,
     },
     Left {
         room: String,
@@ -539,6 +560,13 @@ pub enum ServerFrame {
     RoomDeleted {
         room: String,
     },
+    /// A user's unread counts in one room.
+    Unread {
+        room: String,
+        unread: u64,
+        mentions: u64,
+    },
+    SignedOut,
     Pong,
     Error {
         code: ErrorCode,
@@ -601,6 +629,9 @@ pub struct ChatMessage {
     /// Whether its author deleted it: its text is then empty.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    /// The users it mentions, by display name, each once.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
 }
 
 /// One message inside a history page: the fields of a `message` frame,
@@ -612,7 +643,7 @@ impl Serialize for PageMessage {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let m = &self.0;
-        let mut s = serializer.serialize_struct("message", 9)?;
+        let mut s = serializer.serialize_struct("message", 10)?;
         s.serialize_field("type", "message")?;
         s.serialize_field("room", &m.room)?;
         s.serialize_field("seq", &m.seq)?;
@@ -620,14 +651,14 @@ impl Serialize for PageMessage {
         s.serialize_field("from", &m.from)?;
         s.serialize_field("text", &m.text)?;
         s.serialize_field("ts", &m.ts)?;
-        match m.edited_at {
-            Some(at) => s.serialize_field("edited_at", &at)?,
-            None => s.skip_field("edited_at")?,
+        if let Some(at) = m.edited_at {
+            s.serialize_field("edited_at", &at)?;
         }
         if m.deleted {
             s.serialize_field("deleted", &true)?;
-        } else {
-            s.skip_field("deleted")?;
+        }
+        if !m.mentions.is_empty() {
+            s.serialize_field("mentions", &m.mentions)?;
         }
         s.end()
     }
@@ -659,6 +690,10 @@ pub struct RoomInfo {
     pub created_by: Option<String>,
     /// How many people are in it now.
     pub members: usize,
+    /// Messages from others the user has not read (see `read`).
+    pub unread: u64,
+    /// How many of those mention the user.
+    pub mentions: u64,
 }
 
 /// The limits a `welcome` tells the client.
@@ -848,6 +883,48 @@ pub fn validate_client_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Most distinct names one message may mention.
+pub const MAX_MENTIONS: usize = 20;
+
+/// The names a text may mention: each `@name` at a word boundary (the `@`
+/// first or after a character that is not a letter, digit, `_`, `-`, `.` or
+/// `@`), `name` being the longest run of username characters after it, and
+/// also that run without trailing `.`, `-` or `_` ("@bob." means bob). Keys,
+/// each once, at most [`MAX_MENTIONS`]; which are users is the caller's to
+/// find out.
+pub fn mention_candidates(text: &str) -> Vec<NameKey> {
+    let username_char = |c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '.');
+    let mut keys: Vec<NameKey> = Vec::new();
+    let mut previous: Option<char> = None;
+    for (i, c) in text.char_indices() {
+        let at_boundary = previous.is_none_or(|p| !username_char(p) && p != '@');
+        previous = Some(c);
+        if c != '@' || !at_boundary {
+            continue;
+        }
+        let start = i + 1;
+        let end = text[start..]
+            .char_indices()
+            .find(|&(_, c)| !username_char(c))
+            .map_or(text.len(), |(j, _)| start + j);
+        let run = &text[start..end];
+        let trimmed = run.trim_end_matches(['.', '-', '_']);
+        for name in [run, trimmed] {
+            if name.is_empty() || name.chars().count() > MAX_USERNAME_CHARS {
+                continue;
+            }
+            let key = NameKey::of(name);
+            if !keys.contains(&key) {
+                if keys.len() == MAX_MENTIONS {
+                    return keys;
+                }
+                keys.push(key);
+            }
+        }
+    }
+    keys
+}
+
 /// Normalizes and checks message text: `\r\n` becomes `\n`; then 1–4000
 /// characters, not only white space, and no control characters other than
 /// `\n` and `\t`.
@@ -971,6 +1048,7 @@ mod tests {
                 ts: 2,
                 edited_at: None,
                 deleted: false,
+                mentions: vec!["Bob".into()],
             })],
             has_older: false,
             has_newer: true,
@@ -981,6 +1059,71 @@ mod tests {
         assert_eq!(value["messages"][0]["type"], "message");
         assert_eq!(value["messages"][0]["from"], "a");
         assert_eq!(value["has_newer"], true);
+        assert_eq!(value["messages"][0]["mentions"], serde_json::json!(["Bob"]));
+        let plain = ChatMessage {
+            mentions: Vec::new(),
+            ..match &page {
+                ServerFrame::History(page) => page.messages[0].0.clone(),
+                _ => unreachable!(),
+            }
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&ServerFrame::Message(plain).encode(None)).unwrap();
+        assert!(value.get("mentions").is_none(), "{value}");
+    }
+
+    #[test]
+    fn mentions_are_at_signs_at_word_boundaries() {
+        let names = |text: &str| -> Vec<String> {
+            mention_candidates(text)
+                .iter()
+                .map(|k| k.as_str().to_string())
+                .collect()
+        };
+        assert_eq!(names("@bob hi"), ["bob"]);
+        assert_eq!(names("hi @Bob, and (@carol)"), ["bob", "carol"]);
+        // Trailing punctuation: both the run and the run without it.
+        assert_eq!(names("thanks @bob."), ["bob.", "bob"]);
+        assert_eq!(names("@a_lice_"), ["a_lice_", "a_lice"]);
+        // Not at a word boundary: e-mail addresses, doubled at signs.
+        assert!(names("mail bob@example.org").is_empty());
+        assert!(names("@@bob").is_empty());
+        assert!(names("@ bob").is_empty());
+        assert!(names("@").is_empty());
+        // The same name twice, in other casing or look-alike letters, is one.
+        assert_eq!(names("@bob @BOB @ｂｏｂ"), ["bob"]);
+        // Bounded, however many a text names.
+        let many: String = (0..100).map(|i| format!("@u{i} ")).collect();
+        assert_eq!(names(&many).len(), MAX_MENTIONS);
+        // A run longer than any username is no name.
+        assert!(names(&format!("@{}", "x".repeat(40))).is_empty());
+    }
+
+    #[test]
+    fn read_and_sign_out_are_checked() {
+        let read = parse_request(r#"{"type":"read","room":" general ","seq":42}"#)
+            .unwrap()
+            .check();
+        match read.frame {
+            CheckedFrame::Read { room, seq } => {
+                assert_eq!(room.typed, "general");
+                assert_eq!(seq, Ok(Seq(42)));
+            }
+            other => panic!("{other:?}"),
+        }
+        let back = parse_request(r#"{"type":"read","room":"general","seq":-1}"#)
+            .unwrap()
+            .check();
+        assert!(matches!(back.frame, CheckedFrame::Read { seq: Err(_), .. }));
+        assert!(parse_request(r#"{"type":"read","room":"general"}"#).is_err());
+        assert!(parse_request(r#"{"type":"read","room":"general","seq":"1"}"#).is_err());
+        assert_eq!(
+            parse_request(r#"{"type":"sign_out"}"#)
+                .unwrap()
+                .check()
+                .frame,
+            CheckedFrame::SignOut
+        );
     }
 
     #[test]

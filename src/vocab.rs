@@ -25,6 +25,8 @@ impl std::fmt::Display for ConnId {
 
 /// WebSocket close codes the hub asks connections to send.
 pub mod close {
+    /// The user signed out.
+    pub const NORMAL: u16 = 1000;
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
     /// No hello in time, or the client fell too far behind.

@@ -30,7 +30,7 @@ use unicode_normalization::char::is_combining_mark;
 use unicode_security::{GeneralSecurityProfile, RestrictionLevel, RestrictionLevelDetection};
 
 /// Every `type` a client may send.
-const FRAME_TYPES: [&str; 11] = [
+const FRAME_TYPES: [&str; 13] = [
     "hello",
     "create_room",
     "delete_room",
@@ -42,6 +42,8 @@ const FRAME_TYPES: [&str; 11] = [
     "delete_message",
     "search",
     "ping",
+    "sign_out",
+    "read",
 ];
 
 /// Field names of client frames, so generated objects often hit real fields
@@ -313,6 +315,8 @@ fn any_frame() -> impl Strategy<Value = ClientFrame> {
                 before_seq,
             }),
         Just(ClientFrame::Ping),
+        Just(ClientFrame::SignOut),
+        (field_string(), any::<i64>()).prop_map(|(room, seq)| ClientFrame::Read { room, seq }),
     ]
 }
 
@@ -473,6 +477,11 @@ fn encode_request(
             ],
         ),
         ClientFrame::Ping => ("ping", vec![]),
+        ClientFrame::SignOut => ("sign_out", vec![]),
+        ClientFrame::Read { room, seq } => (
+            "read",
+            vec![("room", Some(s(room))), ("seq", Some(seq.to_string()))],
+        ),
     };
     let mut members: Vec<(String, String)> = vec![(s("type"), s(kind))];
     let optional = fields.into_iter().chain(std::iter::once((
@@ -928,6 +937,7 @@ thread_local! {
                 text: text.to_string(),
                 ts: i as i64,
                 received_at: i as i64,
+                mentions: Vec::new(),
             })
             .collect();
         store.insert_messages(&batch).expect("the messages are stored");

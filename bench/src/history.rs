@@ -142,6 +142,7 @@ fn build(path: &Path, messages: usize, base: i64) -> Result<(), String> {
             text: format!("message {i} {}{common}{rare}", &filler[..extra]),
             ts,
             received_at: ts,
+            mentions: Vec::new(),
         });
         if batch.len() == BATCH || i + 1 == total {
             let seqs = store.insert_messages(&batch).map_err(|e| fail(&e))?;

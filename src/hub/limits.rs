@@ -44,7 +44,9 @@ pub(super) fn cost(frame: &CheckedFrame) -> u32 {
     let page = |limit: &Result<u32, String>| limit.as_ref().map_or(1, |l| l / 25);
     match frame {
         CheckedFrame::Send { .. } => 0,
-        CheckedFrame::Ping | CheckedFrame::Leave => 1,
+        CheckedFrame::Ping | CheckedFrame::Leave | CheckedFrame::SignOut => 1,
+        // Counting unread messages reads an index.
+        CheckedFrame::Read { .. } => 1,
         CheckedFrame::Hello { .. } => 2,
         CheckedFrame::Join { limit, .. } | CheckedFrame::History { limit, .. } => 1 + page(limit),
         CheckedFrame::CreateRoom { .. } | CheckedFrame::DeleteRoom { .. } => 5,

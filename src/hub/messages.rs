@@ -7,13 +7,15 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::protocol::{
-    ChatMessage, Checked, ClientMsgId, ErrorCode, NameKey, ServerFrame, message_ts, now_ms,
+    ChatMessage, Checked, ClientMsgId, ErrorCode, NameKey, ServerFrame, mention_candidates,
+    message_ts, now_ms,
 };
-use crate::store::{NewMessage, Store, Stored};
+use crate::store::{NewMessage, Store, Stored, UserId};
 use crate::vocab::ConnId;
 
 use super::limits::{self, Limits};
 use super::outgoing::{Outgoing, To, encode};
+use super::reading::Reading;
 use super::rooms::Rooms;
 use super::sessions::Online;
 
@@ -28,6 +30,8 @@ struct PendingSend {
     /// back if the commit finds a retry.
     user: NameKey,
     counted_at: Instant,
+    /// The keys of the users it mentions.
+    mentioned: Vec<NameKey>,
     /// How far off the client's clock was, for the log, in seconds.
     skew: Option<i64>,
 }
@@ -113,6 +117,10 @@ impl Sends {
             Ok(checked) => checked,
             Err(refusal) => return self.refuse(store, out, &to, user, &id, refusal),
         };
+        let (mentions, mentioned) = match mentions(store, &text) {
+            Ok(found) => found,
+            Err(e) => return out.storage_failed(&to, "looking up mentioned users", &e),
+        };
         let received_at = now_ms();
         let (ts, skew) = message_ts(ts, received_at);
         let room = rooms
@@ -132,9 +140,11 @@ impl Sends {
                 text,
                 ts,
                 received_at,
+                mentions,
             },
             user: user.key.clone(),
             counted_at: now,
+            mentioned,
             skew,
         });
     }
@@ -177,6 +187,7 @@ impl Sends {
         &mut self,
         store: &mut Store,
         rooms: &mut Rooms,
+        reading: &mut Reading,
         limits: &mut Limits,
         out: &mut Outgoing,
     ) {
@@ -259,6 +270,8 @@ impl Sends {
                 .get_mut(&p.room)
                 .expect("BUG: deleting a room commits the pending batch first");
             room.total += 1;
+            room.newest = seq;
+            reading.committed(room, &p.user, &p.mentioned);
             let message = ChatMessage {
                 room: room.name.clone(),
                 seq,
@@ -268,6 +281,12 @@ impl Sends {
                 ts: p.message.ts,
                 edited_at: None,
                 deleted: false,
+                mentions: p
+                    .message
+                    .mentions
+                    .into_iter()
+                    .map(|(_, name)| name)
+                    .collect(),
             };
             let ack = ServerFrame::Ack {
                 id: message.id.clone(),
@@ -298,4 +317,23 @@ impl Sends {
             );
         }
     }
+}
+
+/// The users a text mentions (see [`mention_candidates`]) that exist: their
+/// ids and display names for the store, and their keys.
+#[allow(clippy::type_complexity)]
+fn mentions(store: &Store, text: &str) -> rusqlite::Result<(Vec<(UserId, String)>, Vec<NameKey>)> {
+    let mut found = (Vec::new(), Vec::new());
+    if !text.contains('@') {
+        return Ok(found);
+    }
+    for key in mention_candidates(text) {
+        if let Some(user) = store.find_user(&key)?
+            && !found.0.iter().any(|(id, _)| *id == user.id)
+        {
+            found.0.push((user.id, user.name));
+            found.1.push(key);
+        }
+    }
+    Ok(found)
 }

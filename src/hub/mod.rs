@@ -15,8 +15,9 @@
 //! sent, which the hub gives back just by dropping the event once handled.
 //!
 //! Each job keeps its state in a type of its own, in a file of its own:
-//! [`sessions`] (connections, sign-in, resume), [`rooms`] (rooms, presence,
-//! the room list), [`messages`] (sends and the commit), [`history`] (pages),
+//! [`sessions`] (connections, sign-in, resume, the grace period),
+//! [`rooms`] (rooms, presence, the room list), [`messages`] (sends and the
+//! commit), [`reading`] (read marks and unread counts), [`history`] (pages),
 //! [`limits`] (rate limits), and [`outgoing`] (the batch's mail). A handler
 //! is given the parts it needs.
 
@@ -25,11 +26,12 @@ mod history;
 mod limits;
 mod messages;
 mod outgoing;
+mod reading;
 mod rooms;
 mod search;
 mod sessions;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
@@ -41,6 +43,7 @@ use crate::vocab::{ConnId, Event, MailSink, close};
 use limits::Limits;
 use messages::Sends;
 use outgoing::{Outgoing, To};
+use reading::Reading;
 use rooms::Rooms;
 use sessions::{Caller, HELLO_TIMEOUT, Sessions};
 
@@ -69,6 +72,8 @@ pub struct Settings {
     pub max_rooms: usize,
     /// What `hello` must carry to sign in; None: nothing.
     pub join_code: Option<String>,
+    /// How long a session outlives a lost connection (zero: not at all).
+    pub presence_grace: Duration,
     /// Rate limits and budgets per user.
     pub limits: LimitSettings,
     /// Where the hub counts commits, sign-ins, refusals and storage errors.
@@ -81,6 +86,7 @@ pub struct Hub {
     sessions: Sessions,
     rooms: Rooms,
     sends: Sends,
+    reading: Reading,
     limits: Limits,
     /// What this batch says to connections, handed to the sink at its end.
     out: Outgoing,
@@ -99,8 +105,10 @@ impl Hub {
                 settings.max_users,
                 settings.max_users_per_ip,
                 settings.join_code.clone(),
+                settings.presence_grace,
             ),
             sends: Sends::default(),
+            reading: Reading::default(),
             limits: Limits::new(settings.limits.clone(), settings.metrics.clone()),
             out: Outgoing::new(settings.metrics.clone()),
             scrub_failing: false,
@@ -124,7 +132,15 @@ impl Hub {
                     Err(_) => break,
                 },
             };
-            self.expire_hellos(Instant::now());
+            let now = Instant::now();
+            self.expire_hellos(now);
+            self.sessions.expire_away(
+                &self.store,
+                &mut self.rooms,
+                &mut self.reading,
+                &mut self.out,
+                now,
+            );
             let mut running = first.is_none_or(|event| self.handle(event));
             let mut handled = 1;
             while running && handled < MAX_BATCH && self.out.bytes < BATCH_BYTES {
@@ -142,14 +158,24 @@ impl Hub {
             }
         }
         self.end_batch(sink);
+        self.reading.save(&mut self.store, &mut self.out);
     }
 
     /// After each batch of events: commit the pending sends, send the room
-    /// list if it is due, and hand the batch's mail to the sink.
+    /// list, unread counts and read marks that are due, and hand the batch's
+    /// mail to the sink.
     fn end_batch(&mut self, sink: &mut impl MailSink) {
         self.commit();
-        if self.rooms.list_due.is_some_and(|due| due <= Instant::now()) {
+        let now = Instant::now();
+        if self.rooms.list_due.is_some_and(|due| due <= now) {
             self.send_room_list(None);
+        }
+        if self.reading.push_due.is_some_and(|due| due <= now) {
+            self.reading
+                .push(&self.rooms, self.sessions.users(), &mut self.out, now);
+        }
+        if self.reading.save_due.is_some_and(|due| due <= now) {
+            self.reading.save(&mut self.store, &mut self.out);
         }
         self.out
             .metrics
@@ -176,18 +202,26 @@ impl Hub {
         self.sends.commit(
             &mut self.store,
             &mut self.rooms,
+            &mut self.reading,
             &mut self.limits,
             &mut self.out,
         );
     }
 
-    /// The earliest of the oldest hello deadline and the room list's.
+    /// The earliest of the deadlines the hub wakes for: the oldest hello's,
+    /// the first lost session's, the room list's, the unread pushes' and
+    /// the read marks' save.
     fn next_deadline(&mut self) -> Option<Instant> {
-        let hello = self.sessions.next_hello_deadline();
-        match (hello, self.rooms.list_due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.sessions.next_hello_deadline(),
+            self.sessions.next_away_deadline(),
+            self.rooms.list_due,
+            self.reading.push_due,
+            self.reading.save_due,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn expire_hellos(&mut self, now: Instant) {
@@ -201,6 +235,7 @@ impl Hub {
         self.sessions.drop_conn(
             &self.store,
             &mut self.rooms,
+            &mut self.reading,
             &mut self.out,
             conn,
             code,
@@ -211,8 +246,12 @@ impl Hub {
     /// Sends the room list to everyone signed in; `requester` gets its copy
     /// with its `req`.
     fn send_room_list(&mut self, requester: Option<&To>) {
-        self.rooms
-            .send_list(self.sessions.online_conns(), &mut self.out, requester);
+        self.rooms.send_list(
+            self.sessions.connected_users(),
+            &mut self.reading,
+            &mut self.out,
+            requester,
+        );
     }
 
     /// Handles one event; false means shut down.
@@ -241,10 +280,13 @@ impl Hub {
                 self.out
                     .error(&to, ErrorCode::BadRequest, error.message.clone());
             }
-            Event::Disconnected { conn } => {
-                self.sessions
-                    .disconnected(&self.store, &mut self.rooms, &mut self.out, conn)
-            }
+            Event::Disconnected { conn } => self.sessions.disconnected(
+                &self.store,
+                &mut self.rooms,
+                &mut self.reading,
+                &mut self.out,
+                conn,
+            ),
             Event::TooSlow { conn } => {
                 if self.sessions.knows(conn) {
                     log::warn!("{conn}: outbox full (client too slow); disconnecting it");
@@ -310,6 +352,7 @@ impl Hub {
                 return self.sessions.hello(
                     &self.store,
                     &mut self.rooms,
+                    &mut self.reading,
                     &mut self.limits,
                     out,
                     &to,
@@ -330,32 +373,72 @@ impl Hub {
                     "Say hello with a username first.",
                 );
             }
+            (Caller::SignedIn(_), CheckedFrame::SignOut) => {
+                return self.sessions.sign_out_request(
+                    &self.store,
+                    &mut self.rooms,
+                    &mut self.reading,
+                    out,
+                    &to,
+                );
+            }
             (Caller::SignedIn(user), frame) => (user, frame),
         };
         let (user, frame) = user;
         match frame {
+            CheckedFrame::Read { room, seq } => {
+                let seq = match seq {
+                    Ok(seq) => seq,
+                    Err(message) => return out.error(&to, ErrorCode::BadRequest, message),
+                };
+                match self.rooms.get(&room.key) {
+                    Some(live) => self
+                        .reading
+                        .read(&self.store, out, &to, &user.key, live, seq),
+                    None => out.no_such_room(&to, &room.typed),
+                }
+            }
             CheckedFrame::CreateRoom { room } => {
                 if self
                     .rooms
                     .create(&self.store, &mut self.limits, out, &to, user, room)
                 {
-                    self.rooms
-                        .send_list(self.sessions.online_conns(), out, Some(&to));
+                    self.rooms.send_list(
+                        self.sessions.connected_users(),
+                        &mut self.reading,
+                        out,
+                        Some(&to),
+                    );
                 }
             }
             CheckedFrame::DeleteRoom { room } => {
-                if self
-                    .rooms
-                    .delete(&self.store, &mut self.limits, out, &to, user, &room)
-                {
-                    self.rooms
-                        .send_list(self.sessions.online_conns(), out, Some(&to));
+                if self.rooms.delete(
+                    &self.store,
+                    &mut self.reading,
+                    &mut self.limits,
+                    out,
+                    &to,
+                    user,
+                    &room,
+                ) {
+                    self.rooms.send_list(
+                        self.sessions.connected_users(),
+                        &mut self.reading,
+                        out,
+                        Some(&to),
+                    );
                 }
             }
-            CheckedFrame::Join { room, limit } => {
-                self.rooms
-                    .join(&self.store, &mut self.limits, out, &to, user, &room, limit)
-            }
+            CheckedFrame::Join { room, limit } => self.rooms.join(
+                &self.store,
+                &self.reading,
+                &mut self.limits,
+                out,
+                &to,
+                user,
+                &room,
+                limit,
+            ),
             CheckedFrame::Leave => self.rooms.leave(out, &to, &user.key),
             CheckedFrame::Send { id, text, ts } => self.sends.send(
                 &self.store,
@@ -398,14 +481,16 @@ impl Hub {
             } => search::search(
                 &self.store,
                 &self.rooms,
+                &mut self.limits,
                 out,
                 &to,
+                user,
                 query,
                 room,
                 limit,
                 before_seq,
             ),
-            CheckedFrame::Hello { .. } | CheckedFrame::Ping => {
+            CheckedFrame::Hello { .. } | CheckedFrame::Ping | CheckedFrame::SignOut => {
                 unreachable!("BUG: answered above")
             }
         }
@@ -448,6 +533,7 @@ mod tests {
                 max_users_per_ip: None,
                 max_rooms: 100,
                 join_code: None,
+                presence_grace: Duration::ZERO,
                 limits: LimitSettings {
                     messages_per_second,
                     room_switches_per_minute: 5,
@@ -725,6 +811,60 @@ mod tests {
         assert_eq!(lists[0]["type"], "rooms");
         assert_eq!(lists[0]["rooms"][0]["members"], 3);
         assert_eq!(h.hub.rooms.list_due, None);
+    }
+
+    #[test]
+    fn unread_counts_are_pushed_once_per_room_however_many_messages() {
+        let mut h = Harness::new();
+        h.sign_in(1, "alice");
+        h.connect(2);
+        h.request(2, json!({"type": "hello", "username": "bob"}));
+        h.request(2, json!({"type": "create_room", "room": "Design"}));
+        h.request(2, json!({"type": "join", "room": "Design"}));
+        h.hub.rooms.list_due = None;
+        h.frames(1);
+        h.frames(2);
+        for n in 0..3 {
+            h.request(2, send(&format!("d{n}"), "in Design, @alice"));
+        }
+        let unread = |frames: Vec<Value>| -> Vec<Value> {
+            frames
+                .into_iter()
+                .filter(|f| f["type"] == "unread")
+                .collect()
+        };
+        assert!(unread(h.frames(1)).is_empty(), "pushed before its delay");
+        let due = h.hub.reading.push_due.expect("a push is due");
+        assert!(due > Instant::now() - Duration::from_secs(1));
+        // The delay passes (the run loop wakes for it).
+        h.hub.reading.push_due = Some(Instant::now());
+        h.end_batch();
+        let pushed = unread(h.frames(1));
+        assert_eq!(
+            pushed,
+            [json!({"type": "unread", "room": "Design", "unread": 3, "mentions": 3})]
+        );
+        // Bob is in Design: he is told nothing about it.
+        assert!(unread(h.frames(2)).is_empty());
+        // More messages right after: alice was pushed just now, so these
+        // wait for her next turn, still due.
+        h.request(2, send("d3", "more"));
+        h.hub.reading.push_due = Some(Instant::now());
+        h.end_batch();
+        assert!(
+            unread(h.frames(1)).is_empty(),
+            "pushed twice within a second"
+        );
+        assert!(h.hub.reading.push_due.is_some(), "the change was forgotten");
+        // Reading it all: the reply carries the new counts.
+        h.request(
+            1,
+            json!({"type": "read", "room": "Design", "seq": 1_000_000}),
+        );
+        assert_eq!(
+            unread(h.frames(1)),
+            [json!({"type": "unread", "room": "Design", "unread": 0, "mentions": 0})]
+        );
     }
 
     #[test]

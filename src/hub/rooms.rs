@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::protocol::{
-    Checked, ErrorCode, NameKey, Page, PageQuery, PresenceState, RoomInfo, RoomName, RoomRef,
+    Checked, ErrorCode, NameKey, Page, PageQuery, PresenceState, RoomInfo, RoomName, RoomRef, Seq,
     ServerFrame, now_ms,
 };
 use crate::store::{RoomId, Store};
@@ -14,6 +14,7 @@ use crate::vocab::ConnId;
 use super::history::read_page;
 use super::limits::Limits;
 use super::outgoing::{Outgoing, To, encode};
+use super::reading::Reading;
 use super::sessions::Online;
 
 /// Longest a member count change waits to be sent in a room list.
@@ -38,6 +39,8 @@ pub(super) struct Room {
     members: BTreeMap<NameKey, Member>,
     /// Messages stored in the room, for pages' `total`.
     pub total: u64,
+    /// Its newest message's seq; 0 when it has none.
+    pub newest: Seq,
 }
 
 /// The live rooms and who is in them.
@@ -47,6 +50,9 @@ pub(super) struct Rooms {
     max_rooms: usize,
     /// The room each signed-in user is in, if any, by user key.
     whereabouts: HashMap<NameKey, NameKey>,
+    /// The room each user was in when their last session ended: going back
+    /// there is not a room switch.
+    left_behind: HashMap<NameKey, NameKey>,
     /// When the room list is due, after a member count changed.
     pub list_due: Option<Instant>,
 }
@@ -65,6 +71,7 @@ impl Rooms {
                     created_by: r.created_by,
                     members: BTreeMap::new(),
                     total: r.message_count,
+                    newest: r.newest,
                 };
                 (NameKey::of(&room.name), room)
             })
@@ -73,6 +80,7 @@ impl Rooms {
             rooms,
             max_rooms,
             whereabouts: HashMap::new(),
+            left_behind: HashMap::new(),
             list_due: None,
         })
     }
@@ -80,6 +88,11 @@ impl Rooms {
     /// Most live rooms.
     pub fn max_rooms(&self) -> usize {
         self.max_rooms
+    }
+
+    /// Every live room.
+    pub fn iter(&self) -> impl Iterator<Item = &Room> {
+        self.rooms.values()
     }
 
     pub fn get(&self, key: &NameKey) -> Option<&Room> {
@@ -124,39 +137,45 @@ impl Rooms {
             .get_or_insert_with(|| Instant::now() + ROOMS_COALESCE);
     }
 
-    /// The room list, sorted by name.
-    pub fn infos(&self) -> Vec<RoomInfo> {
+    /// The room list, sorted by name, with one user's (unread, mentions)
+    /// in each room as `counts` gives them.
+    pub fn infos(&self, mut counts: impl FnMut(&Room) -> (u64, u64)) -> Vec<RoomInfo> {
         let mut rooms: Vec<RoomInfo> = self
             .rooms
             .values()
-            .map(|r| RoomInfo {
-                name: r.name.clone(),
-                created_at: r.created_at,
-                created_by: r.created_by.clone(),
-                members: r.members.len(),
+            .map(|r| {
+                let (unread, mentions) = counts(r);
+                RoomInfo {
+                    name: r.name.clone(),
+                    created_at: r.created_at,
+                    created_by: r.created_by.clone(),
+                    members: r.members.len(),
+                    unread,
+                    mentions,
+                }
             })
             .collect();
         rooms.sort_by(|a, b| a.name.cmp(&b.name));
         rooms
     }
 
-    /// Sends the room list to every signed-in connection (`online`);
-    /// `requester` gets its copy with its `req`.
-    pub fn send_list(
+    /// Sends the room list to every signed-in user (`online`), each with
+    /// their own counts; `requester` gets its copy with its `req`.
+    pub fn send_list<'a>(
         &mut self,
-        online: impl Iterator<Item = ConnId>,
+        online: impl Iterator<Item = (&'a NameKey, ConnId)>,
+        reading: &mut Reading,
         out: &mut Outgoing,
         requester: Option<&To>,
     ) {
         self.list_due = None;
-        let frame = ServerFrame::Rooms {
-            rooms: self.infos(),
-        };
-        let shared = encode(&frame);
-        for conn in online {
+        for (user, conn) in online {
+            let frame = ServerFrame::Rooms {
+                rooms: reading.room_list(self, user, false),
+            };
             match requester {
                 Some(to) if to.conn == conn => out.reply(to, &frame),
-                _ => out.frame(conn, shared.clone()),
+                _ => out.reply(&To { conn, req: None }, &frame),
             }
         }
     }
@@ -214,6 +233,7 @@ impl Rooms {
                 created_by: Some(user.name.clone()),
                 members: BTreeMap::new(),
                 total: 0,
+                newest: Seq(0),
             },
         );
         true
@@ -221,9 +241,11 @@ impl Rooms {
 
     /// Answers `delete_room`; true when the room is gone (the caller then
     /// sends the new room list).
+    #[allow(clippy::too_many_arguments)]
     pub fn delete(
         &mut self,
         store: &Store,
+        reading: &mut Reading,
         limits: &mut Limits,
         out: &mut Outgoing,
         to: &To,
@@ -244,6 +266,7 @@ impl Rooms {
             return false;
         }
         let live = self.rooms.remove(&room.key).expect("BUG: looked up above");
+        reading.room_deleted(live.id);
         log::info!("{}: {} deleted room {}", to.conn, user.name, live.name);
         let deleted = encode(&ServerFrame::RoomDeleted {
             room: live.name.clone(),
@@ -261,6 +284,7 @@ impl Rooms {
     pub fn join(
         &mut self,
         store: &Store,
+        reading: &Reading,
         limits: &mut Limits,
         out: &mut Outgoing,
         to: &To,
@@ -280,13 +304,17 @@ impl Rooms {
             Ok(page) => page,
             Err(e) => return out.storage_failed(to, "loading history", &e),
         };
+        let read_seq = reading.mark(&user.key, live.id);
         if self.whereabouts.get(&user.key) == Some(key) {
-            return out.reply(to, &self.joined_frame(key, history));
+            return out.reply(to, &self.joined_frame(key, history, read_seq));
         }
-        if let Err(refusal) = limits.switch(&user.key, Instant::now()) {
+        // Going back to the room a lost connection was in is no switch.
+        let back = self.left_behind.get(&user.key) == Some(key);
+        if !back && let Err(refusal) = limits.switch(&user.key, Instant::now()) {
             log::warn!("{}: {} hit the room switch rate limit", to.conn, user.name);
             return out.rate_limited(to, refusal.message, refusal.wait);
         }
+        self.left_behind.remove(&user.key);
         if let Some(previous) = self.whereabouts.get(&user.key).cloned() {
             self.remove_member(&user.key, &previous, out);
         }
@@ -306,19 +334,20 @@ impl Rooms {
             state: PresenceState::Joined,
         });
         let others: Vec<ConnId> = self.member_conns(key).filter(|c| *c != user.conn).collect();
-        out.reply(to, &self.joined_frame(key, history));
+        out.reply(to, &self.joined_frame(key, history, read_seq));
         for other in others {
             out.frame(other, presence.clone());
         }
         self.changed();
     }
 
-    fn joined_frame(&self, key: &NameKey, history: Page) -> ServerFrame {
+    fn joined_frame(&self, key: &NameKey, history: Page, read_seq: Seq) -> ServerFrame {
         let room = &self.rooms[key];
         ServerFrame::Joined {
             room: room.name.clone(),
             members: room.members.values().map(|m| m.name.clone()).collect(),
             history,
+            read_seq,
         }
     }
 
@@ -334,10 +363,12 @@ impl Rooms {
         self.changed();
     }
 
-    /// `user` signed out: they leave their room, if any.
+    /// `user`'s session ended: they leave their room, if any, and may come
+    /// back to it later without it counting as a switch.
     pub fn signed_out(&mut self, user: &NameKey, out: &mut Outgoing) {
         if let Some(room) = self.whereabouts.remove(user) {
             self.remove_member(user, &room, out);
+            self.left_behind.insert(user.clone(), room);
             self.changed();
         }
     }

@@ -1,6 +1,6 @@
 //! Sessions: every connection the hub knows, who is signed in on which,
-//! `hello` (sign-in and resume), the deadline for saying hello, and
-//! signing out when a connection ends.
+//! `hello` (sign-in and resume), the deadline for saying hello, the grace
+//! period a session outlives its connection by, and signing out.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -15,6 +15,7 @@ use crate::vocab::{ConnId, close};
 
 use super::limits::{self, Bucket, Limits, Refusal};
 use super::outgoing::{Outgoing, To};
+use super::reading::Reading;
 use super::rooms::Rooms;
 
 /// Wrong join codes one connection may send before it is closed.
@@ -41,10 +42,14 @@ pub(super) struct Online {
     pub user_id: UserId,
     /// Display name: the casing first used.
     pub name: String,
-    /// The connection their mail goes to.
+    /// The connection their mail goes to (while `away_until` is set, the
+    /// one that was lost).
     pub conn: ConnId,
     /// The resume token.
     session: String,
+    /// Set when their connection was lost: the session ends then unless
+    /// resumed.
+    away_until: Option<Instant>,
 }
 
 /// Every connection and every signed-in user.
@@ -55,6 +60,11 @@ pub(super) struct Sessions {
     max_users_per_ip: Option<usize>,
     /// What `hello` must carry to sign in under a new session; None: nothing.
     join_code: Option<String>,
+    /// How long a session outlives a lost connection.
+    grace: Duration,
+    /// Sessions whose connection was lost, oldest first, with when they
+    /// end. Entries of sessions resumed meanwhile are skipped.
+    away_deadlines: VecDeque<(Instant, NameKey)>,
     conns: HashMap<ConnId, Connection>,
     /// Connections that have not said hello yet, oldest first, with their
     /// deadlines. Entries of connections that have since signed in or gone
@@ -76,11 +86,14 @@ impl Sessions {
         max_users: usize,
         max_users_per_ip: Option<usize>,
         join_code: Option<String>,
+        grace: Duration,
     ) -> Sessions {
         Sessions {
             max_users,
             max_users_per_ip,
             join_code,
+            grace,
+            away_deadlines: VecDeque::new(),
             conns: HashMap::new(),
             hello_deadlines: VecDeque::new(),
             online: HashMap::new(),
@@ -152,9 +165,58 @@ impl Sessions {
         }
     }
 
-    /// Where every signed-in user's mail goes.
-    pub fn online_conns(&self) -> impl Iterator<Item = ConnId> + '_ {
-        self.online.values().map(|o| o.conn)
+    /// Every signed-in user and their connection (None while it is lost
+    /// and the session waits for them).
+    pub fn users(&self) -> impl Iterator<Item = (&NameKey, Option<ConnId>)> + '_ {
+        self.online
+            .values()
+            .map(|o| (&o.key, o.away_until.is_none().then_some(o.conn)))
+    }
+
+    /// Every signed-in user with a live connection, and that connection.
+    pub fn connected_users(&self) -> impl Iterator<Item = (&NameKey, ConnId)> + '_ {
+        self.users()
+            .filter_map(|(user, conn)| conn.map(|conn| (user, conn)))
+    }
+
+    /// When the first session waiting for its user ends.
+    pub fn next_away_deadline(&mut self) -> Option<Instant> {
+        while let Some((deadline, user)) = self.away_deadlines.front() {
+            if self
+                .online
+                .get(user)
+                .is_some_and(|o| o.away_until == Some(*deadline))
+            {
+                return Some(*deadline);
+            }
+            self.away_deadlines.pop_front();
+        }
+        None
+    }
+
+    /// Ends the sessions whose users did not come back in time.
+    pub fn expire_away(
+        &mut self,
+        store: &Store,
+        rooms: &mut Rooms,
+        reading: &mut Reading,
+        out: &mut Outgoing,
+        now: Instant,
+    ) {
+        while let Some((deadline, _)) = self.away_deadlines.front() {
+            if *deadline > now {
+                break;
+            }
+            let (deadline, user) = self.away_deadlines.pop_front().expect("BUG: peeked");
+            if self
+                .online
+                .get(&user)
+                .is_some_and(|o| o.away_until == Some(deadline))
+            {
+                log::info!("{}'s session ended: they did not come back", user.as_str());
+                self.sign_out(store, rooms, reading, out, &user);
+            }
+        }
     }
 
     /// The oldest hello deadline still pending.
@@ -189,6 +251,7 @@ impl Sessions {
         &mut self,
         store: &Store,
         rooms: &mut Rooms,
+        reading: &mut Reading,
         limits: &mut Limits,
         out: &mut Outgoing,
         to: &To,
@@ -210,22 +273,28 @@ impl Sessions {
             .is_some_and(|online| resume.as_deref() == Some(online.session.as_str()));
         // A live session's token is proof enough; anything else needs the
         // join code, before it learns anything (even who is online).
-        if !resuming && !self.join_code_ok(store, rooms, limits, out, to, code) {
+        if !resuming && !self.join_code_ok(store, rooms, reading, limits, out, to, code) {
             return;
         }
         if let Some(online) = self.online.get(&key)
             && !resuming
         {
-            log::info!(
-                "{}: login refused from {peer}: {name} is already online",
-                to.conn
-            );
-            let message = format!("{} is already signed in. Choose another name.", online.name);
-            return out.error(to, ErrorCode::UsernameTaken, message);
+            if online.away_until.is_none() {
+                log::info!(
+                    "{}: login refused from {peer}: {name} is already online",
+                    to.conn
+                );
+                let message = format!("{} is already signed in. Choose another name.", online.name);
+                return out.error(to, ErrorCode::UsernameTaken, message);
+            }
+            // A session waiting for a lost connection, and a sign-in without
+            // its token: the old session ends, and this is a new one.
+            self.sign_out(store, rooms, reading, out, &key);
         }
         if let Some(online) = self.online.get_mut(&key) {
             // Resume: the new connection takes over the session, its room and
             // its presence; the others in the room see no change.
+            online.away_until = None;
             let old = std::mem::replace(&mut online.conn, to.conn);
             let (name, session) = (online.name.clone(), online.session.clone());
             if let Some(old_conn) = self.conns.get_mut(&old) {
@@ -234,6 +303,7 @@ impl Sessions {
             self.drop_conn(
                 store,
                 rooms,
+                reading,
                 out,
                 old,
                 close::REPLACED,
@@ -252,7 +322,7 @@ impl Sessions {
                 .room_of(&key)
                 .and_then(|r| rooms.get(r))
                 .map(|r| r.name.clone());
-            return welcome(rooms, limits, out, to, name, session, room);
+            return welcome(rooms, reading, limits, out, to, &key, name, session, room);
         }
         if self.online.len() >= self.max_users {
             log::warn!(
@@ -305,6 +375,9 @@ impl Sessions {
             Ok(user) => user,
             Err(e) => return out.storage_failed(to, "recording a login", &e),
         };
+        if let Err(e) = reading.signed_in(store, rooms, &key, user.id) {
+            return out.storage_failed(to, "reading read marks", &e);
+        }
         let session = crate::random::token();
         self.online.insert(
             key.clone(),
@@ -314,22 +387,27 @@ impl Sessions {
                 name: user.name.clone(),
                 conn: to.conn,
                 session: session.clone(),
+                away_until: None,
             },
         );
         self.conns
             .get_mut(&to.conn)
             .expect("BUG: the caller checked the conn")
-            .user = Some(key);
+            .user = Some(key.clone());
         log::info!("{}: {} signed in from {peer}", to.conn, user.name);
-        welcome(rooms, limits, out, to, user.name, session, None);
+        welcome(
+            rooms, reading, limits, out, to, &key, user.name, session, None,
+        );
     }
 
     /// Checks `hello`'s join code, answering it when it is missing or
     /// wrong; after [`MAX_WRONG_CODES`] wrong ones the connection is closed.
+    #[allow(clippy::too_many_arguments)]
     fn join_code_ok(
         &mut self,
         store: &Store,
         rooms: &mut Rooms,
+        reading: &mut Reading,
         limits: &mut Limits,
         out: &mut Outgoing,
         to: &To,
@@ -371,6 +449,7 @@ impl Sessions {
             self.drop_conn(
                 store,
                 rooms,
+                reading,
                 out,
                 to.conn,
                 close::POLICY,
@@ -380,11 +459,13 @@ impl Sessions {
         false
     }
 
-    /// The connection's reader ended: forget it and sign its user out.
+    /// The connection's reader ended: forget it; its user's session waits
+    /// for them (see [`Sessions::lost`]).
     pub fn disconnected(
         &mut self,
         store: &Store,
         rooms: &mut Rooms,
+        reading: &mut Reading,
         out: &mut Outgoing,
         conn: ConnId,
     ) {
@@ -394,16 +475,18 @@ impl Sessions {
         log::info!("{conn}: disconnected ({})", state.peer);
         out.forget(conn);
         if let Some(user) = state.user {
-            self.sign_out(store, rooms, out, &user);
+            self.lost(store, rooms, reading, out, &user);
         }
     }
 
     /// Ends a connection from the hub's side: closes it with a reason and
-    /// forgets it, signing its user out.
+    /// forgets it; its user's session waits for them.
+    #[allow(clippy::too_many_arguments)]
     pub fn drop_conn(
         &mut self,
         store: &Store,
         rooms: &mut Rooms,
+        reading: &mut Reading,
         out: &mut Outgoing,
         conn: ConnId,
         code: u16,
@@ -414,14 +497,75 @@ impl Sessions {
         };
         out.close(conn, code, reason);
         if let Some(user) = state.user {
-            self.sign_out(store, rooms, out, &user);
+            self.lost(store, rooms, reading, out, &user);
         }
     }
 
-    fn sign_out(&mut self, store: &Store, rooms: &mut Rooms, out: &mut Outgoing, user: &NameKey) {
+    /// A signed-in user's connection is gone without a `sign_out`: their
+    /// session, room and presence stay for the grace period, for a `hello`
+    /// with the resume token to take back; then it ends.
+    fn lost(
+        &mut self,
+        store: &Store,
+        rooms: &mut Rooms,
+        reading: &mut Reading,
+        out: &mut Outgoing,
+        user: &NameKey,
+    ) {
+        if self.grace.is_zero() {
+            return self.sign_out(store, rooms, reading, out, user);
+        }
+        let Some(online) = self.online.get_mut(user) else {
+            return;
+        };
+        let until = Instant::now() + self.grace;
+        online.away_until = Some(until);
+        self.away_deadlines.push_back((until, user.clone()));
+        log::info!(
+            "{}'s connection was lost; their session waits {:?} for them",
+            online.name,
+            self.grace
+        );
+    }
+
+    /// Answers `sign_out`: the session ends now and the connection is
+    /// closed.
+    pub fn sign_out_request(
+        &mut self,
+        store: &Store,
+        rooms: &mut Rooms,
+        reading: &mut Reading,
+        out: &mut Outgoing,
+        to: &To,
+    ) {
+        let Some(user) = self.conns.get_mut(&to.conn).and_then(|c| c.user.take()) else {
+            return;
+        };
+        self.sign_out(store, rooms, reading, out, &user);
+        out.reply(to, &ServerFrame::SignedOut);
+        self.drop_conn(
+            store,
+            rooms,
+            reading,
+            out,
+            to.conn,
+            close::NORMAL,
+            "signed out",
+        );
+    }
+
+    fn sign_out(
+        &mut self,
+        store: &Store,
+        rooms: &mut Rooms,
+        reading: &mut Reading,
+        out: &mut Outgoing,
+        user: &NameKey,
+    ) {
         let Some(online) = self.online.remove(user) else {
             return;
         };
+        reading.signed_out(user);
         log::info!("{} signed out", online.name);
         if let Err(e) = store.touch_user(online.user_id, now_ms()) {
             out.metrics.storage_error();
@@ -448,11 +592,14 @@ impl Sessions {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn welcome(
     rooms: &Rooms,
+    reading: &mut Reading,
     limits: &Limits,
     out: &mut Outgoing,
     to: &To,
+    user: &NameKey,
     username: String,
     session: String,
     room: Option<String>,
@@ -461,7 +608,7 @@ fn welcome(
         username,
         session,
         room,
-        rooms: rooms.infos(),
+        rooms: reading.room_list(rooms, user, true),
         limits: WireLimits {
             max_text_chars: MAX_TEXT_CHARS,
             page_sizes: PAGE_SIZES,

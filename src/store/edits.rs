@@ -13,7 +13,7 @@ use std::time::Duration;
 use rusqlite::{OptionalExtension, params};
 
 use super::{RoomId, Store, UserId};
-use crate::protocol::Seq;
+use crate::protocol::{NameKey, Seq};
 
 /// Schema version 4, the columns an edit and a delete set.
 pub(super) const SCHEMA_V4: &str = "
@@ -72,19 +72,37 @@ impl Store {
         Ok(changed > 0)
     }
 
-    /// Erases the text of a message that is not deleted yet, and its words
-    /// in the search index (a trigger), in one transaction, keeping its
-    /// place. False if there was no such message.
+    /// Erases the text of a message that is not deleted yet, the names it
+    /// mentions and its words in the search index (a trigger), in one
+    /// transaction, keeping its place. False if there was no such message.
     pub fn delete_message(&mut self, seq: Seq, now: i64) -> rusqlite::Result<bool> {
-        let changed = self
-            .conn
+        let tx = self.conn.transaction()?;
+        let found: Option<(RoomId, Option<String>)> = tx
             .prepare_cached(
-                "UPDATE messages SET text = '', deleted_at = ?2
-                 WHERE seq = ?1 AND deleted_at IS NULL",
+                "SELECT room_id, mentions FROM messages WHERE seq = ?1 AND deleted_at IS NULL",
             )?
-            .execute(params![seq, now])?;
-        self.erased |= changed > 0;
-        Ok(changed > 0)
+            .query_row([seq], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        let Some((room_id, mentioned)) = found else {
+            return Ok(false);
+        };
+        tx.prepare_cached(
+            "UPDATE messages SET text = '', mentions = NULL, deleted_at = ?2 WHERE seq = ?1",
+        )?
+        .execute(params![seq, now])?;
+        // Whom it mentioned is part of what it said. By the mentions
+        // table's key, user first, one row per name.
+        let mut forget = tx.prepare_cached(
+            "DELETE FROM mentions WHERE room_id = ?2 AND seq = ?3
+                 AND user_id = (SELECT id FROM users WHERE name_key = ?1)",
+        )?;
+        for name in super::mention_names(mentioned) {
+            forget.execute(params![NameKey::of(&name).as_str(), room_id, seq])?;
+        }
+        drop(forget);
+        tx.commit()?;
+        self.erased = true;
+        Ok(true)
     }
 
     /// After an edit or delete, takes the old text out of the WAL: a
@@ -140,6 +158,7 @@ mod tests {
                 text: text.into(),
                 ts: 10,
                 received_at: 10,
+                mentions: Vec::new(),
             }])
             .unwrap();
         let Stored::New(seq) = stored[0] else {
@@ -152,8 +171,27 @@ mod tests {
     fn edits_and_deletes_keep_the_message_in_its_place() {
         let (_dir, mut store) = temp_store();
         let ann = store.login_user("ann", 1).unwrap();
+        let bob = store.login_user("bob", 1).unwrap();
         let first = store_one(&mut store, ann.id, "frist");
-        let second = store_one(&mut store, ann.id, "second");
+        let stored = store
+            .insert_messages(&[NewMessage {
+                room_id: GENERAL,
+                user_id: ann.id,
+                client_id: "mention".into(),
+                text: "second, @bob".into(),
+                ts: 10,
+                received_at: 10,
+                mentions: vec![(bob.id, "bob".into())],
+            }])
+            .unwrap();
+        let second = stored[0].seq();
+        let mentions = |store: &Store| -> i64 {
+            store
+                .conn
+                .query_row("SELECT count(*) FROM mentions", [], |row| row.get(0))
+                .unwrap()
+        };
+        assert_eq!(mentions(&store), 1);
         assert!(store.edit_message(first, "first", 20).unwrap());
         assert!(store.delete_message(second, 30).unwrap());
         // A deleted message can be neither edited nor deleted again.
@@ -172,6 +210,9 @@ mod tests {
             shown,
             [(first, "first", Some(20), false), (second, "", None, true)]
         );
+        // Whom it mentioned went with its text.
+        assert!(page.messages[1].0.mentions.is_empty());
+        assert_eq!(mentions(&store), 0);
         let record = store.message(second).unwrap().unwrap();
         assert_eq!(
             record,

@@ -105,7 +105,7 @@ impl Snapshot {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT m.seq, m.client_id, u.name, m.text, m.ts, m.edited_at
+                "SELECT m.seq, m.client_id, u.name, m.text, m.ts, m.edited_at, m.mentions
                  FROM messages m JOIN users u ON u.id = m.user_id
                  WHERE m.room_id = ?1 AND m.ts >= ?2 AND m.deleted_at IS NULL
                  ORDER BY m.ts, m.seq",
@@ -126,6 +126,7 @@ impl Snapshot {
                     ts: row.get(4)?,
                     edited_at: row.get(5)?,
                     deleted: false,
+                    mentions: super::mention_names(row.get(6)?),
                 })
             })()
             .map_err(fail)?;
@@ -150,6 +151,7 @@ mod tests {
             text: format!("text {id}"),
             ts,
             received_at: ts,
+            mentions: Vec::new(),
         }
     }
 

@@ -29,8 +29,9 @@ pub use search::{SearchRows, match_expression};
 const APPLICATION_ID: i64 = 0x5052_4c52;
 /// The schema version this code writes; older files are migrated forward.
 /// Version 2: names are keyed by `protocol::name_key` (look-alikes are one
-/// name) instead of case folding alone. Version 4: messages can be edited
-/// and deleted (`edits`), and are indexed for search (`search`).
+/// name) instead of case folding alone. Version 3: read marks and mentions.
+/// Version 4: messages can be edited and deleted (`edits`), and are
+/// indexed for search (`search`).
 const SCHEMA_VERSION: i64 = 4;
 
 /// How long a statement waits for a lock another connection (an export, a
@@ -68,6 +69,35 @@ CREATE TABLE messages (
 CREATE INDEX messages_room_ts ON messages(room_id, ts, seq);
 CREATE INDEX messages_room_seq ON messages(room_id, seq);
 ";
+
+/// Read marks (how far each user has read each room) and mentions (which
+/// users each message names, to count them; the display names also ride in
+/// `messages.mentions`, one per line). Counting unread messages reads only
+/// the `(room_id, seq, user_id)` index.
+const SCHEMA_V3: &str = "
+CREATE TABLE read_marks (
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    room_id INTEGER NOT NULL REFERENCES rooms(id),
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (user_id, room_id)
+) WITHOUT ROWID;
+CREATE TABLE mentions (
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    room_id INTEGER NOT NULL REFERENCES rooms(id),
+    seq INTEGER NOT NULL REFERENCES messages(seq),
+    PRIMARY KEY (user_id, room_id, seq)
+) WITHOUT ROWID;
+ALTER TABLE messages ADD COLUMN mentions TEXT;
+CREATE INDEX messages_room_seq_user ON messages(room_id, seq, user_id);
+DROP INDEX messages_room_seq;
+";
+
+/// Every user's read mark in every live room: the room's newest message
+/// (for a database from before read marks, and for a new user).
+const MARK_ALL_READ: &str = "
+INSERT INTO read_marks (user_id, room_id, seq)
+SELECT u.id, r.id, COALESCE((SELECT max(m.seq) FROM messages m WHERE m.room_id = r.id), 0)
+FROM users u, rooms r WHERE r.deleted_at IS NULL";
 
 /// A user's row id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -110,6 +140,8 @@ pub struct RoomRecord {
     pub created_by: Option<String>,
     /// How many messages it holds.
     pub message_count: u64,
+    /// Its newest message's seq; 0 when it has none.
+    pub newest: Seq,
 }
 
 /// A user as stored; `name` keeps the casing first used.
@@ -167,6 +199,19 @@ pub struct NewMessage {
     pub ts: i64,
     /// The server's clock when it arrived.
     pub received_at: i64,
+    /// The users it mentions: ids and display names, each once.
+    pub mentions: Vec<(UserId, String)>,
+}
+
+/// A read mark: `user` has seen `room` up to `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadMark {
+    /// Whose.
+    pub user: UserId,
+    /// In which room.
+    pub room: RoomId,
+    /// Up to which message.
+    pub seq: Seq,
 }
 
 /// A slice of history, oldest first.
@@ -278,6 +323,11 @@ impl Store {
             // unique.
             rekey(&tx, "rooms", "deleted_at IS NULL")?;
         }
+        if from < 3 {
+            tx.execute_batch(SCHEMA_V3)?;
+            // What was there before read marks counts as read.
+            tx.execute(MARK_ALL_READ, [])?;
+        }
         if from < 4 {
             tx.execute_batch(edits::SCHEMA_V4)?;
             search::create_index(&tx)?;
@@ -289,7 +339,8 @@ impl Store {
     /// All rooms that have not been deleted.
     pub fn live_rooms(&self) -> rusqlite::Result<Vec<RoomRecord>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT r.id, r.name, r.created_at, u.name, r.message_count
+            "SELECT r.id, r.name, r.created_at, u.name, r.message_count,
+                    COALESCE((SELECT max(m.seq) FROM messages m WHERE m.room_id = r.id), 0)
              FROM rooms r LEFT JOIN users u ON u.id = r.created_by
              WHERE r.deleted_at IS NULL ORDER BY r.id",
         )?;
@@ -300,16 +351,20 @@ impl Store {
                 created_at: row.get(2)?,
                 created_by: row.get(3)?,
                 message_count: row.get::<_, i64>(4)?.max(0) as u64,
+                newest: row.get(5)?,
             })
         })?;
         rows.collect()
     }
 
-    /// Records a login: creates the user on first use (keeping that casing)
-    /// and updates `last_seen`.
+    /// Records a login: creates the user on first use (keeping that casing,
+    /// with every live room read up to its newest message) and updates
+    /// `last_seen`.
     pub fn login_user(&self, name: &str, now: i64) -> rusqlite::Result<UserRecord> {
         let key = NameKey::of(name);
-        self.conn
+        let tx = self.conn.unchecked_transaction()?;
+        let known = self.find_user(&key)?;
+        let user = tx
             .prepare_cached(
                 "INSERT INTO users (name, name_key, created_at, last_seen) VALUES (?1, ?2, ?3, ?3)
                  ON CONFLICT (name_key) DO UPDATE SET last_seen = excluded.last_seen
@@ -320,7 +375,69 @@ impl Store {
                     id: row.get(0)?,
                     name: row.get(1)?,
                 })
+            })?;
+        if known.is_none() {
+            tx.prepare_cached(&format!("{MARK_ALL_READ} AND u.id = ?1"))?
+                .execute([user.id])?;
+        }
+        tx.commit()?;
+        Ok(user)
+    }
+
+    /// The user with this key, if one ever signed in.
+    pub fn find_user(&self, key: &NameKey) -> rusqlite::Result<Option<UserRecord>> {
+        self.conn
+            .prepare_cached("SELECT id, name FROM users WHERE name_key = ?1")?
+            .query_row([key.as_str()], |row| {
+                Ok(UserRecord {
+                    id: row.get(0)?,
+                    name: row.get(1)?,
+                })
             })
+            .optional()
+    }
+
+    /// A user's read marks, by room (rooms without one start at 0).
+    pub fn read_marks(&self, user: UserId) -> rusqlite::Result<Vec<(RoomId, Seq)>> {
+        self.conn
+            .prepare_cached("SELECT room_id, seq FROM read_marks WHERE user_id = ?1")?
+            .query_map([user], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect()
+    }
+
+    /// What `user` has not read in `room` after `mark`: messages from others,
+    /// and how many of them mention the user.
+    pub fn unread(&self, user: UserId, room: RoomId, mark: Seq) -> rusqlite::Result<(u64, u64)> {
+        let count = |sql: &str| -> rusqlite::Result<u64> {
+            self.conn
+                .prepare_cached(sql)?
+                .query_row(params![room, mark, user], |row| row.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+        };
+        Ok((
+            count(
+                "SELECT count(*) FROM messages WHERE room_id = ?1 AND seq > ?2 AND user_id <> ?3",
+            )?,
+            count(
+                "SELECT count(*) FROM mentions WHERE user_id = ?3 AND room_id = ?1 AND seq > ?2",
+            )?,
+        ))
+    }
+
+    /// Stores read marks in one transaction, each only if it is further
+    /// than the one stored.
+    pub fn save_read_marks(&mut self, marks: &[ReadMark]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut save = tx.prepare_cached(
+                "INSERT INTO read_marks (user_id, room_id, seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_id, room_id) DO UPDATE SET seq = max(seq, excluded.seq)",
+            )?;
+            for mark in marks {
+                save.execute(params![mark.user, mark.room, mark.seq])?;
+            }
+        }
+        tx.commit()
     }
 
     /// Whether a user with this key has ever signed in.
@@ -390,18 +507,23 @@ impl Store {
         let mut counts: Vec<(RoomId, i64)> = Vec::new();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO messages (room_id, user_id, client_id, text, ts, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO messages (room_id, user_id, client_id, text, ts, received_at, mentions)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (user_id, client_id) DO NOTHING",
             )?;
             for m in batch {
+                let names = (!m.mentions.is_empty()).then(|| {
+                    let names: Vec<&str> = m.mentions.iter().map(|(_, n)| n.as_str()).collect();
+                    names.join("\n")
+                });
                 let inserted = insert.execute(params![
                     m.room_id,
                     m.user_id,
                     m.client_id,
                     m.text,
                     m.ts,
-                    m.received_at
+                    m.received_at,
+                    names
                 ])?;
                 if inserted == 0 {
                     let original = find_sent(&tx, m.user_id, &m.client_id)?
@@ -409,7 +531,18 @@ impl Store {
                     stored.push(Stored::Repeat(original));
                     continue;
                 }
-                stored.push(Stored::New(Seq(tx.last_insert_rowid())));
+                let seq = Seq(tx.last_insert_rowid());
+                stored.push(Stored::New(seq));
+                if !m.mentions.is_empty() {
+                    let mut mention = tx.prepare_cached(
+                        "INSERT INTO mentions (user_id, room_id, seq) VALUES (?1, ?2, ?3)",
+                    )?;
+                    // They count towards unread mentions; mentioning
+                    // yourself does not.
+                    for (user, _) in m.mentions.iter().filter(|(u, _)| *u != m.user_id) {
+                        mention.execute(params![user, m.room_id, seq])?;
+                    }
+                }
                 match counts.iter_mut().find(|(room, _)| *room == m.room_id) {
                     Some((_, n)) => *n += 1,
                     None => counts.push((m.room_id, 1)),
@@ -563,6 +696,13 @@ impl Store {
                 |row| row.get(0),
             )
     }
+}
+
+/// The display names in a `messages.mentions` column.
+fn mention_names(column: Option<String>) -> Vec<String> {
+    column
+        .map(|names| names.split('\n').map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 /// Writes a consistent copy of the Parlor database at `db` to `dest` (which
@@ -730,7 +870,7 @@ fn find_sent(
 /// The columns [`message_row`] reads, from `messages m` joined with
 /// `users u`.
 const MESSAGE_COLUMNS: &str =
-    "m.seq, m.client_id, u.name, m.text, m.ts, m.edited_at, m.deleted_at IS NOT NULL";
+    "m.seq, m.client_id, u.name, m.text, m.ts, m.edited_at, m.deleted_at IS NOT NULL, m.mentions";
 
 /// A message read with [`MESSAGE_COLUMNS`], in `room`.
 fn message_row(row: &rusqlite::Row, room: String) -> rusqlite::Result<ChatMessage> {
@@ -743,6 +883,7 @@ fn message_row(row: &rusqlite::Row, room: String) -> rusqlite::Result<ChatMessag
         ts: row.get(4)?,
         edited_at: row.get(5)?,
         deleted: row.get(6)?,
+        mentions: mention_names(row.get(7)?),
     })
 }
 
@@ -777,6 +918,7 @@ pub(crate) mod tests {
             text: format!("text {id}"),
             ts,
             received_at: ts,
+            mentions: Vec::new(),
         }
     }
 

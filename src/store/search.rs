@@ -164,7 +164,7 @@ impl Store {
         let fetch = i64::from(limit) + 1;
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let map = |row: &rusqlite::Row| {
-            let room = row.get(7)?;
+            let room = row.get(8)?;
             message_row(row, room).map(PageMessage)
         };
         let mut messages = match room {
@@ -232,6 +232,7 @@ mod tests {
                 text: text.to_string(),
                 ts: 100 + i as i64,
                 received_at: 100,
+                mentions: Vec::new(),
             })
             .collect();
         store.insert_messages(&batch).unwrap();
@@ -285,6 +286,7 @@ mod tests {
                 text: format!("word{i} and some shared words"),
                 ts: i,
                 received_at: i,
+                mentions: Vec::new(),
             })
             .collect();
         store.insert_messages(&batch).unwrap();

@@ -78,6 +78,7 @@ fn seed(db: &Path, rooms: &[(&str, usize)]) {
                     text: format!("{room} message {i}"),
                     ts,
                     received_at: ts,
+                    mentions: Vec::new(),
                 }
             })
             .collect();
@@ -798,6 +799,7 @@ fn timestamps_out_of_any_calendar_show_as_unknown_time() {
         text: format!("stored with {id}"),
         ts,
         received_at: now_ms(),
+        mentions: Vec::new(),
     })
     .collect();
     store.insert_messages(&odd).expect("add the messages");

@@ -238,7 +238,12 @@ fn protocol_violations_close_with_the_right_code_and_others_carry_on() {
 
 #[test]
 fn a_client_that_stops_reading_is_cut_off_without_slowing_the_sender() {
-    let server = TestServer::start_with(|c| c.messages_per_second = 1_000_000);
+    // The stuck client's session ends as it is cut off, not after a grace
+    // period for its page to come back.
+    let server = TestServer::start_with(|c| {
+        c.messages_per_second = 1_000_000;
+        c.presence_grace = Duration::ZERO;
+    });
     let stuck = server.login_in("stuck", "general");
     let mut sender = server.login_in("sender", "general");
     sender.clear();
@@ -359,7 +364,8 @@ fn every_close_code_arrives_every_time() {
 /// still get in.
 #[test]
 fn idle_handshaken_sockets_from_two_addresses_cannot_keep_a_person_out() {
-    let server = TestServer::start();
+    // Each round's person leaves for good: their seat is free at once.
+    let server = TestServer::start_with(|c| c.presence_grace = Duration::ZERO);
     let addr = server.ws_addr();
     let per_ip = Config::default().max_users * 2 + 8;
     let mut crowds: Vec<(&str, Vec<Client>)> = vec![("127.0.0.2", vec![]), ("127.0.0.3", vec![])];

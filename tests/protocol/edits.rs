@@ -73,7 +73,7 @@ fn a_deleted_message_keeps_its_place_in_history_as_an_empty_tombstone() {
     let mut alice = server.login_in("alice", "general");
     let mut bob = server.login_in("bob", "general");
     let first = said(&mut alice, "a", "first");
-    let oops = said(&mut alice, "b", "my password is hunter2");
+    let oops = said(&mut alice, "b", "@bob my password is hunter2");
     let last = said(&mut bob, "c", "last");
     let before = newest_page(&mut bob, "general");
     assert_eq!(before["total"], 3);
@@ -96,8 +96,11 @@ fn a_deleted_message_keeps_its_place_in_history_as_an_empty_tombstone() {
     assert_eq!(seqs, [first, oops, last], "the tombstone keeps its place");
     let tombstone = &after["messages"][1];
     let mut expected = before["messages"][1].clone();
+    assert_eq!(expected["mentions"], json!(["bob"]), "{expected}");
+    // Only its place is kept: not the text, nor whom it mentioned.
     expected["text"] = json!("");
     expected["deleted"] = json!(true);
+    expected.as_object_mut().unwrap().remove("mentions");
     assert_eq!(tombstone, &expected);
     assert!(
         !after.to_string().contains("hunter2"),

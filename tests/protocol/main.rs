@@ -11,6 +11,7 @@ mod edits;
 mod http;
 mod messages;
 mod metrics;
+mod reading;
 mod search;
 mod sessions;
 mod tls;

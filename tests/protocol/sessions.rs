@@ -116,8 +116,11 @@ fn server_full_counts_distinct_users() {
     let mut b2 = server.connect();
     let welcome = b2.request(json!({"type": "hello", "username": "b", "resume": session}));
     assert_eq!(welcome["type"], "welcome", "{welcome}");
-    // Once b is gone, c gets in on the same socket.
-    drop(b2);
+    // Once b signs out, c gets in on the same socket.
+    assert_eq!(
+        b2.request(json!({"type": "sign_out"}))["type"],
+        "signed_out"
+    );
     let welcome = c.hello_retrying("c", "server_full");
     assert_eq!(welcome["username"], "c");
 }
@@ -448,4 +451,126 @@ fn an_address_that_guesses_join_codes_is_slowed_to_a_few_an_hour() {
     let mut late = server.connect();
     let reply = late.request(json!({"type": "hello", "username": "m", "code": "tea at five"}));
     assert_error(&reply, "rate_limited");
+}
+
+/// A page that loses its connection and comes back within the grace period
+/// with its token keeps its session: nobody sees it leave or join, and
+/// going back into its room is no room switch.
+#[test]
+fn a_dropped_connection_resumed_within_the_grace_period_is_unnoticed() {
+    let server = TestServer::start_with(|c| {
+        c.presence_grace = Duration::from_secs(30);
+        c.room_switches_per_minute = 1;
+    });
+    let mut erin = server.login_in("erin", "general");
+    let mut dave = server.connect();
+    let session = dave.hello("dave")["session"].as_str().unwrap().to_string();
+    assert_eq!(dave.join("general")["type"], "joined");
+    erin.expect("presence");
+    // The network drops: the socket is gone without a sign_out.
+    drop(dave);
+    erin.assert_none(Duration::from_millis(500), "presence", |f| {
+        f["type"] == "presence"
+    });
+    let mut dave = server.connect();
+    let welcome = dave.request(json!({"type": "hello", "username": "dave", "resume": session}));
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    assert_eq!(welcome["room"], "general");
+    // The page re-joins its room; its one switch a minute is spent, and
+    // this is no switch.
+    assert_eq!(dave.join("general")["type"], "joined");
+    erin.say("e1", "still here?");
+    dave.wait_for("erin's message", |f| {
+        f["type"] == "message" && f["id"] == "e1"
+    });
+    erin.assert_none(Duration::from_millis(300), "presence", |f| {
+        f["type"] == "presence"
+    });
+    // The limit still holds for a real switch.
+    let design = dave.request(json!({"type": "create_room", "room": "Design"}));
+    assert_eq!(design["type"], "rooms", "{design}");
+    assert_error(&dave.join("Design"), "rate_limited");
+}
+
+/// Without a resume the session ends when the grace period is over: then
+/// the room sees the user leave. Going back into the room they were in is
+/// still no room switch.
+#[test]
+fn a_session_not_resumed_ends_after_the_grace_period() {
+    let server = TestServer::start_with(|c| {
+        c.presence_grace = Duration::from_millis(1500);
+        c.room_switches_per_minute = 1;
+    });
+    let mut erin = server.login_in("erin", "general");
+    let mut dave = server.login_in("dave", "general");
+    erin.expect("presence");
+    dave.clear();
+    drop(dave);
+    let dropped = std::time::Instant::now();
+    let left = erin.expect("presence");
+    assert_eq!(
+        (left["user"].as_str(), left["state"].as_str()),
+        (Some("dave"), Some("left"))
+    );
+    assert!(
+        dropped.elapsed() >= Duration::from_millis(1000),
+        "dave was signed out before the grace period ended"
+    );
+    // A new sign-in goes back to general without spending a switch.
+    let mut dave = server.login("dave");
+    assert_eq!(dave.join("general")["type"], "joined");
+    assert_eq!(erin.expect("presence")["state"], "joined");
+}
+
+/// A sign-in without the token while the old session waits for its
+/// connection (a new tab, another device) ends the old session and starts a
+/// new one; a sign-in while the old connection is alive is still refused.
+#[test]
+fn a_sign_in_without_the_token_ends_a_waiting_session() {
+    let server = TestServer::start_with(|c| c.presence_grace = Duration::from_secs(30));
+    let mut erin = server.login_in("erin", "general");
+    let dave = server.login_in("dave", "general");
+    erin.expect("presence");
+    assert_error(&server.connect().hello("dave"), "username_taken");
+    drop(dave);
+    let mut again = server.connect();
+    let welcome = again.hello_retrying("dave", "username_taken");
+    assert_eq!(welcome["room"], json!(null), "{welcome}");
+    let left = erin.expect("presence");
+    assert_eq!(
+        (left["user"].as_str(), left["state"].as_str()),
+        (Some("dave"), Some("left"))
+    );
+}
+
+/// `sign_out` ends the session at once: the room sees the user leave, the
+/// socket is closed normally, and the token no longer resumes anything.
+#[test]
+fn sign_out_ends_the_session_at_once() {
+    let server = TestServer::start_with(|c| c.presence_grace = Duration::from_secs(30));
+    let mut erin = server.login_in("erin", "general");
+    let mut dave = server.connect();
+    let session = dave.hello("dave")["session"].as_str().unwrap().to_string();
+    dave.join("general");
+    erin.expect("presence");
+    let bye = dave.request(json!({"type": "sign_out"}));
+    assert_eq!(bye["type"], "signed_out", "{bye}");
+    let left = erin.expect("presence");
+    assert_eq!(
+        (left["user"].as_str(), left["state"].as_str()),
+        (Some("dave"), Some("left"))
+    );
+    let close = dave.expect("__close");
+    assert_eq!(close["code"], 1000, "{close}");
+    // The old token is void: this is a new session, in no room.
+    let mut back = server.connect();
+    let welcome = back.request(json!({"type": "hello", "username": "dave", "resume": session}));
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    assert_eq!(welcome["room"], json!(null));
+    assert_ne!(welcome["session"], json!(session));
+    // Before signing in there is nothing to sign out of.
+    assert_error(
+        &server.connect().request(json!({"type": "sign_out"})),
+        "not_logged_in",
+    );
 }

@@ -1,0 +1,318 @@
+//! Reading: each signed-in user's read marks and unread counts per room,
+//! `read`, the `unread` frames pushed when counts change, and saving the
+//! marks.
+//!
+//! Counting is lazy so that a message costs the same however many people
+//! are signed in: a user's count in a room is what the store counted at a
+//! base point, plus the room's messages since, minus the user's own since.
+//! A commit only bumps the sender's own count and the mentioned users'
+//! mention counts; the pushes compare every user's counts with what they
+//! were last sent, at most once per [`PUSH_EVERY`] per user.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::protocol::{NameKey, RoomInfo, Seq, ServerFrame};
+use crate::store::{ReadMark, RoomId, Store, UserId};
+use crate::vocab::ConnId;
+
+use super::outgoing::{Outgoing, To};
+use super::rooms::{Room, Rooms};
+
+/// The first push after a quiet while waits this long, so one batch's
+/// messages (and the next few) go out as one count per room.
+const PUSH_DELAY: Duration = Duration::from_millis(100);
+
+/// Most often one user is pushed counts: a busy server costs each user at
+/// most one `unread` frame per room this often.
+pub(super) const PUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// Longest a moved read mark waits to be saved.
+const SAVE_DELAY: Duration = Duration::from_secs(1);
+
+/// One user's counts in one room.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    /// Read up to here.
+    mark: Seq,
+    /// Unread messages from others counted by the store at the base point.
+    base_unread: u64,
+    /// The room's message total at the base point.
+    base_total: u64,
+    /// The user's own messages in the room since the base point.
+    own: u64,
+    /// Unread messages that mention the user.
+    mentions: u64,
+    /// The counts last sent, None when never.
+    sent: Option<(u64, u64)>,
+}
+
+impl Counts {
+    /// Counts taken by the store now.
+    fn based(mark: Seq, room: &Room, unread: u64, mentions: u64) -> Counts {
+        Counts {
+            mark,
+            base_unread: unread,
+            base_total: room.total,
+            own: 0,
+            mentions,
+            sent: None,
+        }
+    }
+
+    /// (unread, mentions) now.
+    fn now(&self, room: &Room) -> (u64, u64) {
+        let since = room.total.saturating_sub(self.base_total);
+        (
+            (self.base_unread + since).saturating_sub(self.own),
+            self.mentions,
+        )
+    }
+}
+
+/// A signed-in user's counts.
+struct Reader {
+    user_id: UserId,
+    /// By room; a room missing here was created after the user signed in,
+    /// so its base is all zeros.
+    rooms: HashMap<RoomId, Counts>,
+    /// When the user may be pushed counts again.
+    next_push: Instant,
+}
+
+impl Reader {
+    fn counts(&mut self, room: &Room) -> &mut Counts {
+        self.rooms.entry(room.id).or_default()
+    }
+}
+
+/// Every signed-in user's read marks and counts.
+#[derive(Default)]
+pub(super) struct Reading {
+    readers: HashMap<NameKey, Reader>,
+    /// Marks moved and not yet saved.
+    unsaved: HashMap<(UserId, RoomId), Seq>,
+    /// When `unsaved` is due to be saved.
+    pub save_due: Option<Instant>,
+    /// When counts may have changed for someone; pushes are due.
+    pub push_due: Option<Instant>,
+}
+
+impl Reading {
+    /// A user signed in: their marks and counts in every live room, from
+    /// the store.
+    pub fn signed_in(
+        &mut self,
+        store: &Store,
+        rooms: &Rooms,
+        user: &NameKey,
+        user_id: UserId,
+    ) -> rusqlite::Result<()> {
+        let mut marks: HashMap<RoomId, Seq> = store.read_marks(user_id)?.into_iter().collect();
+        for (&(id, room), &seq) in &self.unsaved {
+            if id == user_id {
+                let mark = marks.entry(room).or_default();
+                *mark = (*mark).max(seq);
+            }
+        }
+        let mut counts = HashMap::new();
+        for room in rooms.iter() {
+            let mark = marks.get(&room.id).copied().unwrap_or_default();
+            let (unread, mentions) = if mark >= room.newest {
+                (0, 0)
+            } else {
+                store.unread(user_id, room.id, mark)?
+            };
+            counts.insert(room.id, Counts::based(mark, room, unread, mentions));
+        }
+        self.readers.insert(
+            user.clone(),
+            Reader {
+                user_id,
+                rooms: counts,
+                next_push: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// A user signed out: nothing more is counted for them in memory.
+    pub fn signed_out(&mut self, user: &NameKey) {
+        self.readers.remove(user);
+    }
+
+    /// `user`'s read mark in `room`.
+    pub fn mark(&self, user: &NameKey, room: RoomId) -> Seq {
+        self.readers
+            .get(user)
+            .and_then(|r| r.rooms.get(&room))
+            .map(|c| c.mark)
+            .unwrap_or_default()
+    }
+
+    /// The room list as `user` sees it, counts included. For a `welcome`
+    /// (`first`), the counts are the ones the user starts from; a change
+    /// later is pushed as an `unread` frame even when a room list carried it
+    /// first, so clients need only follow `unread` frames.
+    pub fn room_list(&mut self, rooms: &Rooms, user: &NameKey, first: bool) -> Vec<RoomInfo> {
+        let mut reader = self.readers.get_mut(user);
+        rooms.infos(|room| match reader.as_deref_mut() {
+            Some(reader) => {
+                let counts = reader.counts(room);
+                let now = counts.now(room);
+                if first {
+                    counts.sent = Some(now);
+                }
+                now
+            }
+            None => (0, 0),
+        })
+    }
+
+    /// A message from `sender` was committed in `room`, mentioning
+    /// `mentioned`; `room.total` already counts it.
+    pub fn committed(&mut self, room: &Room, sender: &NameKey, mentioned: &[NameKey]) {
+        if let Some(reader) = self.readers.get_mut(sender) {
+            reader.counts(room).own += 1;
+        }
+        for user in mentioned {
+            if user != sender
+                && let Some(reader) = self.readers.get_mut(user)
+            {
+                reader.counts(room).mentions += 1;
+            }
+        }
+        self.push_due
+            .get_or_insert_with(|| Instant::now() + PUSH_DELAY);
+    }
+
+    /// Answers `read`: the mark moves forward (never back, never past the
+    /// room's newest message) and the user gets their new counts.
+    pub fn read(
+        &mut self,
+        store: &Store,
+        out: &mut Outgoing,
+        to: &To,
+        user: &NameKey,
+        room: &Room,
+        seq: Seq,
+    ) {
+        let Some(reader) = self.readers.get_mut(user) else {
+            return;
+        };
+        let user_id = reader.user_id;
+        let counts = reader.counts(room);
+        let mark = seq.min(room.newest);
+        if mark > counts.mark {
+            let (unread, mentions) = if mark == room.newest {
+                (0, 0)
+            } else {
+                match store.unread(user_id, room.id, mark) {
+                    Ok(counts) => counts,
+                    Err(e) => return out.storage_failed(to, "counting unread messages", &e),
+                }
+            };
+            let sent = counts.sent;
+            *counts = Counts {
+                sent,
+                ..Counts::based(mark, room, unread, mentions)
+            };
+            let unsaved = self.unsaved.entry((user_id, room.id)).or_default();
+            *unsaved = (*unsaved).max(mark);
+            self.save_due
+                .get_or_insert_with(|| Instant::now() + SAVE_DELAY);
+        }
+        let (unread, mentions) = counts.now(room);
+        counts.sent = Some((unread, mentions));
+        out.reply(
+            to,
+            &ServerFrame::Unread {
+                room: room.name.clone(),
+                unread,
+                mentions,
+            },
+        );
+    }
+
+    /// Pushes changed counts to every signed-in user who may be pushed now,
+    /// for each room they are not in. `online` gives each user's connection
+    /// (None while their session waits for them to come back).
+    pub fn push<'a>(
+        &mut self,
+        rooms: &Rooms,
+        online: impl Iterator<Item = (&'a NameKey, Option<ConnId>)>,
+        out: &mut Outgoing,
+        now: Instant,
+    ) {
+        self.push_due = None;
+        for (user, conn) in online {
+            let (Some(reader), Some(conn)) = (self.readers.get_mut(user), conn) else {
+                continue;
+            };
+            let here = rooms
+                .room_of(user)
+                .and_then(|key| rooms.get(key))
+                .map(|r| r.id);
+            let mut pushed = false;
+            for room in rooms.iter() {
+                if Some(room.id) == here {
+                    continue;
+                }
+                let next_push = reader.next_push;
+                let counts = reader.counts(room);
+                let now_counts = counts.now(room);
+                if counts.sent == Some(now_counts) {
+                    continue;
+                }
+                if next_push > now {
+                    // Changed, but this user was pushed recently: later.
+                    self.push_due = Some(self.push_due.map_or(next_push, |due| due.min(next_push)));
+                    break;
+                }
+                counts.sent = Some(now_counts);
+                pushed = true;
+                let (unread, mentions) = now_counts;
+                out.reply(
+                    &To { conn, req: None },
+                    &ServerFrame::Unread {
+                        room: room.name.clone(),
+                        unread,
+                        mentions,
+                    },
+                );
+            }
+            if pushed {
+                reader.next_push = now + PUSH_EVERY;
+            }
+        }
+    }
+
+    /// Saves the marks moved since the last save; on failure they are kept
+    /// for the next try.
+    pub fn save(&mut self, store: &mut Store, out: &mut Outgoing) {
+        self.save_due = None;
+        if self.unsaved.is_empty() {
+            return;
+        }
+        let marks: Vec<ReadMark> = self
+            .unsaved
+            .iter()
+            .map(|(&(user, room), &seq)| ReadMark { user, room, seq })
+            .collect();
+        match store.save_read_marks(&marks) {
+            Ok(()) => self.unsaved.clear(),
+            Err(e) => {
+                out.metrics.storage_error();
+                log::warn!("storage: could not save {} read mark(s): {e}", marks.len());
+                self.save_due = Some(Instant::now() + SAVE_DELAY);
+            }
+        }
+    }
+
+    /// A room was deleted: forget everyone's counts in it.
+    pub fn room_deleted(&mut self, room: RoomId) {
+        for reader in self.readers.values_mut() {
+            reader.rooms.remove(&room);
+        }
+    }
+}
