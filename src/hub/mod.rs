@@ -18,8 +18,13 @@
 //! [`sessions`] (connections, sign-in, resume, the grace period),
 //! [`rooms`] (rooms, presence, the room list), [`messages`] (sends and the
 //! commit), [`reading`] (read marks and unread counts), [`history`] (pages),
+//! [`edits`] (editing and deleting one's own messages), [`search`],
 //! [`limits`] (rate limits), and [`outgoing`] (the batch's mail). A handler
 //! is given the parts it needs.
+//!
+//! After a batch that edited or deleted text, once its mail is handed over,
+//! the store checkpoints the WAL so the old text leaves the disk
+//! (`Store::scrub_erased`).
 
 mod edits;
 mod history;
