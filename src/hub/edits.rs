@@ -43,12 +43,12 @@ pub(super) fn edit(
     match store.edit_message(seq, &text, edited_at) {
         Ok(true) => {
             let frame = ServerFrame::Edited {
-                room: room.1,
+                room: room.name,
                 seq,
                 text,
                 edited_at,
             };
-            tell_room(rooms, out, to, &room.0, &frame);
+            tell_room(rooms, out, to, &room.key, &frame);
         }
         Ok(false) => no_such_message(out, to, seq),
         Err(e) => out.storage_failed(to, "editing a message", &e),
@@ -73,16 +73,26 @@ pub(super) fn delete(
     }
     match store.delete_message(seq, now_ms()) {
         Ok(true) => {
-            let frame = ServerFrame::MessageDeleted { room: room.1, seq };
-            tell_room(rooms, out, to, &room.0, &frame);
+            let frame = ServerFrame::MessageDeleted {
+                room: room.name,
+                seq,
+            };
+            tell_room(rooms, out, to, &room.key, &frame);
         }
         Ok(false) => no_such_message(out, to, seq),
         Err(e) => out.storage_failed(to, "deleting a message", &e),
     }
 }
 
-/// The key and display name of the live room of message `seq`, if `user`
-/// wrote it and it is not deleted; else the requester is told why not.
+/// The live room a message is in.
+struct MessageRoom {
+    key: NameKey,
+    /// Its display name.
+    name: String,
+}
+
+/// The live room of message `seq`, if `user` wrote it and it is not
+/// deleted; else the requester is told why not.
 fn own_message(
     store: &Store,
     rooms: &Rooms,
@@ -91,7 +101,7 @@ fn own_message(
     user: &Online,
     seq: Seq,
     verb: &str,
-) -> Option<(NameKey, String)> {
+) -> Option<MessageRoom> {
     let record = match store.message(seq) {
         Ok(record) => record,
         Err(e) => {
@@ -118,7 +128,10 @@ fn own_message(
         );
         return None;
     }
-    Some((key, room.name.clone()))
+    Some(MessageRoom {
+        name: room.name.clone(),
+        key,
+    })
 }
 
 fn no_such_message(out: &mut Outgoing, to: &To, seq: Seq) {
