@@ -7,6 +7,7 @@
 //! characters, page sizes), as pure functions. The hub only ever sees
 //! [`CheckedRequest`]s, and only decides what needs its state.
 
+use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -189,10 +190,12 @@ pub enum ClientFrame {
     SignOut,
     /// The user has seen `room` up to `seq`.
     Read { room: String, seq: i64 },
+    /// The user is typing in their room.
+    Typing,
 }
 
 /// Every `type` a client may send.
-const FRAME_TYPES: [&str; 13] = [
+const FRAME_TYPES: [&str; 14] = [
     "hello",
     "create_room",
     "delete_room",
@@ -206,6 +209,7 @@ const FRAME_TYPES: [&str; 13] = [
     "ping",
     "sign_out",
     "read",
+    "typing",
 ];
 
 /// A client frame together with its optional `req` correlation string.
@@ -339,6 +343,8 @@ pub enum CheckedFrame {
     SignOut,
     /// `bad_request` on `Err`.
     Read { room: RoomRef, seq: Checked<Seq> },
+    /// The user is typing.
+    Typing,
 }
 
 impl Request {
@@ -416,6 +422,7 @@ impl Request {
             },
             ClientFrame::Ping => CheckedFrame::Ping,
             ClientFrame::SignOut => CheckedFrame::SignOut,
+            ClientFrame::Typing => CheckedFrame::Typing,
             ClientFrame::Read { room, seq } => CheckedFrame::Read {
                 room: RoomRef::new(&room),
                 seq: if seq >= 0 {
@@ -521,6 +528,8 @@ pub enum ServerFrame {
         history: Page,
         /// The user's read mark in the room before this join.
         read_seq: Seq,
+        /// The read marks of the room's members, by display name.
+        read_by: BTreeMap<String, Seq>,
     },
     Left {
         room: String,
@@ -567,6 +576,17 @@ pub enum ServerFrame {
         mentions: u64,
     },
     SignedOut,
+    /// Someone in the room is typing.
+    Typing {
+        room: String,
+        user: String,
+    },
+    /// Someone in the room has read it up to `seq`.
+    ReadBy {
+        room: String,
+        user: String,
+        seq: Seq,
+    },
     Pong,
     Error {
         code: ErrorCode,
@@ -590,21 +610,75 @@ impl ServerFrame {
     /// carried one.
     pub fn encode(&self, req: Option<&str>) -> String {
         let body = serde_json::to_string(self).expect("BUG: server frames always serialize");
-        let Some(req) = req else {
-            return body;
-        };
-        // Every server frame is an object with at least a "type", and none
-        // has a field named "req" or "ref": the key goes first.
-        let rest = body
-            .strip_prefix('{')
-            .expect("BUG: a server frame is a JSON object");
         let key = if matches!(self, ServerFrame::Error { .. }) {
             "ref"
         } else {
             "req"
         };
-        let req = serde_json::to_string(req).expect("BUG: a string always serializes");
-        format!("{{\"{key}\":{req},{rest}")
+        with_req(body, key, req)
+    }
+}
+
+/// Adds `req` to an encoded frame as its first field, named `key`.
+fn with_req(body: String, key: &str, req: Option<&str>) -> String {
+    let Some(req) = req else {
+        return body;
+    };
+    // Every server frame is an object with at least a "type", and none has
+    // a field named "req" or "ref": the key goes first.
+    let rest = body
+        .strip_prefix('{')
+        .expect("BUG: a server frame is a JSON object");
+    let req = serde_json::to_string(req).expect("BUG: a string always serializes");
+    format!("{{\"{key}\":{req},{rest}")
+}
+
+/// A room list encoded once for users whose counts differ: each room's
+/// fields but the counts are JSON already, and [`RoomList::encode`] adds one
+/// user's counts. Encodes exactly what `ServerFrame::Rooms` would.
+pub struct RoomList {
+    /// Each room's object up to its counts, in list order.
+    rooms: Vec<String>,
+}
+
+impl RoomList {
+    /// The template of `rooms` (their counts are ignored).
+    pub fn new(rooms: &[RoomInfo]) -> RoomList {
+        const COUNTS: &str = "\"unread\":0,\"mentions\":0}";
+        let rooms = rooms
+            .iter()
+            .map(|room| {
+                let mut json = serde_json::to_string(&RoomInfo {
+                    unread: 0,
+                    mentions: 0,
+                    ..room.clone()
+                })
+                .expect("BUG: a room always serializes");
+                debug_assert!(json.ends_with(COUNTS), "{json}");
+                json.truncate(json.len() - COUNTS.len());
+                json
+            })
+            .collect();
+        RoomList { rooms }
+    }
+
+    /// The `rooms` frame with these (unread, mentions), one per room in
+    /// list order.
+    pub fn encode(&self, counts: impl Iterator<Item = (u64, u64)>, req: Option<&str>) -> String {
+        use std::fmt::Write;
+        let mut body =
+            String::with_capacity(32 + self.rooms.iter().map(|r| r.len() + 32).sum::<usize>());
+        body.push_str("{\"type\":\"rooms\",\"rooms\":[");
+        for (i, (room, (unread, mentions))) in self.rooms.iter().zip(counts).enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(room);
+            write!(body, "\"unread\":{unread},\"mentions\":{mentions}}}")
+                .expect("BUG: writing to a String cannot fail");
+        }
+        body.push_str("]}");
+        with_req(body, "req", req)
     }
 }
 
@@ -1070,6 +1144,38 @@ mod tests {
         let value: serde_json::Value =
             serde_json::from_str(&ServerFrame::Message(plain).encode(None)).unwrap();
         assert!(value.get("mentions").is_none(), "{value}");
+    }
+
+    #[test]
+    fn a_room_list_template_encodes_what_the_frame_would() {
+        let room = |name: &str, by: Option<&str>, members, unread, mentions| RoomInfo {
+            name: name.into(),
+            created_at: 1_764_086_400_000,
+            created_by: by.map(str::to_string),
+            members,
+            unread,
+            mentions,
+        };
+        let rooms = vec![
+            room("Design \"quoted\" ✓", Some("ali\\ce"), 3, 4, 1),
+            room("general", None, 0, 0, 0),
+            room("ops", Some("bob"), 12, 1_000, 999),
+        ];
+        let template = RoomList::new(&rooms);
+        for req in [None, Some("r\"1")] {
+            let counts = rooms.iter().map(|r| (r.unread, r.mentions));
+            assert_eq!(
+                template.encode(counts, req),
+                ServerFrame::Rooms {
+                    rooms: rooms.clone()
+                }
+                .encode(req)
+            );
+        }
+        assert_eq!(
+            RoomList::new(&[]).encode(std::iter::empty(), None),
+            ServerFrame::Rooms { rooms: vec![] }.encode(None)
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ use unicode_normalization::char::is_combining_mark;
 use unicode_security::{GeneralSecurityProfile, RestrictionLevel, RestrictionLevelDetection};
 
 /// Every `type` a client may send.
-const FRAME_TYPES: [&str; 13] = [
+const FRAME_TYPES: [&str; 14] = [
     "hello",
     "create_room",
     "delete_room",
@@ -44,6 +44,7 @@ const FRAME_TYPES: [&str; 13] = [
     "ping",
     "sign_out",
     "read",
+    "typing",
 ];
 
 /// Field names of client frames, so generated objects often hit real fields
@@ -316,6 +317,7 @@ fn any_frame() -> impl Strategy<Value = ClientFrame> {
             }),
         Just(ClientFrame::Ping),
         Just(ClientFrame::SignOut),
+        Just(ClientFrame::Typing),
         (field_string(), any::<i64>()).prop_map(|(room, seq)| ClientFrame::Read { room, seq }),
     ]
 }
@@ -478,6 +480,7 @@ fn encode_request(
         ),
         ClientFrame::Ping => ("ping", vec![]),
         ClientFrame::SignOut => ("sign_out", vec![]),
+        ClientFrame::Typing => ("typing", vec![]),
         ClientFrame::Read { room, seq } => (
             "read",
             vec![("room", Some(s(room))), ("seq", Some(seq.to_string()))],

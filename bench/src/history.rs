@@ -21,7 +21,7 @@ use crate::server::{ParlorLaunch, ServerProcess, TempDir};
 use crate::stats::{Summary, round3};
 
 const PAGE_SIZES: [u32; 4] = [50, 100, 200, 500];
-const SMALL_ROOMS: usize = 4;
+const SMALL_ROOMS: usize = 49;
 /// Every 26th message goes to one of the small rooms, so the big room gets
 /// 25 of every 26 and the small rooms share the rest.
 const CYCLE: usize = 26;
@@ -75,7 +75,7 @@ fn small_name(k: usize) -> String {
 /// The parameters a cached database was built with.
 fn manifest(messages: usize, base: i64) -> Value {
     json!({"messages": messages, "small_rooms": SMALL_ROOMS, "cycle": CYCLE,
-           "users": USERS, "base_ts": base, "format": 2,
+           "users": USERS, "base_ts": base, "format": 3,
            "common_word": [COMMON_WORD, COMMON_EVERY], "rare_word": [RARE_WORD, RARE_EVERY]})
 }
 
@@ -412,6 +412,7 @@ pub fn run(options: &HistoryOptions) -> Result<Value, String> {
         Summary::of_durations(&deep_search),
     ));
 
+    let unread = sign_ins_with_unread(&process, total)?;
     let rss = process.memory();
     let threads = process.threads();
     process.stop();
@@ -514,6 +515,18 @@ pub fn run(options: &HistoryOptions) -> Result<Value, String> {
         expected_total,
         if totals_ok { "yes" } else { "NO" }
     );
+    if let Some((everything, away)) = &unread {
+        row(
+            "welcome, everything unread (worst)",
+            Summary::of_durations(everything),
+            None,
+        );
+        row(
+            &format!("welcome, {AWAY} unread per room"),
+            Summary::of_durations(away),
+            Some(10.0),
+        );
+    }
     if let Some(m) = rss {
         println!(
             "  server RSS {:.1} MiB (peak {:.1} MiB), {} threads",
@@ -552,6 +565,11 @@ pub fn run(options: &HistoryOptions) -> Result<Value, String> {
         "search": search_json,
         "search_index_bytes": index_bytes,
         "total_matches_room_size": totals_ok,
+        "welcome_with_unread": unread.as_ref().map(|(everything, away)| json!({
+            "everything_unread": Summary::of_durations(everything).to_json(),
+            "unread_per_room": AWAY,
+            "some_unread": Summary::of_durations(away).to_json(),
+        })),
         "server_rss_kib": rss.map(|m| m.rss_kib),
         "server_peak_rss_kib": rss.map(|m| m.peak_kib),
         "server_rss_idle_kib": rss_idle.map(|m| m.rss_kib),
@@ -576,6 +594,61 @@ fn check_results(reply: &Value, expected: Option<usize>) -> Result<(), String> {
         return Err(format!("search {} is not newest first", reply["query"]));
     }
     Ok(())
+}
+
+/// Messages per room a user is behind in the second sign-in measurement.
+const AWAY: usize = 1000;
+
+/// Times sign-ins whose `welcome` carries unread counts: each built user
+/// first as built (it has read nothing: everything in every room is
+/// unread, the worst case), then after reading all but the newest [`AWAY`]
+/// messages of every room. None when the server does not know `read`.
+#[allow(clippy::type_complexity)]
+fn sign_ins_with_unread(
+    process: &ServerProcess,
+    total: usize,
+) -> Result<Option<(Vec<Duration>, Vec<Duration>)>, String> {
+    let names: Vec<String> = std::iter::once(big_name().to_string())
+        .chain((0..SMALL_ROOMS).map(small_name))
+        .collect();
+    // Each room's seq AWAY messages from its end (seq i + 1 for message i).
+    let marks: Vec<usize> = (0..names.len())
+        .map(|r| {
+            let seqs: Vec<usize> = (0..total).filter(|&i| room_of(i) == r).collect();
+            seqs[seqs.len().saturating_sub(AWAY + 1)] + 1
+        })
+        .collect();
+    let mut everything = Vec::new();
+    let mut away = Vec::new();
+    for u in 0..USERS {
+        let hello = json!({"type": "hello", "username": format!("user-{u}")});
+        let mut conn = Conn::connect(process.ws_addrs[0])?;
+        let (welcome, d) = timed(&mut conn, hello.clone(), "welcome")?;
+        if welcome["rooms"][0].get("unread").is_none() {
+            return Ok(None);
+        }
+        everything.push(d);
+        for (room, seq) in names.iter().zip(&marks) {
+            conn.expect(json!({"type": "read", "room": room, "seq": seq}), "unread")?;
+        }
+        conn.expect(json!({"type": "sign_out"}), "signed_out")?;
+        let mut conn = Conn::connect(process.ws_addrs[0])?;
+        let (welcome, d) = timed(&mut conn, hello, "welcome")?;
+        let behind = welcome["rooms"].as_array().map_or(0, |rooms| {
+            rooms
+                .iter()
+                .filter_map(|r| r["unread"].as_u64())
+                .sum::<u64>()
+        });
+        if behind == 0 || behind > (AWAY * names.len()) as u64 {
+            return Err(format!(
+                "user-{u} is {behind} messages behind after reading"
+            ));
+        }
+        away.push(d);
+        conn.expect(json!({"type": "sign_out"}), "signed_out")?;
+    }
+    Ok(Some((everything, away)))
 }
 
 /// A page from the big room is full and says there is more on one side.

@@ -47,6 +47,8 @@ pub(super) fn cost(frame: &CheckedFrame) -> u32 {
         CheckedFrame::Ping | CheckedFrame::Leave | CheckedFrame::SignOut => 1,
         // Counting unread messages reads an index.
         CheckedFrame::Read { .. } => 1,
+        // Dropped, not refused, when over budget (it has no reply).
+        CheckedFrame::Typing => 1,
         CheckedFrame::Hello { .. } => 2,
         CheckedFrame::Join { limit, .. } | CheckedFrame::History { limit, .. } => 1 + page(limit),
         CheckedFrame::CreateRoom { .. } | CheckedFrame::DeleteRoom { .. } => 5,
@@ -55,6 +57,9 @@ pub(super) fn cost(frame: &CheckedFrame) -> u32 {
         CheckedFrame::Search { limit, .. } => 1 + limit.as_ref().map_or(1, |l| l / 10),
     }
 }
+
+/// Most often one user's `typing` is relayed.
+pub(super) const TYPING_EVERY: Duration = Duration::from_secs(2);
 
 /// Bytes of replies that cost one more request unit: an 8 MB page of the
 /// largest messages costs 512 units more (25 s of the default budget), a
@@ -118,6 +123,8 @@ struct Rate {
     switches: VecDeque<Instant>,
     room_changes: VecDeque<Instant>,
     requests: Bucket,
+    /// When a `typing` of theirs was last relayed.
+    typing: Option<Instant>,
 }
 
 /// Every user's rate limits.
@@ -153,7 +160,22 @@ impl Limits {
             switches: VecDeque::new(),
             room_changes: VecDeque::new(),
             requests: Bucket::full(settings, now),
+            typing: None,
         })
+    }
+
+    /// Whether a `typing` from `user` is relayed: at most one every
+    /// [`TYPING_EVERY`]; the others are dropped.
+    pub fn typing(&mut self, user: &NameKey, now: Instant) -> bool {
+        let rate = self.rate(user, now);
+        if rate
+            .typing
+            .is_some_and(|at| now.duration_since(at) < TYPING_EVERY)
+        {
+            return false;
+        }
+        rate.typing = Some(now);
+        true
     }
 
     /// Spends `cost` request units of `user`'s budget, or refuses.

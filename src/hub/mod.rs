@@ -179,6 +179,9 @@ impl Hub {
             self.reading
                 .push(&self.rooms, self.sessions.users(), &mut self.out, now);
         }
+        if self.reading.seen_due.is_some_and(|due| due <= now) {
+            self.reading.tell_seen(&self.rooms, &mut self.out, now);
+        }
         if self.reading.save_due.is_some_and(|due| due <= now) {
             self.reading.save(&mut self.store, &mut self.out);
         }
@@ -222,6 +225,7 @@ impl Hub {
             self.sessions.next_away_deadline(),
             self.rooms.list_due,
             self.reading.push_due,
+            self.reading.seen_due,
             self.reading.save_due,
         ]
         .into_iter()
@@ -342,6 +346,10 @@ impl Hub {
             Caller::SignedIn(user) => self.limits.request(&user.key, cost, now),
         };
         if let Err(refusal) = paid {
+            // `typing` has no reply: over budget, it is dropped.
+            if matches!(frame, CheckedFrame::Typing) {
+                return;
+            }
             return out.rate_limited(&to, refusal.message, refusal.wait);
         }
         let user = match (self.sessions.caller(conn), frame) {
@@ -371,6 +379,8 @@ impl Hub {
                 return out.error(&to, ErrorCode::BadRequest, message);
             }
             (_, CheckedFrame::Ping) => return out.reply(&to, &ServerFrame::Pong),
+            // No reply, whoever sends it.
+            (Caller::Anonymous, CheckedFrame::Typing) => return,
             (Caller::Anonymous, _) => {
                 return out.error(
                     &to,
@@ -391,6 +401,11 @@ impl Hub {
         };
         let (user, frame) = user;
         match frame {
+            CheckedFrame::Typing => {
+                if self.limits.typing(&user.key, now) {
+                    self.rooms.typing(out, user);
+                }
+            }
             CheckedFrame::Read { room, seq } => {
                 let seq = match seq {
                     Ok(seq) => seq,

@@ -1,6 +1,6 @@
 //! Reading: each signed-in user's read marks and unread counts per room,
-//! `read`, the `unread` frames pushed when counts change, and saving the
-//! marks.
+//! `read`, the `unread` frames pushed when counts change, telling a room
+//! who has read it how far (`read_by`), and saving the marks.
 //!
 //! Counting is lazy so that a message costs the same however many people
 //! are signed in: a user's count in a room is what the store counted at a
@@ -13,10 +13,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::protocol::{NameKey, RoomInfo, Seq, ServerFrame};
-use crate::store::{ReadMark, RoomId, Store, UserId};
+use crate::store::{MAX_UNREAD, ReadMark, RoomId, Store, UserId};
 use crate::vocab::ConnId;
 
-use super::outgoing::{Outgoing, To};
+use super::outgoing::{Outgoing, To, encode};
 use super::rooms::{Room, Rooms};
 
 /// The first push after a quiet while waits this long, so one batch's
@@ -29,6 +29,9 @@ pub(super) const PUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// Longest a moved read mark waits to be saved.
 const SAVE_DELAY: Duration = Duration::from_secs(1);
+
+/// Most often a room is told how far one user has read it.
+pub(super) const SEEN_EVERY: Duration = Duration::from_secs(1);
 
 /// One user's counts in one room.
 #[derive(Debug, Clone, Copy, Default)]
@@ -60,12 +63,14 @@ impl Counts {
         }
     }
 
-    /// (unread, mentions) now.
+    /// (unread, mentions) now, each at most [`MAX_UNREAD`].
     fn now(&self, room: &Room) -> (u64, u64) {
         let since = room.total.saturating_sub(self.base_total);
         (
-            (self.base_unread + since).saturating_sub(self.own),
-            self.mentions,
+            (self.base_unread + since)
+                .saturating_sub(self.own)
+                .min(MAX_UNREAD),
+            self.mentions.min(MAX_UNREAD),
         )
     }
 }
@@ -73,6 +78,10 @@ impl Counts {
 /// A signed-in user's counts.
 struct Reader {
     user_id: UserId,
+    /// Display name.
+    name: String,
+    /// When the rooms were last told how far this user read.
+    seen_at: Option<Instant>,
     /// By room; a room missing here was created after the user signed in,
     /// so its base is all zeros.
     rooms: HashMap<RoomId, Counts>,
@@ -96,6 +105,11 @@ pub(super) struct Reading {
     pub save_due: Option<Instant>,
     /// When counts may have changed for someone; pushes are due.
     pub push_due: Option<Instant>,
+    /// Marks moved that the rooms have not been told of yet, by user and
+    /// room: only the newest of each is told.
+    unseen: HashMap<(NameKey, RoomId), Seq>,
+    /// When `unseen` is due to be told.
+    pub seen_due: Option<Instant>,
 }
 
 impl Reading {
@@ -107,6 +121,7 @@ impl Reading {
         rooms: &Rooms,
         user: &NameKey,
         user_id: UserId,
+        name: &str,
     ) -> rusqlite::Result<()> {
         let mut marks: HashMap<RoomId, Seq> = store.read_marks(user_id)?.into_iter().collect();
         for (&(id, room), &seq) in &self.unsaved {
@@ -129,6 +144,8 @@ impl Reading {
             user.clone(),
             Reader {
                 user_id,
+                name: name.to_string(),
+                seen_at: None,
                 rooms: counts,
                 next_push: Instant::now(),
             },
@@ -139,6 +156,7 @@ impl Reading {
     /// A user signed out: nothing more is counted for them in memory.
     pub fn signed_out(&mut self, user: &NameKey) {
         self.readers.remove(user);
+        self.unseen.retain(|(key, _), _| key != user);
     }
 
     /// `user`'s read mark in `room`.
@@ -150,23 +168,33 @@ impl Reading {
             .unwrap_or_default()
     }
 
-    /// The room list as `user` sees it, counts included. For a `welcome`
-    /// (`first`), the counts are the ones the user starts from; a change
-    /// later is pushed as an `unread` frame even when a room list carried it
-    /// first, so clients need only follow `unread` frames.
-    pub fn room_list(&mut self, rooms: &Rooms, user: &NameKey, first: bool) -> Vec<RoomInfo> {
+    /// The room list for `user`'s `welcome`: the counts they start from.
+    pub fn room_list(&mut self, rooms: &Rooms, user: &NameKey) -> Vec<RoomInfo> {
         let mut reader = self.readers.get_mut(user);
         rooms.infos(|room| match reader.as_deref_mut() {
             Some(reader) => {
                 let counts = reader.counts(room);
                 let now = counts.now(room);
-                if first {
-                    counts.sent = Some(now);
-                }
+                counts.sent = Some(now);
                 now
             }
             None => (0, 0),
         })
+    }
+
+    /// `user`'s (unread, mentions) in `room`, for a room list. A change is
+    /// also pushed as an `unread` frame when a room list carried it first,
+    /// so clients need only follow `unread` frames.
+    pub fn counts(&self, user: &NameKey, room: &Room) -> (u64, u64) {
+        match self.readers.get(user) {
+            Some(reader) => reader
+                .rooms
+                .get(&room.id)
+                .copied()
+                .unwrap_or_default()
+                .now(room),
+            None => (0, 0),
+        }
     }
 
     /// A message from `sender` was committed in `room`, mentioning
@@ -200,7 +228,7 @@ impl Reading {
         let Some(reader) = self.readers.get_mut(user) else {
             return;
         };
-        let user_id = reader.user_id;
+        let (user_id, seen_at) = (reader.user_id, reader.seen_at);
         let counts = reader.counts(room);
         let mark = seq.min(room.newest);
         if mark > counts.mark {
@@ -219,8 +247,13 @@ impl Reading {
             };
             let unsaved = self.unsaved.entry((user_id, room.id)).or_default();
             *unsaved = (*unsaved).max(mark);
-            self.save_due
-                .get_or_insert_with(|| Instant::now() + SAVE_DELAY);
+            let now = Instant::now();
+            self.save_due.get_or_insert(now + SAVE_DELAY);
+            // The room hears of it now, or once this user's last news is
+            // a second old.
+            self.unseen.insert((user.clone(), room.id), mark);
+            let when = seen_at.map_or(now, |at| (at + SEEN_EVERY).max(now));
+            self.seen_due = Some(self.seen_due.map_or(when, |due| due.min(when)));
         }
         let (unread, mentions) = counts.now(room);
         counts.sent = Some((unread, mentions));
@@ -285,6 +318,46 @@ impl Reading {
                 reader.next_push = now + PUSH_EVERY;
             }
         }
+    }
+
+    /// Tells each room's members (but the reader) how far users whose
+    /// marks moved have read it, at most once per [`SEEN_EVERY`] per user.
+    pub fn tell_seen(&mut self, rooms: &Rooms, out: &mut Outgoing, now: Instant) {
+        self.seen_due = None;
+        let mut later: Option<Instant> = None;
+        let readers = &mut self.readers;
+        let mut told: Vec<NameKey> = Vec::new();
+        self.unseen.retain(|(user, room_id), seq| {
+            let Some(reader) = readers.get(user) else {
+                return false;
+            };
+            if let Some(at) = reader.seen_at
+                && at + SEEN_EVERY > now
+                && !told.contains(user)
+            {
+                let when = at + SEEN_EVERY;
+                later = Some(later.map_or(when, |l| l.min(when)));
+                return true;
+            }
+            if let Some(room) = rooms.by_id(*room_id) {
+                let frame = encode(&ServerFrame::ReadBy {
+                    room: room.name.clone(),
+                    user: reader.name.clone(),
+                    seq: *seq,
+                });
+                for conn in room.conns_except(user) {
+                    out.frame(conn, frame.clone());
+                }
+            }
+            told.push(user.clone());
+            false
+        });
+        for user in told {
+            if let Some(reader) = readers.get_mut(&user) {
+                reader.seen_at = Some(now);
+            }
+        }
+        self.seen_due = later;
     }
 
     /// Saves the marks moved since the last save; on failure they are kept

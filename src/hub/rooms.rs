@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use crate::frame::Frame;
 use crate::protocol::{
-    Checked, ErrorCode, NameKey, Page, PageQuery, PresenceState, RoomInfo, RoomName, RoomRef, Seq,
-    ServerFrame, now_ms,
+    Checked, ErrorCode, NameKey, Page, PageQuery, PresenceState, RoomInfo, RoomList, RoomName,
+    RoomRef, Seq, ServerFrame, now_ms,
 };
 use crate::store::{RoomId, Store};
 use crate::vocab::ConnId;
@@ -41,6 +42,16 @@ pub(super) struct Room {
     pub total: u64,
     /// Its newest message's seq; 0 when it has none.
     pub newest: Seq,
+}
+
+impl Room {
+    /// Where the members get their mail, but `except`.
+    pub fn conns_except<'a>(&'a self, except: &'a NameKey) -> impl Iterator<Item = ConnId> + 'a {
+        self.members
+            .iter()
+            .filter(move |(key, _)| *key != except)
+            .map(|(_, m)| m.conn)
+    }
 }
 
 /// The live rooms and who is in them.
@@ -103,6 +114,26 @@ impl Rooms {
         self.rooms.get_mut(key)
     }
 
+    /// The live room with this id.
+    pub fn by_id(&self, id: RoomId) -> Option<&Room> {
+        self.rooms.values().find(|r| r.id == id)
+    }
+
+    /// Relays `typing` to the others in `user`'s room; nothing when they
+    /// are in none.
+    pub fn typing(&self, out: &mut Outgoing, user: &Online) {
+        let Some(room) = self.room_of(&user.key).and_then(|key| self.rooms.get(key)) else {
+            return;
+        };
+        let frame = encode(&ServerFrame::Typing {
+            room: room.name.clone(),
+            user: user.name.clone(),
+        });
+        for conn in room.conns_except(&user.key) {
+            out.frame(conn, frame.clone());
+        }
+    }
+
     /// The key of the room `user` is in.
     pub fn room_of(&self, user: &NameKey) -> Option<&NameKey> {
         self.whereabouts.get(user)
@@ -140,9 +171,8 @@ impl Rooms {
     /// The room list, sorted by name, with one user's (unread, mentions)
     /// in each room as `counts` gives them.
     pub fn infos(&self, mut counts: impl FnMut(&Room) -> (u64, u64)) -> Vec<RoomInfo> {
-        let mut rooms: Vec<RoomInfo> = self
-            .rooms
-            .values()
+        self.sorted()
+            .into_iter()
             .map(|r| {
                 let (unread, mentions) = counts(r);
                 RoomInfo {
@@ -154,7 +184,12 @@ impl Rooms {
                     mentions,
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    /// The live rooms in list order: by display name.
+    fn sorted(&self) -> Vec<&Room> {
+        let mut rooms: Vec<&Room> = self.rooms.values().collect();
         rooms.sort_by(|a, b| a.name.cmp(&b.name));
         rooms
     }
@@ -169,14 +204,13 @@ impl Rooms {
         requester: Option<&To>,
     ) {
         self.list_due = None;
+        // Encoded once but for the counts: a list goes to everyone at once.
+        let template = RoomList::new(&self.infos(|_| (0, 0)));
+        let order = self.sorted();
         for (user, conn) in online {
-            let frame = ServerFrame::Rooms {
-                rooms: reading.room_list(self, user, false),
-            };
-            match requester {
-                Some(to) if to.conn == conn => out.reply(to, &frame),
-                _ => out.reply(&To { conn, req: None }, &frame),
-            }
+            let req = requester.filter(|to| to.conn == conn).and_then(|to| to.req);
+            let counts = order.iter().map(|room| reading.counts(user, room));
+            out.frame(conn, Frame::text(&template.encode(counts, req)));
         }
     }
 
@@ -306,7 +340,7 @@ impl Rooms {
         };
         let read_seq = reading.mark(&user.key, live.id);
         if self.whereabouts.get(&user.key) == Some(key) {
-            return out.reply(to, &self.joined_frame(key, history, read_seq));
+            return out.reply(to, &self.joined_frame(key, history, read_seq, reading));
         }
         // Going back to the room a lost connection was in is no switch.
         let back = self.left_behind.get(&user.key) == Some(key);
@@ -334,20 +368,31 @@ impl Rooms {
             state: PresenceState::Joined,
         });
         let others: Vec<ConnId> = self.member_conns(key).filter(|c| *c != user.conn).collect();
-        out.reply(to, &self.joined_frame(key, history, read_seq));
+        out.reply(to, &self.joined_frame(key, history, read_seq, reading));
         for other in others {
             out.frame(other, presence.clone());
         }
         self.changed();
     }
 
-    fn joined_frame(&self, key: &NameKey, history: Page, read_seq: Seq) -> ServerFrame {
+    fn joined_frame(
+        &self,
+        key: &NameKey,
+        history: Page,
+        read_seq: Seq,
+        reading: &Reading,
+    ) -> ServerFrame {
         let room = &self.rooms[key];
         ServerFrame::Joined {
             room: room.name.clone(),
             members: room.members.values().map(|m| m.name.clone()).collect(),
             history,
             read_seq,
+            read_by: room
+                .members
+                .iter()
+                .map(|(user, m)| (m.name.clone(), reading.mark(user, room.id)))
+                .collect(),
         }
     }
 

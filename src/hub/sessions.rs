@@ -375,7 +375,7 @@ impl Sessions {
             Ok(user) => user,
             Err(e) => return out.storage_failed(to, "recording a login", &e),
         };
-        if let Err(e) = reading.signed_in(store, rooms, &key, user.id) {
+        if let Err(e) = reading.signed_in(store, rooms, &key, user.id, &user.name) {
             return out.storage_failed(to, "reading read marks", &e);
         }
         let session = crate::random::token();
@@ -608,7 +608,7 @@ fn welcome(
         username,
         session,
         room,
-        rooms: reading.room_list(rooms, user, true),
+        rooms: reading.room_list(rooms, user),
         limits: WireLimits {
             max_text_chars: MAX_TEXT_CHARS,
             page_sizes: PAGE_SIZES,

@@ -99,6 +99,10 @@ INSERT INTO read_marks (user_id, room_id, seq)
 SELECT u.id, r.id, COALESCE((SELECT max(m.seq) FROM messages m WHERE m.room_id = r.id), 0)
 FROM users u, rooms r WHERE r.deleted_at IS NULL";
 
+/// Unread messages (and mentions) are counted up to this many per room;
+/// more are reported as this many.
+pub const MAX_UNREAD: u64 = 1_000;
+
 /// A user's row id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct UserId(pub i64);
@@ -406,20 +410,26 @@ impl Store {
     }
 
     /// What `user` has not read in `room` after `mark`: messages from others,
-    /// and how many of them mention the user.
+    /// and how many of them mention the user, each counted up to
+    /// [`MAX_UNREAD`] (so a count reads at most that many index entries,
+    /// whatever a client asks).
     pub fn unread(&self, user: UserId, room: RoomId, mark: Seq) -> rusqlite::Result<(u64, u64)> {
         let count = |sql: &str| -> rusqlite::Result<u64> {
             self.conn
                 .prepare_cached(sql)?
-                .query_row(params![room, mark, user], |row| row.get::<_, i64>(0))
+                .query_row(params![room, mark, user, MAX_UNREAD as i64], |row| {
+                    row.get::<_, i64>(0)
+                })
                 .map(|n| n.max(0) as u64)
         };
         Ok((
             count(
-                "SELECT count(*) FROM messages WHERE room_id = ?1 AND seq > ?2 AND user_id <> ?3",
+                "SELECT count(*) FROM (SELECT 1 FROM messages
+                 WHERE room_id = ?1 AND seq > ?2 AND user_id <> ?3 LIMIT ?4)",
             )?,
             count(
-                "SELECT count(*) FROM mentions WHERE user_id = ?3 AND room_id = ?1 AND seq > ?2",
+                "SELECT count(*) FROM (SELECT 1 FROM mentions
+                 WHERE user_id = ?3 AND room_id = ?1 AND seq > ?2 LIMIT ?4)",
             )?,
         ))
     }
@@ -1169,6 +1179,52 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(autocheckpoint, 0);
         assert!(wal_frames_after_two_commits(&mut store) > 1000);
+    }
+
+    #[test]
+    fn unread_counts_leave_out_your_own_and_stop_at_the_cap() {
+        let (_dir, mut store) = temp_store();
+        let alice = store.login_user("alice", 1).unwrap();
+        let bob = store.login_user("bob", 1).unwrap();
+        // alice came when general was empty: her mark is 0.
+        assert_eq!(store.read_marks(alice.id).unwrap(), [(GENERAL, Seq(0))]);
+        let n = 2 * MAX_UNREAD as usize + 20;
+        let batch: Vec<NewMessage> = (0..n)
+            .map(|i| {
+                let from = if i % 2 == 0 { bob.id } else { alice.id };
+                let mut m = message(GENERAL, from, &format!("m{i}"), i as i64);
+                if i < 3 {
+                    m.mentions = vec![(alice.id, "alice".into()), (bob.id, "bob".into())];
+                }
+                m
+            })
+            .collect();
+        let seqs = store.insert_messages(&batch).unwrap();
+        // Half are bob's: alice has n / 2 unread, past the cap.
+        assert_eq!(
+            store.unread(alice.id, GENERAL, Seq(0)).unwrap(),
+            (MAX_UNREAD, 2)
+        );
+        // Messages 0 and 2 are bob's and mention alice; message 1 is hers
+        // and her own mention of herself does not count for her.
+        assert_eq!(store.unread(bob.id, GENERAL, Seq(0)).unwrap().1, 1);
+        let near_end = seqs[n - 7].seq();
+        assert_eq!(store.unread(alice.id, GENERAL, near_end).unwrap(), (3, 0));
+        // A later user starts with everything read.
+        let carol = store.login_user("carol", 2).unwrap();
+        assert_eq!(
+            store.read_marks(carol.id).unwrap(),
+            [(GENERAL, seqs[n - 1].seq())]
+        );
+        // Marks only move forward.
+        let mark = |seq| ReadMark {
+            user: alice.id,
+            room: GENERAL,
+            seq,
+        };
+        store.save_read_marks(&[mark(Seq(50))]).unwrap();
+        store.save_read_marks(&[mark(Seq(10))]).unwrap();
+        assert_eq!(store.read_marks(alice.id).unwrap(), [(GENERAL, Seq(50))]);
     }
 
     #[test]

@@ -161,7 +161,7 @@ impl Browser {
             "Target.createTarget",
             json!({
                 "url": "about:blank",
-                "browserContextId": context,
+                "browserContextId": context.clone(),
                 "newWindow": true,
                 "width": DESKTOP.0,
                 "height": DESKTOP.1,
@@ -187,7 +187,21 @@ impl Browser {
         Page {
             socket,
             name: name.to_string(),
+            context,
         }
+    }
+
+    /// Lets `page`'s person's browser show notifications from `origin`
+    /// without asking, as if they had said yes to the prompt.
+    pub fn grant_notifications(&mut self, page: &Page, origin: &str) {
+        self.socket.call(
+            "Browser.grantPermissions",
+            json!({
+                "permissions": ["notifications"],
+                "origin": origin,
+                "browserContextId": page.context,
+            }),
+        );
     }
 }
 
@@ -241,8 +255,6 @@ impl Drop for Browser {
 struct Socket {
     ws: WebSocket<TcpStream>,
     next_id: u64,
-    /// Whether to accept (true) or dismiss `window.confirm` and friends.
-    accept_dialogs: bool,
     /// The text of every dialog the page opened, in order.
     dialogs: Vec<String>,
     /// Uncaught exceptions thrown in the page.
@@ -264,7 +276,6 @@ impl Socket {
         Socket {
             ws,
             next_id: 0,
-            accept_dialogs: true,
             dialogs: Vec::new(),
             exceptions: Vec::new(),
         }
@@ -336,9 +347,10 @@ impl Socket {
             Some("Page.javascriptDialogOpening") => {
                 self.dialogs
                     .push(params["message"].as_str().unwrap_or_default().to_string());
-                let accept = self.accept_dialogs;
-                // The reply comes later and is skipped as an unknown id.
-                self.send("Page.handleJavaScriptDialog", json!({"accept": accept}));
+                // The page should never open one (tests check `dialogs`);
+                // dismiss it so the page goes on. The reply comes later and
+                // is skipped as an unknown id.
+                self.send("Page.handleJavaScriptDialog", json!({"accept": false}));
             }
             Some("Runtime.exceptionThrown") => {
                 let details = &params["exceptionDetails"];
@@ -361,12 +373,16 @@ pub enum Key {
     Tab,
     ShiftTab,
     ArrowDown,
+    ArrowUp,
+    Escape,
 }
 
 /// One person's page.
 pub struct Page {
     socket: Socket,
     name: String,
+    /// The browser context (the person's own profile) the page lives in.
+    context: Value,
 }
 
 impl Page {
@@ -542,6 +558,8 @@ impl Page {
             Key::Tab => ("Tab", 9, None, 0),
             Key::ShiftTab => ("Tab", 9, None, SHIFT),
             Key::ArrowDown => ("ArrowDown", 40, None, 0),
+            Key::ArrowUp => ("ArrowUp", 38, None, 0),
+            Key::Escape => ("Escape", 27, None, 0),
         };
         let mut down = json!({
             "type": if text.is_some() { "keyDown" } else { "rawKeyDown" },
@@ -560,11 +578,6 @@ impl Page {
                 "windowsVirtualKeyCode": code, "nativeVirtualKeyCode": code,
             }),
         );
-    }
-
-    /// Accept (true) or dismiss the next `window.confirm` dialogs.
-    pub fn answer_dialogs(&mut self, accept: bool) {
-        self.socket.accept_dialogs = accept;
     }
 
     /// The text of every dialog the page has opened so far.
@@ -588,6 +601,77 @@ impl Page {
             "Emulation.setDeviceMetricsOverride",
             json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}),
         );
+    }
+
+    /// Cuts the page off the network (Chromium's offline mode: open
+    /// sockets close, new ones fail) or gives it back.
+    pub fn set_offline(&mut self, offline: bool) {
+        self.socket.call("Network.enable", json!({}));
+        self.socket.call(
+            "Network.emulateNetworkConditions",
+            json!({"offline": offline, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}),
+        );
+    }
+
+    /// Runs `source` in every document this page loads from now on, before
+    /// the page's own scripts.
+    pub fn add_init_script(&mut self, source: &str) {
+        self.socket.call(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({"source": source}),
+        );
+    }
+
+    /// Makes the page's clocks and dates use this IANA time zone.
+    pub fn set_timezone(&mut self, zone: &str) {
+        self.socket
+            .call("Emulation.setTimezoneOverride", json!({"timezoneId": zone}));
+    }
+
+    /// The role, accessible name and description Chromium gives the first
+    /// element matching `selector`: what a screen reader is told.
+    pub fn accessible(&mut self, selector: &str) -> Value {
+        let found = self.socket.call(
+            "Runtime.evaluate",
+            json!({"expression": format!("document.querySelector({})", js_string(selector))}),
+        );
+        let Some(object) = found["result"]["objectId"].as_str() else {
+            panic!("{}: no element {selector}", self.name);
+        };
+        let object = object.to_string();
+        self.socket.call("Accessibility.enable", json!({}));
+        let tree = self.socket.call(
+            "Accessibility.getPartialAXTree",
+            json!({"objectId": object, "fetchRelatives": false}),
+        );
+        let node = &tree["nodes"][0];
+        json!({
+            "role": node["role"]["value"],
+            "name": node["name"]["value"],
+            "description": node["description"]["value"],
+        })
+    }
+
+    /// Makes the page believe its window is hidden and unfocused (true),
+    /// as when a person looks at another window, or shown and focused
+    /// again (false). Headless Chromium has no other windows to look at:
+    /// every window reports itself visible and focused, so the page's view
+    /// of it is overridden and the matching events are sent.
+    pub fn set_hidden(&mut self, hidden: bool) {
+        let js = if hidden {
+            "Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => 'hidden'});
+             Object.defineProperty(document, 'hidden', {configurable: true, get: () => true});
+             document.hasFocus = () => false;
+             window.dispatchEvent(new Event('blur'));
+             document.dispatchEvent(new Event('visibilitychange'));
+             true"
+        } else {
+            "delete document.visibilityState; delete document.hidden; delete document.hasFocus;
+             document.dispatchEvent(new Event('visibilitychange'));
+             window.dispatchEvent(new Event('focus'));
+             true"
+        };
+        self.eval(js);
     }
 
     /// Emulates the system's light or dark preference.

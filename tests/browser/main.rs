@@ -2,7 +2,9 @@
 //! 0: chatting across two browsers, presence, rooms, history pages, text
 //! that looks like HTML, reconnecting after a restart, keyboard-only use, and
 //! the spec's time bounds for the first view, room switches, delivery and
-//! presence.
+//! presence. `all_day.rs` holds issue 10's tests (reloads and blips, unread
+//! counts, mentions, notifications, links, days, phones) and runs axe-core
+//! (`axe.rs`) in every state.
 //!
 //! Each simulated person has their own browser context (nothing shared with
 //! the others, like separate browsers) and is driven with real mouse and key
@@ -10,6 +12,8 @@
 //! Without Chromium these tests say so loudly and pass, except under
 //! `CI=true`, where a missing browser is a failure.
 
+mod all_day;
+mod axe;
 mod cdp;
 #[path = "../support/mod.rs"]
 mod support;
@@ -505,7 +509,7 @@ fn switching_rooms_moves_presence_and_loads_history() {
 }
 
 #[test]
-fn creating_a_room_joins_it_and_deleting_it_asks_first() {
+fn creating_a_room_joins_it_and_deleting_it_asks_in_the_page() {
     let Some((mut browser, server, url)) = set_up("rooms", &[]) else {
         return;
     };
@@ -515,8 +519,12 @@ fn creating_a_room_joins_it_and_deleting_it_asks_first() {
 
     alice.click("#new-room");
     alice.type_text("Design Team");
-    alice.click("#create-room-btn");
+    alice.press(Key::Enter);
     alice.wait_for("the new room joined", &in_room("Design Team"));
+    alice.wait_for(
+        "the message box focused in the new room",
+        "document.activeElement === document.getElementById('composer-input')",
+    );
     assert_eq!(room_names(&mut alice), ["Design Team", "general"]);
     assert_eq!(alice.eval("document.getElementById('new-room').value"), "");
     assert_eq!(
@@ -558,15 +566,25 @@ fn creating_a_room_joins_it_and_deleting_it_asks_first() {
     );
     alice.screenshot("room-create-error");
 
-    // Saying no in the confirmation keeps the room.
-    alice.answer_dialogs(false);
+    // Deleting asks first, in the page (no confirm() that stops everything).
     alice.click("button.room-del[data-room=\"Design Team\"]");
-    alice.wait_for("the confirmation", "true");
-    assert_eq!(alice.dialogs().len(), 1);
+    alice.wait_for(
+        "the confirmation",
+        "document.getElementById('delete-dialog').open \
+         && document.activeElement === document.getElementById('delete-cancel')",
+    );
     assert!(
-        alice.dialogs()[0].contains("Design Team"),
-        "the confirmation names the room: {:?}",
-        alice.dialogs()
+        alice.text("#delete-title").contains("Design Team"),
+        "the confirmation names the room: {}",
+        alice.text("#delete-title")
+    );
+    alice.screenshot("room-delete-confirm");
+    // Saying no keeps the room, and focus goes back to the delete button.
+    alice.click("#delete-cancel");
+    alice.wait_for(
+        "the confirmation closed",
+        "!document.getElementById('delete-dialog').open \
+         && document.activeElement.matches('button.room-del[data-room=\"Design Team\"]')",
     );
     // The room still works: bob's next message there reaches alice.
     bob.say("b-1", "still here");
@@ -578,13 +596,17 @@ fn creating_a_room_joins_it_and_deleting_it_asks_first() {
     );
     assert!(room_names(&mut alice).contains(&"Design Team".to_string()));
 
-    alice.answer_dialogs(true);
     alice.click("button.room-del[data-room=\"Design Team\"]");
+    alice.wait_for(
+        "the confirmation again",
+        "document.getElementById('delete-dialog').open",
+    );
+    alice.click("#delete-confirm");
     alice.wait_for(
         "the room gone from the list",
         "!document.querySelector('li.room[data-room=\"Design Team\"]')",
     );
-    assert_eq!(alice.dialogs().len(), 2);
+    assert!(alice.dialogs().is_empty(), "{:?}", alice.dialogs());
     let deleted = bob.expect("room_deleted");
     assert_eq!(deleted["room"], "Design Team");
     alice.wait_for(
@@ -666,10 +688,29 @@ fn history_pages_and_page_sizes_over_1234_messages() {
     alice.click("#newer-btn");
     expect_page(&mut alice, 35, 84, true, true);
 
-    // Each larger page size: the newest page, one older, back to the newest.
-    for size in [100, 200, 500] {
-        // A person tabs to the select and picks the next size with the
-        // arrow keys; the select is focused directly to keep this short.
+    // A larger page size while reading old history keeps the message at
+    // the top of the view where it is: the new page starts with it.
+    let top_message = "(() => {
+        const top = document.getElementById('log').getBoundingClientRect().top;
+        const li = Array.from(document.querySelectorAll('#msg-list li.msg'))
+            .find((li) => li.getBoundingClientRect().bottom > top + 1);
+        return li ? li.querySelector('.msg-text').textContent : null;
+    })()";
+    assert_eq!(alice.eval(top_message), "general message 35");
+    // A person tabs to the select and picks the next size with the arrow
+    // keys; the select is focused directly to keep this short.
+    alice.eval("document.getElementById('page-size').focus()");
+    alice.press(Key::ArrowDown);
+    expect_page(&mut alice, 35, 134, true, true);
+    assert_eq!(alice.eval(top_message), "general message 35");
+    alice.screenshot("history-page-size-kept-place");
+    // Back to the newest page by picking the room again.
+    alice.click(&room_button("general"));
+    expect_page(&mut alice, 1135, 1234, true, false);
+
+    // Each larger page size from the newest page: the newest page, one
+    // older, back to the newest.
+    for size in [200, 500] {
         alice.eval("document.getElementById('page-size').focus()");
         alice.press(Key::ArrowDown);
         alice.wait_for(
@@ -752,7 +793,7 @@ fn html_in_messages_and_room_names_is_shown_as_text_and_runs_nothing() {
 
     for page in [&mut alice, &mut bob] {
         let elements = page.eval(
-            "document.querySelectorAll('#app img, #app script, #msg-list b, #msg-list a, #room-list b').length",
+            "document.querySelectorAll('#app img, #app script, #msg-list b, #room-list b, #room-list a').length",
         );
         assert_eq!(elements, 0, "no element was made from the text");
         assert_eq!(
@@ -771,6 +812,19 @@ fn html_in_messages_and_room_names_is_shown_as_text_and_runs_nothing() {
     switch_room(&mut bob, "general");
     let shown = texts(&mut bob);
     assert!(shown.contains(&img.to_string()) && shown.contains(&script.to_string()));
+    // The two plain addresses are links; the <a> written as text is not.
+    let link = json!([
+        "https://example.com/",
+        "https://example.com/",
+        "_blank",
+        "noopener noreferrer"
+    ]);
+    for page in [&mut alice, &mut bob] {
+        let links = page.eval(
+            "Array.from(document.querySelectorAll('#msg-list a'), (a) => [a.textContent, a.href, a.target, a.rel])",
+        );
+        assert_eq!(links, json!([link, link]), "only the addresses are links");
+    }
     bob.screenshot("html-as-text");
 }
 

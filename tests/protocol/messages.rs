@@ -405,3 +405,43 @@ fn restart_keeps_users_rooms_and_messages() {
     assert_eq!(joined["history"]["messages"][0]["from"], "Alice");
     assert_eq!(joined["history"]["total"], 1);
 }
+
+/// `typing` is relayed to the others in the room, at most once per 2 s per
+/// user, never answered and never stored.
+#[test]
+fn typing_is_relayed_to_the_room_and_throttled() {
+    let server = TestServer::start_with(|c| c.messages_per_second = 1);
+    let mut alice = server.login_in("alice", "general");
+    let mut bob = server.login_in("bob", "general");
+    let mut elsewhere = server.login("carol");
+    alice.clear();
+    for _ in 0..5 {
+        alice.send_json(json!({"type": "typing"}));
+    }
+    let typing = bob.expect("typing");
+    assert_eq!(
+        typing,
+        json!({"type": "typing", "room": "general", "user": "alice"})
+    );
+    bob.assert_none(Duration::from_millis(500), "a second typing", |f| {
+        f["type"] == "typing"
+    });
+    // No reply, and the message budget of one a second is untouched.
+    alice.assert_none(Duration::from_millis(100), "a reply", |f| {
+        f["type"] != "rooms"
+    });
+    assert_eq!(alice.say("m1", "done typing")["type"], "ack");
+    elsewhere.assert_none(Duration::from_millis(100), "typing", |f| {
+        f["type"] == "typing"
+    });
+    // Out of any room, or before signing in, it is dropped silently.
+    elsewhere.send_json(json!({"type": "typing"}));
+    let mut anonymous = server.connect();
+    anonymous.send_json(json!({"type": "typing"}));
+    anonymous.assert_none(Duration::from_millis(200), "a reply", |_| true);
+    elsewhere.assert_none(Duration::from_millis(100), "a reply", |f| {
+        f["type"] != "rooms" && f["type"] != "unread"
+    });
+    let history = bob.request(json!({"type": "history", "room": "general"}));
+    assert_eq!(history["total"], 1, "{history}");
+}

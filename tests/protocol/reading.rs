@@ -169,3 +169,39 @@ fn bad_reads_are_refused() {
         "not_logged_in",
     );
 }
+
+/// `read_by`: the others in the room hear how far someone has read, at most
+/// once a second per reader (the newest mark), and `joined` lists every
+/// member's mark.
+#[test]
+fn the_room_hears_who_has_read_how_far() {
+    let server = TestServer::start();
+    let mut alice = server.login_in("alice", "general");
+    let mut bob = server.login_in("bob", "general");
+    let mut seqs = Vec::new();
+    for n in 0..3 {
+        seqs.push(alice.say(&format!("a{n}"), "hi")["seq"].as_i64().unwrap());
+    }
+    bob.request(json!({"type": "read", "room": "general", "seq": seqs[0]}));
+    let seen = alice.expect("read_by");
+    assert_eq!(
+        seen,
+        json!({"type": "read_by", "room": "general", "user": "bob", "seq": seqs[0]})
+    );
+    // Two more marks within the second: alice hears only the newest.
+    bob.request(json!({"type": "read", "room": "general", "seq": seqs[1]}));
+    bob.request(json!({"type": "read", "room": "general", "seq": seqs[2]}));
+    let seen = alice.expect("read_by");
+    assert_eq!(seen["seq"], seqs[2], "{seen}");
+    alice.assert_none(std::time::Duration::from_millis(1500), "read_by", |f| {
+        f["type"] == "read_by"
+    });
+    // The reader is not told of their own marks.
+    bob.assert_none(std::time::Duration::from_millis(100), "read_by", |f| {
+        f["type"] == "read_by"
+    });
+    let mut carol = server.login("carol");
+    let joined = carol.join("general");
+    assert_eq!(joined["read_by"]["bob"], seqs[2], "{joined}");
+    assert!(joined["read_by"]["alice"].is_i64(), "{joined}");
+}
