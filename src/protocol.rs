@@ -1398,6 +1398,49 @@ mod tests {
     }
 
     #[test]
+    fn search_queries_are_split_into_words_and_bounded() {
+        let query = validate_query("  deploy\tplan \"now\"\u{0}x  ").unwrap();
+        assert_eq!(query.words, ["deploy", "plan", "\"now\"", "x"]);
+        assert_eq!(query.sent, "  deploy\tplan \"now\"\u{0}x  ");
+        assert!(validate_query("").is_err());
+        assert!(validate_query(" \n\t\u{7} ").is_err());
+        assert!(validate_query(&"é".repeat(MAX_QUERY_CHARS)).is_ok());
+        assert!(validate_query(&"é".repeat(MAX_QUERY_CHARS + 1)).is_err());
+        let check = |text: &str| parse_request(text).unwrap().check().frame;
+        let CheckedFrame::Search {
+            room,
+            limit,
+            before_seq,
+            ..
+        } = check(r#"{"type":"search","query":"x","room":" Ops ","before_seq":9}"#)
+        else {
+            panic!("not a search");
+        };
+        assert_eq!(room.map(|r| r.typed), Some("Ops".to_string()));
+        assert_eq!(limit, Ok(DEFAULT_SEARCH_LIMIT));
+        assert_eq!(before_seq, Some(Seq(9)));
+        for bad in [0, MAX_SEARCH_LIMIT + 1] {
+            let CheckedFrame::Search { limit, .. } =
+                check(&format!(r#"{{"type":"search","query":"x","limit":{bad}}}"#))
+            else {
+                panic!("not a search");
+            };
+            assert!(limit.is_err(), "{bad}");
+        }
+        assert_eq!(
+            check(r#"{"type":"edit","seq":42,"text":"a\r\nb"}"#),
+            CheckedFrame::Edit {
+                seq: Seq(42),
+                text: Ok("a\nb".into())
+            }
+        );
+        assert_eq!(
+            check(r#"{"type":"delete_message","seq":-3}"#),
+            CheckedFrame::DeleteMessage { seq: Seq(-3) }
+        );
+    }
+
+    #[test]
     fn unknown_types_are_told_apart_from_bad_fields_without_reading_serde_messages() {
         let err = parse_request(r#"{"type":"teleport"}"#).unwrap_err();
         assert_eq!(err.message, "Unknown frame type \"teleport\".");
