@@ -423,6 +423,8 @@ mod tests {
             from: "a_lice".into(),
             text: text.into(),
             ts,
+            edited_at: None,
+            deleted: false,
             mentions: Vec::new(),
         };
         let day = "2025-11-25".parse::<UtcDay>().unwrap().start_ms();

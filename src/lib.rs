@@ -10,10 +10,11 @@
 //! - [`protocol`]: every JSON frame of the wire protocol, and every rule
 //!   that needs no state (names, text, ids, page sizes), as pure functions.
 //! - [`store`]: the only user of SQLite: the file, the schema, typed
-//!   queries, and the snapshot an export reads.
+//!   queries, edits and deletions (`edits`), the search index (`search`),
+//!   and the snapshot an export reads.
 //! - `hub/`: the one thread that owns the store and all chat state; one file
-//!   per job (`sessions`, `rooms`, `messages`, `history`, `limits`,
-//!   `outgoing`). It never touches a socket.
+//!   per job (`sessions`, `rooms`, `messages`, `reading`, `history`,
+//!   `edits`, `search`, `limits`, `outgoing`). It never touches a socket.
 //! - `vocab`: what the hub, the post and the connections say to each other
 //!   (`ConnId`, `Event`, `Mail`, `MailSink`), and the slots that bound what
 //!   is in flight between them (`Slots`, `Permit`).

@@ -28,6 +28,13 @@ pub const MAX_CLIENT_ID_CHARS: usize = 64;
 pub const MAX_REQ_CHARS: usize = 128;
 /// The page sizes a history request may ask for; the first is the default.
 pub const PAGE_SIZES: [u32; 4] = [50, 100, 200, 500];
+/// Longest search query, in Unicode scalar values.
+pub const MAX_QUERY_CHARS: usize = 200;
+/// Most messages one search reply may hold; [`DEFAULT_SEARCH_LIMIT`] when
+/// the request names none.
+pub const MAX_SEARCH_LIMIT: u32 = 100;
+/// Messages in a search reply when the request names no `limit`.
+pub const DEFAULT_SEARCH_LIMIT: u32 = 50;
 /// Largest WebSocket message (and frame) accepted; larger ones close the
 /// connection with 1009.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
@@ -160,6 +167,22 @@ pub enum ClientFrame {
         after: Option<Cursor>,
         #[serde(default)]
         since_seq: Option<i64>,
+        #[serde(default)]
+        around: Option<Cursor>,
+    },
+    /// Replace the text of one of your own messages.
+    Edit { seq: i64, text: String },
+    /// Erase one of your own messages.
+    DeleteMessage { seq: i64 },
+    /// Find messages in live rooms by their words.
+    Search {
+        query: String,
+        #[serde(default)]
+        room: Option<String>,
+        #[serde(default)]
+        limit: Option<u32>,
+        #[serde(default)]
+        before_seq: Option<i64>,
     },
     /// Ask for a `pong`.
     Ping,
@@ -172,7 +195,7 @@ pub enum ClientFrame {
 }
 
 /// Every `type` a client may send.
-const FRAME_TYPES: [&str; 11] = [
+const FRAME_TYPES: [&str; 14] = [
     "hello",
     "create_room",
     "delete_room",
@@ -180,6 +203,9 @@ const FRAME_TYPES: [&str; 11] = [
     "leave",
     "send",
     "history",
+    "edit",
+    "delete_message",
+    "search",
     "ping",
     "sign_out",
     "read",
@@ -255,6 +281,8 @@ pub enum PageQuery {
     After(Cursor),
     /// Messages after this `seq`, in `seq` order.
     SinceSeq(i64),
+    /// A page with this message in the middle.
+    Around(Cursor),
 }
 
 /// A request with every stateless rule applied (see [`Request::check`]).
@@ -297,6 +325,17 @@ pub enum CheckedFrame {
         room: RoomRef,
         limit: Checked<u32>,
         query: Checked<PageQuery>,
+    },
+    /// `invalid_message` on `Err`.
+    Edit { seq: Seq, text: Checked<String> },
+    /// Erase a message.
+    DeleteMessage { seq: Seq },
+    /// `bad_request` on `Err`; `room` None: every live room.
+    Search {
+        query: Checked<SearchQuery>,
+        room: Option<RoomRef>,
+        limit: Checked<u32>,
+        before_seq: Option<Seq>,
     },
     /// Ask for a `pong`.
     Ping,
@@ -349,16 +388,37 @@ impl Request {
                 before,
                 after,
                 since_seq,
+                around,
             } => CheckedFrame::History {
                 room: RoomRef::new(&room),
                 limit: page_limit(limit),
-                query: match (before, after, since_seq) {
-                    (None, None, None) => Ok(PageQuery::Newest),
-                    (Some(c), None, None) => Ok(PageQuery::Before(c)),
-                    (None, Some(c), None) => Ok(PageQuery::After(c)),
-                    (None, None, Some(s)) => Ok(PageQuery::SinceSeq(s)),
-                    _ => Err("Use at most one of \"before\", \"after\" and \"since_seq\".".into()),
+                query: match (before, after, since_seq, around) {
+                    (None, None, None, None) => Ok(PageQuery::Newest),
+                    (Some(c), None, None, None) => Ok(PageQuery::Before(c)),
+                    (None, Some(c), None, None) => Ok(PageQuery::After(c)),
+                    (None, None, Some(s), None) => Ok(PageQuery::SinceSeq(s)),
+                    (None, None, None, Some(c)) => Ok(PageQuery::Around(c)),
+                    _ => Err(
+                        "Use at most one of \"before\", \"after\", \"since_seq\" and \"around\"."
+                            .into(),
+                    ),
                 },
+            },
+            ClientFrame::Edit { seq, text } => CheckedFrame::Edit {
+                seq: Seq(seq),
+                text: validate_text(&text),
+            },
+            ClientFrame::DeleteMessage { seq } => CheckedFrame::DeleteMessage { seq: Seq(seq) },
+            ClientFrame::Search {
+                query,
+                room,
+                limit,
+                before_seq,
+            } => CheckedFrame::Search {
+                query: validate_query(&query),
+                room: room.as_deref().map(RoomRef::new),
+                limit: search_limit(limit),
+                before_seq: before_seq.map(Seq),
             },
             ClientFrame::Ping => CheckedFrame::Ping,
             ClientFrame::SignOut => CheckedFrame::SignOut,
@@ -388,6 +448,53 @@ fn page_limit(limit: Option<u32>) -> Checked<u32> {
             "A page holds 50, 100, 200 or 500 messages, not {limit}."
         )),
     }
+}
+
+/// A search reply's size from a request: 1 to [`MAX_SEARCH_LIMIT`],
+/// [`DEFAULT_SEARCH_LIMIT`] by default.
+fn search_limit(limit: Option<u32>) -> Checked<u32> {
+    match limit {
+        None => Ok(DEFAULT_SEARCH_LIMIT),
+        Some(limit) if (1..=MAX_SEARCH_LIMIT).contains(&limit) => Ok(limit),
+        Some(limit) => Err(format!(
+            "A search returns 1 to {MAX_SEARCH_LIMIT} messages, not {limit}."
+        )),
+    }
+}
+
+/// A search query that passed [`validate_query`]: what the client sent,
+/// to echo, and the words to look for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchQuery {
+    /// As sent, echoed in the reply.
+    pub sent: String,
+    /// The words: runs of characters between white space and control
+    /// characters, in order, none empty. Never search syntax: the store
+    /// quotes each (see `store::search`).
+    pub words: Vec<String>,
+}
+
+/// Checks a search query: 1–200 characters, not only white space. Splits
+/// it into words at white space and control characters (a control
+/// character is never part of a word, so none reaches the store).
+pub fn validate_query(raw: &str) -> Checked<SearchQuery> {
+    if raw.chars().count() > MAX_QUERY_CHARS {
+        return Err(format!(
+            "A search query may be at most {MAX_QUERY_CHARS} characters long."
+        ));
+    }
+    let words: Vec<String> = raw
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|word| !word.is_empty())
+        .map(str::to_string)
+        .collect();
+    if words.is_empty() {
+        return Err("A search query needs at least one word.".into());
+    }
+    Ok(SearchQuery {
+        sent: raw.to_string(),
+        words,
+    })
 }
 
 /// The timestamp a message is stored with: the client's `ts` when it is
@@ -435,6 +542,22 @@ pub enum ServerFrame {
     },
     Message(ChatMessage),
     History(Page),
+    Edited {
+        room: String,
+        seq: Seq,
+        text: String,
+        edited_at: i64,
+    },
+    MessageDeleted {
+        room: String,
+        seq: Seq,
+    },
+    SearchResults {
+        query: String,
+        room: Option<String>,
+        messages: Vec<PageMessage>,
+        has_more: bool,
+    },
     Presence {
         room: String,
         user: String,
@@ -574,6 +697,12 @@ pub struct ChatMessage {
     pub text: String,
     /// When it was sent, in ms since the epoch.
     pub ts: i64,
+    /// When its text was last edited, in ms since the epoch; None if never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<i64>,
+    /// Whether its author deleted it: its text is then empty.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
     /// The users it mentions, by display name, each once.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mentions: Vec<String>,
@@ -588,7 +717,7 @@ impl Serialize for PageMessage {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let m = &self.0;
-        let mut s = serializer.serialize_struct("message", 7)?;
+        let mut s = serializer.serialize_struct("message", 10)?;
         s.serialize_field("type", "message")?;
         s.serialize_field("room", &m.room)?;
         s.serialize_field("seq", &m.seq)?;
@@ -596,6 +725,12 @@ impl Serialize for PageMessage {
         s.serialize_field("from", &m.from)?;
         s.serialize_field("text", &m.text)?;
         s.serialize_field("ts", &m.ts)?;
+        if let Some(at) = m.edited_at {
+            s.serialize_field("edited_at", &at)?;
+        }
+        if m.deleted {
+            s.serialize_field("deleted", &true)?;
+        }
         if !m.mentions.is_empty() {
             s.serialize_field("mentions", &m.mentions)?;
         }
@@ -679,6 +814,8 @@ pub enum ErrorCode {
     InvalidMessage,
     RateLimited,
     StorageError,
+    Forbidden,
+    NoSuchMessage,
 }
 
 /// Case folding for names.
@@ -923,7 +1060,8 @@ mod tests {
                 limit: Some(100),
                 before: Some(Cursor { ts: 5, seq: 9 }),
                 after: None,
-                since_seq: None
+                since_seq: None,
+                around: None
             }
         );
         assert_eq!(
@@ -982,6 +1120,8 @@ mod tests {
                 from: "a".into(),
                 text: "t".into(),
                 ts: 2,
+                edited_at: None,
+                deleted: false,
                 mentions: vec!["Bob".into()],
             })],
             has_older: false,
@@ -1255,6 +1395,49 @@ mod tests {
             panic!("not a create_room");
         };
         assert!(room.is_err());
+    }
+
+    #[test]
+    fn search_queries_are_split_into_words_and_bounded() {
+        let query = validate_query("  deploy\tplan \"now\"\u{0}x  ").unwrap();
+        assert_eq!(query.words, ["deploy", "plan", "\"now\"", "x"]);
+        assert_eq!(query.sent, "  deploy\tplan \"now\"\u{0}x  ");
+        assert!(validate_query("").is_err());
+        assert!(validate_query(" \n\t\u{7} ").is_err());
+        assert!(validate_query(&"é".repeat(MAX_QUERY_CHARS)).is_ok());
+        assert!(validate_query(&"é".repeat(MAX_QUERY_CHARS + 1)).is_err());
+        let check = |text: &str| parse_request(text).unwrap().check().frame;
+        let CheckedFrame::Search {
+            room,
+            limit,
+            before_seq,
+            ..
+        } = check(r#"{"type":"search","query":"x","room":" Ops ","before_seq":9}"#)
+        else {
+            panic!("not a search");
+        };
+        assert_eq!(room.map(|r| r.typed), Some("Ops".to_string()));
+        assert_eq!(limit, Ok(DEFAULT_SEARCH_LIMIT));
+        assert_eq!(before_seq, Some(Seq(9)));
+        for bad in [0, MAX_SEARCH_LIMIT + 1] {
+            let CheckedFrame::Search { limit, .. } =
+                check(&format!(r#"{{"type":"search","query":"x","limit":{bad}}}"#))
+            else {
+                panic!("not a search");
+            };
+            assert!(limit.is_err(), "{bad}");
+        }
+        assert_eq!(
+            check(r#"{"type":"edit","seq":42,"text":"a\r\nb"}"#),
+            CheckedFrame::Edit {
+                seq: Seq(42),
+                text: Ok("a\nb".into())
+            }
+        );
+        assert_eq!(
+            check(r#"{"type":"delete_message","seq":-3}"#),
+            CheckedFrame::DeleteMessage { seq: Seq(-3) }
+        );
     }
 
     #[test]

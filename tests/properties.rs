@@ -13,10 +13,11 @@ mod support;
 use std::fmt::Write as _;
 
 use parlor::protocol::{
-    ClientFrame, Cursor, MAX_CLIENT_ID_CHARS, MAX_CLOCK_SKEW_MS, MAX_REQ_CHARS, MAX_ROOM_CHARS,
-    MAX_TEXT_CHARS, MAX_USERNAME_CHARS, Request, message_ts, parse_request, validate_client_id,
-    validate_room_name, validate_text, validate_username,
+    ClientFrame, Cursor, MAX_CLIENT_ID_CHARS, MAX_CLOCK_SKEW_MS, MAX_QUERY_CHARS, MAX_REQ_CHARS,
+    MAX_ROOM_CHARS, MAX_TEXT_CHARS, MAX_USERNAME_CHARS, Request, Seq, message_ts, parse_request,
+    validate_client_id, validate_query, validate_room_name, validate_text, validate_username,
 };
+use parlor::store::{NewMessage, RoomId, Store};
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
@@ -29,7 +30,7 @@ use unicode_normalization::char::is_combining_mark;
 use unicode_security::{GeneralSecurityProfile, RestrictionLevel, RestrictionLevelDetection};
 
 /// Every `type` a client may send.
-const FRAME_TYPES: [&str; 11] = [
+const FRAME_TYPES: [&str; 14] = [
     "hello",
     "create_room",
     "delete_room",
@@ -37,6 +38,9 @@ const FRAME_TYPES: [&str; 11] = [
     "leave",
     "send",
     "history",
+    "edit",
+    "delete_message",
+    "search",
     "ping",
     "sign_out",
     "read",
@@ -45,7 +49,7 @@ const FRAME_TYPES: [&str; 11] = [
 
 /// Field names of client frames, so generated objects often hit real fields
 /// with the wrong kind of value.
-const FIELD_NAMES: [&str; 13] = [
+const FIELD_NAMES: [&str; 16] = [
     "type",
     "req",
     "username",
@@ -59,6 +63,9 @@ const FIELD_NAMES: [&str; 13] = [
     "after",
     "since_seq",
     "seq",
+    "around",
+    "query",
+    "before_seq",
 ];
 
 /// Characters that sit on the edges of the rules: white space the trims
@@ -282,15 +289,31 @@ fn any_frame() -> impl Strategy<Value = ClientFrame> {
             option::of(any_cursor()),
             option::of(any_cursor()),
             option::of(any::<i64>()),
+            option::of(any_cursor()),
         )
-            .prop_map(|(room, limit, before, after, since_seq)| {
+            .prop_map(|(room, limit, before, after, since_seq, around)| {
                 ClientFrame::History {
                     room,
                     limit,
                     before,
                     after,
                     since_seq,
+                    around,
                 }
+            }),
+        (any::<i64>(), field_string()).prop_map(|(seq, text)| ClientFrame::Edit { seq, text }),
+        any::<i64>().prop_map(|seq| ClientFrame::DeleteMessage { seq }),
+        (
+            field_string(),
+            option::of(field_string()),
+            option::of(any::<u32>()),
+            option::of(any::<i64>()),
+        )
+            .prop_map(|(query, room, limit, before_seq)| ClientFrame::Search {
+                query,
+                room,
+                limit,
+                before_seq,
             }),
         Just(ClientFrame::Ping),
         Just(ClientFrame::SignOut),
@@ -422,6 +445,7 @@ fn encode_request(
             before,
             after,
             since_seq,
+            around,
         } => (
             "history",
             vec![
@@ -430,6 +454,28 @@ fn encode_request(
                 ("before", before.as_ref().map(cursor)),
                 ("after", after.as_ref().map(cursor)),
                 ("since_seq", since_seq.map(|n| n.to_string())),
+                ("around", around.as_ref().map(cursor)),
+            ],
+        ),
+        ClientFrame::Edit { seq, text } => (
+            "edit",
+            vec![("seq", Some(seq.to_string())), ("text", Some(s(text)))],
+        ),
+        ClientFrame::DeleteMessage { seq } => {
+            ("delete_message", vec![("seq", Some(seq.to_string()))])
+        }
+        ClientFrame::Search {
+            query,
+            room,
+            limit,
+            before_seq,
+        } => (
+            "search",
+            vec![
+                ("query", Some(s(query))),
+                ("room", room.as_deref().map(s)),
+                ("limit", limit.map(|l| l.to_string())),
+                ("before_seq", before_seq.map(|n| n.to_string())),
             ],
         ),
         ClientFrame::Ping => ("ping", vec![]),
@@ -845,6 +891,95 @@ proptest! {
         let len = raw.chars().count();
         let broken = len == 0 || len > MAX_CLIENT_ID_CHARS || raw.chars().any(char::is_control);
         prop_assert_eq!(validate_client_id(&raw).is_err(), broken, "{:?}", raw);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Search queries: whatever a person types, the store answers without an
+// error (user input is never search syntax).
+
+/// Pieces of FTS5's query syntax, and text around them.
+fn query_piece() -> impl Strategy<Value = String> {
+    let syntax = select(vec![
+        "\"", "\"\"", "*", "NEAR", "NEAR(", "NEAR/2", "OR", "AND", "NOT", "-", "+", "(", ")", ":",
+        "text:", "{text}:", "^", "{", "}", ",", "'", "\\", "\u{0}", "\u{301}", "\u{e000}", "é",
+        "日本", "deploy", "plan", "a", "0", " ", "\t", "\n",
+    ])
+    .prop_map(String::from);
+    prop_oneof![3 => syntax, 1 => any::<String>(), 1 => tricky_string(6)]
+}
+
+fn any_query() -> impl Strategy<Value = String> {
+    prop_oneof![
+        vec(query_piece(), 0..12).prop_map(|pieces| pieces.concat()),
+        any::<String>(),
+        near_limit(MAX_QUERY_CHARS),
+    ]
+}
+
+thread_local! {
+    /// A database with a few messages that queries can match, shared by the
+    /// cases of one thread.
+    static SEARCH_STORE: (support::TempDir, Store) = {
+        let dir = support::TempDir::new("search-props");
+        let mut store = Store::open(&dir.path().join("s.db")).expect("a new database opens");
+        let user = store.login_user("ann", 1).expect("ann signs in");
+        let texts = [
+            "deploy plan NEAR the OR gate",
+            "\"quoted\" text: with (parentheses) and * stars",
+            "e-mail don't -minus +plus ^caret {braces}",
+            "Café 日本 \u{e000} private",
+        ];
+        let batch: Vec<NewMessage> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| NewMessage {
+                room_id: RoomId(1),
+                user_id: user.id,
+                client_id: format!("c{i}"),
+                text: text.to_string(),
+                ts: i as i64,
+                received_at: i as i64,
+                mentions: Vec::new(),
+            })
+            .collect();
+        store.insert_messages(&batch).expect("the messages are stored");
+        (dir, store)
+    };
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    #[test]
+    fn any_query_is_refused_as_a_bad_request_or_answered_without_an_error(raw in any_query()) {
+        match validate_query(&raw) {
+            Ok(query) => {
+                prop_assert!(raw.chars().count() <= MAX_QUERY_CHARS);
+                prop_assert!(!query.words.is_empty());
+                SEARCH_STORE.with(|(_, store)| {
+                    for room in [None, Some(RoomId(1))] {
+                        let found = store.search(&query.words, room, None, 5);
+                        prop_assert!(found.is_ok(), "{:?}: {:?}", raw, found);
+                    }
+                    Ok(())
+                })?;
+            }
+            Err(message) => {
+                let len = raw.chars().count();
+                let blank = raw.chars().all(|c| c.is_whitespace() || c.is_control());
+                prop_assert!(len > MAX_QUERY_CHARS || blank, "refused {:?}: {}", raw, message);
+            }
+        }
+    }
+
+    #[test]
+    fn the_store_answers_any_words_without_an_error(words in vec(query_piece(), 0..8)) {
+        SEARCH_STORE.with(|(_, store)| {
+            let found = store.search(&words, None, Some(Seq(3)), 5);
+            prop_assert!(found.is_ok(), "{:?}: {:?}", words, found);
+            Ok(())
+        })?;
     }
 }
 

@@ -2,7 +2,8 @@
 //! rooms interleaved with it) written through Parlor's own [`Store`], then
 //! the server started on it and measured from one client: start-up, join
 //! with its first page, newest and deep pages for every page size,
-//! `since_seq` catch-up, and room switches.
+//! `since_seq` catch-up, room switches, and searches for a rare word and
+//! for one in every tenth message.
 //!
 //! The database is built once and cached under the output directory (its
 //! parameters beside it in a `.json`); every run copies it, so runs never
@@ -29,6 +30,13 @@ const BATCH: usize = 10_000;
 /// One message a second, with every 50th from a clock 3 s behind, so
 /// `(ts, seq)` order is not `seq` order.
 const STEP_MS: i64 = 1000;
+/// A word in every 10th message, and one in every 20,000th (52 of the
+/// default 1,040,000): what the searches look for (the texts spell them
+/// out, so that each is one token of a plain text).
+const COMMON_WORD: &str = "deploy";
+const COMMON_EVERY: usize = 10;
+const RARE_WORD: &str = "zephyr";
+const RARE_EVERY: usize = 20_000;
 
 pub struct HistoryOptions {
     pub binary: PathBuf,
@@ -67,7 +75,8 @@ fn small_name(k: usize) -> String {
 /// The parameters a cached database was built with.
 fn manifest(messages: usize, base: i64) -> Value {
     json!({"messages": messages, "small_rooms": SMALL_ROOMS, "cycle": CYCLE,
-           "users": USERS, "base_ts": base, "format": 2})
+           "users": USERS, "base_ts": base, "format": 3,
+           "common_word": [COMMON_WORD, COMMON_EVERY], "rare_word": [RARE_WORD, RARE_EVERY]})
 }
 
 /// Builds (or reuses) the database; returns its path and base timestamp.
@@ -124,11 +133,13 @@ fn build(path: &Path, messages: usize, base: i64) -> Result<(), String> {
     for i in 0..total {
         let ts = ts_of(base, i);
         let extra = (i * 7) % 120;
+        let common = if i % COMMON_EVERY == 3 { " deploy" } else { "" };
+        let rare = if i % RARE_EVERY == 11 { " zephyr" } else { "" };
         batch.push(NewMessage {
             room_id: rooms[room_of(i)],
             user_id: users[i % USERS],
             client_id: format!("h{i}"),
-            text: format!("message {i} {}", &filler[..extra]),
+            text: format!("message {i} {}{common}{rare}", &filler[..extra]),
             ts,
             received_at: ts,
             mentions: Vec::new(),
@@ -186,6 +197,10 @@ pub fn run(options: &HistoryOptions) -> Result<Value, String> {
     let total = options.messages / (CYCLE - 1) * CYCLE;
     let big: Vec<usize> = (0..total).filter(|&i| room_of(i) == 0).collect();
     let db_bytes = std::fs::metadata(&cached).map(|m| m.len()).unwrap_or(0);
+    let index_bytes = Store::open(&cached)
+        .map_err(|e| e.to_string())
+        .and_then(|store| store.search_index_bytes().map_err(|e| e.to_string()))
+        .map_err(|e| format!("measuring the search index: {e}"))?;
     if let Some(took) = built_in {
         println!(
             "history: built {} ({} messages, {:.0} MB) in {:.1} s",
@@ -328,6 +343,84 @@ pub fn run(options: &HistoryOptions) -> Result<Value, String> {
         }
         catch_ups.push(start.elapsed());
     }
+    // Searches, newest 50 results each: a rare word and a word in every
+    // tenth message, across all rooms and in one; the common word in a
+    // room without it (the whole room and the word's messages to pass
+    // over); a deep page of the common word; and a one-letter prefix,
+    // which matches every message.
+    let rare_total = (0..total).filter(|i| i % RARE_EVERY == 11).count();
+    let empty = format!("empty-{}", crate::nonce());
+    conn.expect(json!({"type": "create_room", "room": empty}), "rooms")?;
+    let searches: Vec<(String, Value, Option<usize>)> = vec![
+        (
+            format!("rare word ({rare_total}), all rooms"),
+            json!({"query": RARE_WORD}),
+            Some(rare_total.min(50)),
+        ),
+        (
+            "rare word, the 1M room".to_string(),
+            json!({"query": RARE_WORD, "room": big_room}),
+            None,
+        ),
+        (
+            "10 % word, all rooms".into(),
+            json!({"query": COMMON_WORD}),
+            Some(50),
+        ),
+        (
+            "10 % word, the 1M room".into(),
+            json!({"query": COMMON_WORD, "room": big_room}),
+            Some(50),
+        ),
+        (
+            "10 % word, a side room".into(),
+            json!({"query": COMMON_WORD, "room": side}),
+            None,
+        ),
+        (
+            "10 % word, a room without it".into(),
+            json!({"query": COMMON_WORD, "room": empty}),
+            Some(0),
+        ),
+        (
+            "two words, all rooms".into(),
+            json!({"query": format!("{COMMON_WORD} lorem")}),
+            Some(50),
+        ),
+        (
+            "one-letter prefix (every message)".into(),
+            json!({"query": "m"}),
+            Some(50),
+        ),
+    ];
+    let mut search_results = Vec::new();
+    for (label, query, expected) in &searches {
+        let mut times = Vec::new();
+        for _ in 0..reps {
+            let mut frame = query.clone();
+            frame["type"] = json!("search");
+            frame["limit"] = json!(50);
+            let (reply, d) = timed(&mut conn, frame, "search_results")?;
+            check_results(&reply, *expected)?;
+            times.push(d);
+        }
+        search_results.push((label.clone(), query.clone(), Summary::of_durations(&times)));
+    }
+    let mut deep_search = Vec::new();
+    for _ in 0..reps {
+        let before = 1 + rng.below(total * 9 / 10) + total / 10;
+        let frame =
+            json!({"type": "search", "query": COMMON_WORD, "limit": 50, "before_seq": before});
+        let (reply, d) = timed(&mut conn, frame, "search_results")?;
+        check_results(&reply, Some(50))?;
+        deep_search.push(d);
+    }
+    search_results.push((
+        "10 % word, deep page (before_seq)".into(),
+        json!({"query": COMMON_WORD, "before_seq": "random"}),
+        Summary::of_durations(&deep_search),
+    ));
+
     let unread = sign_ins_with_unread(&process, total)?;
     let rss = process.memory();
     let threads = process.threads();
@@ -407,6 +500,25 @@ pub fn run(options: &HistoryOptions) -> Result<Value, String> {
         "  since_seq catch-up of {catch_up} ({requests} pages of 500): median {:.1} ms, max {:.1} ms",
         catch.p50, catch.max
     );
+    println!("  search, newest 50 results");
+    let mut search_json = Vec::new();
+    for (label, query, summary) in &search_results {
+        let target = if label.starts_with("rare") {
+            Some(10.0)
+        } else if label.starts_with("10 %") {
+            Some(30.0)
+        } else {
+            None
+        };
+        row(&format!("  {label}"), *summary, target);
+        search_json.push(json!({"what": label, "query": query, "time": summary.to_json()}));
+    }
+    println!(
+        "  search index: {:.1} MB of the {:.1} MB file ({:.1} %)",
+        index_bytes as f64 / 1e6,
+        db_bytes as f64 / 1e6,
+        100.0 * index_bytes as f64 / db_bytes.max(1) as f64
+    );
     println!(
         "  `total` reported {} in every reply: {}",
         expected_total,
@@ -459,6 +571,8 @@ pub fn run(options: &HistoryOptions) -> Result<Value, String> {
             "requests": requests,
             "time": catch.to_json(),
         },
+        "search": search_json,
+        "search_index_bytes": index_bytes,
         "total_matches_room_size": totals_ok,
         "welcome_with_unread": unread.as_ref().map(|(everything, away)| json!({
             "everything_unread": Summary::of_durations(everything).to_json(),
@@ -469,6 +583,26 @@ pub fn run(options: &HistoryOptions) -> Result<Value, String> {
         "server_peak_rss_kib": rss.map(|m| m.peak_kib),
         "server_rss_idle_kib": rss_idle.map(|m| m.rss_kib),
     }))
+}
+
+/// Search results hold `expected` messages (when known, else at least
+/// one), newest first.
+fn check_results(reply: &Value, expected: Option<usize>) -> Result<(), String> {
+    let seqs: Vec<i64> = reply["messages"]
+        .as_array()
+        .map(|messages| messages.iter().filter_map(|m| m["seq"].as_i64()).collect())
+        .unwrap_or_default();
+    if expected.map_or(seqs.is_empty(), |n| n != seqs.len()) {
+        return Err(format!(
+            "search {} found {} messages, expected {expected:?}",
+            reply["query"],
+            seqs.len()
+        ));
+    }
+    if seqs.windows(2).any(|w| w[0] <= w[1]) {
+        return Err(format!("search {} is not newest first", reply["query"]));
+    }
+    Ok(())
 }
 
 /// Messages per room a user is behind in the second sign-in measurement.

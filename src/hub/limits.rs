@@ -52,6 +52,9 @@ pub(super) fn cost(frame: &CheckedFrame) -> u32 {
         CheckedFrame::Hello { .. } => 2,
         CheckedFrame::Join { limit, .. } | CheckedFrame::History { limit, .. } => 1 + page(limit),
         CheckedFrame::CreateRoom { .. } | CheckedFrame::DeleteRoom { .. } => 5,
+        // Edits and deletes also spend the message budget.
+        CheckedFrame::Edit { .. } | CheckedFrame::DeleteMessage { .. } => 1,
+        CheckedFrame::Search { limit, .. } => 1 + limit.as_ref().map_or(1, |l| l / 10),
     }
 }
 
@@ -438,6 +441,17 @@ mod tests {
         );
         assert_eq!(cost(&frame(r#"{"type":"send","id":"a","text":"b"}"#)), 0);
         assert_eq!(cost(&frame(r#"{"type":"create_room","room":"r"}"#)), 5);
+        assert_eq!(cost(&frame(r#"{"type":"search","query":"q"}"#)), 6);
+        assert_eq!(
+            cost(&frame(r#"{"type":"search","query":"q","limit":100}"#)),
+            11
+        );
+        assert_eq!(
+            cost(&frame(r#"{"type":"search","query":"q","limit":1}"#)),
+            1
+        );
+        assert_eq!(cost(&frame(r#"{"type":"edit","seq":1,"text":"t"}"#)), 1);
+        assert_eq!(cost(&frame(r#"{"type":"delete_message","seq":1}"#)), 1);
     }
 
     #[test]

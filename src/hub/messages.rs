@@ -279,6 +279,8 @@ impl Sends {
                 from: p.from,
                 text: p.message.text,
                 ts: p.message.ts,
+                edited_at: None,
+                deleted: false,
                 mentions: p
                     .message
                     .mentions

@@ -18,15 +18,22 @@
 //! [`sessions`] (connections, sign-in, resume, the grace period),
 //! [`rooms`] (rooms, presence, the room list), [`messages`] (sends and the
 //! commit), [`reading`] (read marks and unread counts), [`history`] (pages),
+//! [`edits`] (editing and deleting one's own messages), [`search`],
 //! [`limits`] (rate limits), and [`outgoing`] (the batch's mail). A handler
 //! is given the parts it needs.
+//!
+//! After a batch that edited or deleted text, once its mail is handed over,
+//! the store checkpoints the WAL so the old text leaves the disk
+//! (`Store::scrub_erased`).
 
+mod edits;
 mod history;
 mod limits;
 mod messages;
 mod outgoing;
 mod reading;
 mod rooms;
+mod search;
 mod sessions;
 
 use std::time::{Duration, Instant};
@@ -88,6 +95,9 @@ pub struct Hub {
     limits: Limits,
     /// What this batch says to connections, handed to the sink at its end.
     out: Outgoing,
+    /// Whether clearing erased text out of the WAL failed after the last
+    /// batch (logged once per incident).
+    scrub_failing: bool,
 }
 
 impl Hub {
@@ -106,6 +116,7 @@ impl Hub {
             reading: Reading::default(),
             limits: Limits::new(settings.limits.clone(), settings.metrics.clone()),
             out: Outgoing::new(settings.metrics.clone()),
+            scrub_failing: false,
         })
     }
 
@@ -179,6 +190,18 @@ impl Hub {
             .set_users_signed_in(self.sessions.online_count());
         if !self.out.mail.is_empty() {
             sink.post(self.out.take());
+        }
+        // After the mail is handed over, so that no reply waits for it.
+        match self.store.scrub_erased() {
+            Err(e) if !self.scrub_failing => {
+                log::error!(
+                    "storage: cannot clear erased text out of the WAL: {e}; trying after every batch"
+                );
+                self.out.metrics.storage_error();
+                self.scrub_failing = true;
+            }
+            Err(_) => {}
+            Ok(_) => self.scrub_failing = false,
         }
     }
 
@@ -451,6 +474,42 @@ impl Hub {
             CheckedFrame::History { room, limit, query } => {
                 history::history(&self.store, &self.rooms, out, &to, &room, limit, query)
             }
+            CheckedFrame::Edit { seq, text } => edits::edit(
+                &mut self.store,
+                &self.rooms,
+                &mut self.limits,
+                out,
+                &to,
+                user,
+                seq,
+                text,
+            ),
+            CheckedFrame::DeleteMessage { seq } => edits::delete(
+                &mut self.store,
+                &self.rooms,
+                &mut self.limits,
+                out,
+                &to,
+                user,
+                seq,
+            ),
+            CheckedFrame::Search {
+                query,
+                room,
+                limit,
+                before_seq,
+            } => search::search(
+                &self.store,
+                &self.rooms,
+                &mut self.limits,
+                out,
+                &to,
+                user,
+                query,
+                room,
+                limit,
+                before_seq,
+            ),
             CheckedFrame::Hello { .. } | CheckedFrame::Ping | CheckedFrame::SignOut => {
                 unreachable!("BUG: answered above")
             }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, params};
 
-use super::{RoomId, database_error, open_read_only};
+use super::{RoomId, SCHEMA_VERSION, database_error, open_read_only};
 use crate::error::Error;
 use crate::protocol::{ChatMessage, NameKey};
 
@@ -37,6 +37,18 @@ impl Snapshot {
     /// that is missing or not a Parlor database.
     pub fn open(db: &Path) -> Result<Snapshot, Error> {
         let conn = open_read_only(db)?;
+        // Older files lack the columns read here, and a read-only
+        // connection cannot migrate them.
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(|e| database_error(db, format!("cannot read it: {e}"), Some(e.into())))?;
+        if version < SCHEMA_VERSION {
+            let message = format!(
+                "its schema version {version} is older than this Parlor's ({SCHEMA_VERSION}); \
+                 start this Parlor on it once to bring it up to date"
+            );
+            return Err(database_error(db, message, None));
+        }
         let snapshot = Snapshot {
             conn,
             db: db.to_path_buf(),
@@ -93,9 +105,10 @@ impl Snapshot {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT m.seq, m.client_id, u.name, m.text, m.ts, m.mentions
+                "SELECT m.seq, m.client_id, u.name, m.text, m.ts, m.edited_at, m.mentions
                  FROM messages m JOIN users u ON u.id = m.user_id
-                 WHERE m.room_id = ?1 AND m.ts >= ?2 ORDER BY m.ts, m.seq",
+                 WHERE m.room_id = ?1 AND m.ts >= ?2 AND m.deleted_at IS NULL
+                 ORDER BY m.ts, m.seq",
             )
             .map_err(fail)?;
         let mut rows = stmt
@@ -111,7 +124,9 @@ impl Snapshot {
                     from: row.get(2)?,
                     text: row.get(3)?,
                     ts: row.get(4)?,
-                    mentions: super::mention_names(row.get(5)?),
+                    edited_at: row.get(5)?,
+                    deleted: false,
+                    mentions: super::mention_names(row.get(6)?),
                 })
             })()
             .map_err(fail)?;

@@ -17,16 +17,26 @@ use rusqlite::types::{FromSql, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use crate::error::Error;
 use crate::protocol::{ChatMessage, NameKey, PageMessage, PageQuery, Seq, now_ms};
 
+mod edits;
 mod export;
+mod search;
 
+pub use edits::MessageRecord;
 pub use export::{Snapshot, SnapshotRoom};
+pub use search::{SearchRows, match_expression};
 
 /// `PRAGMA application_id` of a Parlor database ("PRLR").
 const APPLICATION_ID: i64 = 0x5052_4c52;
 /// The schema version this code writes; older files are migrated forward.
 /// Version 2: names are keyed by `protocol::name_key` (look-alikes are one
 /// name) instead of case folding alone. Version 3: read marks and mentions.
-const SCHEMA_VERSION: i64 = 3;
+/// Version 4: messages can be edited and deleted (`edits`), and are
+/// indexed for search (`search`).
+const SCHEMA_VERSION: i64 = 4;
+
+/// How long a statement waits for a lock another connection (an export, a
+/// backup, Litestream) holds.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 const SCHEMA_V1: &str = "
 CREATE TABLE users (
@@ -222,6 +232,9 @@ pub struct PageRows {
 /// The open database: one connection, owned by the hub thread.
 pub struct Store {
     conn: Connection,
+    /// Whether text was erased (edited or deleted) since the WAL was last
+    /// scrubbed (see `Store::scrub_erased`).
+    erased: bool,
 }
 
 impl Store {
@@ -254,7 +267,12 @@ impl Store {
                 "its schema version {version} is newer than this Parlor understands ({SCHEMA_VERSION}); run a newer Parlor"
             )));
         }
-        let store = Store { conn };
+        let store = Store {
+            conn,
+            // A server killed between an erasure and its scrub may have
+            // left the old text in the WAL: the first scrub clears it.
+            erased: true,
+        };
         store
             .configure()
             .and_then(|()| store.migrate(version))
@@ -272,7 +290,10 @@ impl Store {
         }
         self.conn.pragma_update(None, "synchronous", "FULL")?;
         self.conn.pragma_update(None, "foreign_keys", true)?;
-        self.conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Freed bytes are zeroed, so that deleted and replaced text does not
+        // linger in the file (see `edits`).
+        self.conn.pragma_update(None, "secure_delete", true)?;
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
         Ok(())
     }
 
@@ -310,6 +331,10 @@ impl Store {
             tx.execute_batch(SCHEMA_V3)?;
             // What was there before read marks counts as read.
             tx.execute(MARK_ALL_READ, [])?;
+        }
+        if from < 4 {
+            tx.execute_batch(edits::SCHEMA_V4)?;
+            search::create_index(&tx)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()
@@ -552,10 +577,12 @@ impl Store {
         query: PageQuery,
         limit: u32,
     ) -> rusqlite::Result<PageRows> {
-        const COLUMNS: &str = "SELECT m.seq, m.client_id, u.name, m.text, m.ts, m.mentions
-             FROM messages m JOIN users u ON u.id = m.user_id WHERE m.room_id = ?1";
         const NEWEST_FIRST: &str = "m.ts DESC, m.seq DESC";
-        let fetch = i64::from(limit) + 1;
+        const OLDEST_FIRST: &str = "m.ts, m.seq";
+        let limit = limit as usize;
+        let rows = |filter: &str, order: &str, cursor: &[i64], fetch: usize| {
+            self.page_rows(room_id, room, filter, order, cursor, fetch)
+        };
         // Pages walking back in time read newest first and are reversed.
         let (filter, order, cursor, newest_first): (&str, &str, &[i64], bool) = match &query {
             PageQuery::Newest => ("", NEWEST_FIRST, &[], true),
@@ -567,31 +594,43 @@ impl Store {
             ),
             PageQuery::After(c) => (
                 "AND (m.ts, m.seq) > (?3, ?4)",
-                "m.ts, m.seq",
+                OLDEST_FIRST,
                 &[c.ts, c.seq],
                 false,
             ),
             PageQuery::SinceSeq(s) => ("AND m.seq > ?3", "m.seq", std::slice::from_ref(s), false),
+            PageQuery::Around(c) => {
+                // The message and what follows it on one side, what precedes
+                // it on the other, half the page each; a side that runs out
+                // leaves its share to the other. Each read asks for one more
+                // than it may keep, to tell whether there is more.
+                const NEWER: &str = "AND (m.ts, m.seq) >= (?3, ?4)";
+                const OLDER: &str = "AND (m.ts, m.seq) < (?3, ?4)";
+                let cursor = [c.ts, c.seq];
+                let half = limit / 2;
+                let mut newer = rows(NEWER, OLDEST_FIRST, &cursor, limit - half + 1)?;
+                let mut newer_kept = newer.len().min(limit - half);
+                let mut older = rows(OLDER, NEWEST_FIRST, &cursor, limit - newer_kept + 1)?;
+                let older_kept = older.len().min(limit - newer_kept);
+                if older_kept + newer_kept < limit && newer.len() > newer_kept {
+                    newer = rows(NEWER, OLDEST_FIRST, &cursor, limit - older_kept + 1)?;
+                    newer_kept = newer.len().min(limit - older_kept);
+                }
+                let (has_older, has_newer) = (older.len() > older_kept, newer.len() > newer_kept);
+                older.truncate(older_kept);
+                older.reverse();
+                newer.truncate(newer_kept);
+                older.append(&mut newer);
+                return Ok(PageRows {
+                    messages: older,
+                    has_older,
+                    has_newer,
+                });
+            }
         };
-        let sql = format!("{COLUMNS} {filter} ORDER BY {order} LIMIT ?2");
-        let args = [room_id.0, fetch].into_iter().chain(cursor.iter().copied());
-        let mut messages = self
-            .conn
-            .prepare_cached(&sql)?
-            .query_map(params_from_iter(args), |row| {
-                Ok(PageMessage(ChatMessage {
-                    room: room.to_string(),
-                    seq: row.get(0)?,
-                    id: row.get(1)?,
-                    from: row.get(2)?,
-                    text: row.get(3)?,
-                    ts: row.get(4)?,
-                    mentions: mention_names(row.get(5)?),
-                }))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let more = messages.len() > limit as usize;
-        messages.truncate(limit as usize);
+        let mut messages = rows(filter, order, cursor, limit + 1)?;
+        let more = messages.len() > limit;
+        messages.truncate(limit);
         if newest_first {
             messages.reverse();
         }
@@ -608,12 +647,38 @@ impl Store {
                 more,
             ),
             PageQuery::SinceSeq(s) => (self.exists(room_id, "seq <= ?2", &[s])?, more),
+            PageQuery::Around(_) => unreachable!("BUG: answered above"),
         };
         Ok(PageRows {
             messages,
             has_older,
             has_newer,
         })
+    }
+
+    /// Up to `fetch` messages of a room matching `filter` (whose cursor
+    /// parameters start at ?3), in `order`.
+    fn page_rows(
+        &self,
+        room_id: RoomId,
+        room: &str,
+        filter: &str,
+        order: &str,
+        cursor: &[i64],
+        fetch: usize,
+    ) -> rusqlite::Result<Vec<PageMessage>> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.user_id
+             WHERE m.room_id = ?1 {filter} ORDER BY {order} LIMIT ?2"
+        );
+        let fetch = i64::try_from(fetch).unwrap_or(i64::MAX);
+        let args = [room_id.0, fetch].into_iter().chain(cursor.iter().copied());
+        self.conn
+            .prepare_cached(&sql)?
+            .query_map(params_from_iter(args), |row| {
+                message_row(row, room.to_string()).map(PageMessage)
+            })?
+            .collect()
     }
 
     /// Caps the file at `pages` pages (at least its current size), so tests
@@ -810,6 +875,26 @@ fn find_sent(
         })
     })
     .optional()
+}
+
+/// The columns [`message_row`] reads, from `messages m` joined with
+/// `users u`.
+const MESSAGE_COLUMNS: &str =
+    "m.seq, m.client_id, u.name, m.text, m.ts, m.edited_at, m.deleted_at IS NOT NULL, m.mentions";
+
+/// A message read with [`MESSAGE_COLUMNS`], in `room`.
+fn message_row(row: &rusqlite::Row, room: String) -> rusqlite::Result<ChatMessage> {
+    Ok(ChatMessage {
+        room,
+        seq: row.get(0)?,
+        id: row.get(1)?,
+        from: row.get(2)?,
+        text: row.get(3)?,
+        ts: row.get(4)?,
+        edited_at: row.get(5)?,
+        deleted: row.get(6)?,
+        mentions: mention_names(row.get(7)?),
+    })
 }
 
 fn read_identity(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {

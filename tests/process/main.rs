@@ -5,6 +5,7 @@
 mod support;
 
 mod crash_loop;
+mod edits;
 mod export;
 mod lifecycle;
 mod storage;

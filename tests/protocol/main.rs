@@ -7,9 +7,11 @@ mod support;
 
 mod budgets;
 mod defense;
+mod edits;
 mod http;
 mod messages;
 mod metrics;
 mod reading;
+mod search;
 mod sessions;
 mod tls;
