@@ -367,10 +367,18 @@ impl Rooms {
             user: user.name.clone(),
             state: PresenceState::Joined,
         });
+        // The others also hear how far the newcomer has read the room, so
+        // their pages know whom a message has been seen by.
+        let seen = encode(&ServerFrame::ReadBy {
+            room: live.name.clone(),
+            user: user.name.clone(),
+            seq: read_seq,
+        });
         let others: Vec<ConnId> = self.member_conns(key).filter(|c| *c != user.conn).collect();
         out.reply(to, &self.joined_frame(key, history, read_seq, reading));
         for other in others {
             out.frame(other, presence.clone());
+            out.frame(other, seen.clone());
         }
         self.changed();
     }

@@ -182,6 +182,12 @@ fn the_room_hears_who_has_read_how_far() {
     for n in 0..3 {
         seqs.push(alice.say(&format!("a{n}"), "hi")["seq"].as_i64().unwrap());
     }
+    // Bob's coming in told alice his mark then.
+    let seen = alice.expect("read_by");
+    assert_eq!(
+        (seen["user"].as_str(), seen["seq"].as_i64()),
+        (Some("bob"), Some(0))
+    );
     bob.request(json!({"type": "read", "room": "general", "seq": seqs[0]}));
     let seen = alice.expect("read_by");
     assert_eq!(
@@ -204,4 +210,12 @@ fn the_room_hears_who_has_read_how_far() {
     let joined = carol.join("general");
     assert_eq!(joined["read_by"]["bob"], seqs[2], "{joined}");
     assert!(joined["read_by"]["alice"].is_i64(), "{joined}");
+    // Someone coming in: the room hears how far they had read it.
+    bob.request(json!({"type": "leave"}));
+    let back = bob.join("general");
+    assert_eq!(back["read_seq"], seqs[2]);
+    let seen = carol.wait_for("bob's mark as he comes back", |f| {
+        f["type"] == "read_by" && f["user"] == "bob"
+    });
+    assert_eq!(seen["seq"], seqs[2], "{seen}");
 }
