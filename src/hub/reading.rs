@@ -27,6 +27,15 @@ const PUSH_DELAY: Duration = Duration::from_millis(100);
 /// most one `unread` frame per room this often.
 pub(super) const PUSH_EVERY: Duration = Duration::from_secs(1);
 
+/// A user's own share of up to half a second added to [`PUSH_EVERY`], so
+/// that users pushed together once are pushed at different moments after:
+/// on a busy server every user's counts change all the time, and pushing
+/// them all in one batch would hold that batch's messages up.
+fn spread(user: UserId) -> Duration {
+    let hash = (user.0 as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    Duration::from_millis(hash >> 55)
+}
+
 /// Longest a moved read mark waits to be saved.
 const SAVE_DELAY: Duration = Duration::from_secs(1);
 
@@ -87,6 +96,9 @@ struct Reader {
     rooms: HashMap<RoomId, Counts>,
     /// When the user may be pushed counts again.
     next_push: Instant,
+    /// [`Reading::commits`] when this user's counts were last compared
+    /// with what they were sent: nothing changed while it is the same.
+    compared_at: u64,
 }
 
 impl Reader {
@@ -110,6 +122,9 @@ pub(super) struct Reading {
     unseen: HashMap<(NameKey, RoomId), Seq>,
     /// When `unseen` is due to be told.
     pub seen_due: Option<Instant>,
+    /// Messages committed since start-up: a push skips the users whose
+    /// counts were compared since the last one.
+    commits: u64,
 }
 
 impl Reading {
@@ -148,6 +163,7 @@ impl Reading {
                 seen_at: None,
                 rooms: counts,
                 next_push: Instant::now(),
+                compared_at: self.commits,
             },
         );
         Ok(())
@@ -210,6 +226,7 @@ impl Reading {
                 reader.counts(room).mentions += 1;
             }
         }
+        self.commits += 1;
         self.push_due
             .get_or_insert_with(|| Instant::now() + PUSH_DELAY);
     }
@@ -282,6 +299,16 @@ impl Reading {
             let (Some(reader), Some(conn)) = (self.readers.get_mut(user), conn) else {
                 continue;
             };
+            if reader.compared_at == self.commits {
+                continue;
+            }
+            if reader.next_push > now {
+                // Pushed recently: later.
+                let next = reader.next_push;
+                self.push_due = Some(self.push_due.map_or(next, |due| due.min(next)));
+                continue;
+            }
+            reader.compared_at = self.commits;
             let here = rooms
                 .room_of(user)
                 .and_then(|key| rooms.get(key))
@@ -291,16 +318,10 @@ impl Reading {
                 if Some(room.id) == here {
                     continue;
                 }
-                let next_push = reader.next_push;
                 let counts = reader.counts(room);
                 let now_counts = counts.now(room);
                 if counts.sent == Some(now_counts) {
                     continue;
-                }
-                if next_push > now {
-                    // Changed, but this user was pushed recently: later.
-                    self.push_due = Some(self.push_due.map_or(next_push, |due| due.min(next_push)));
-                    break;
                 }
                 counts.sent = Some(now_counts);
                 pushed = true;
@@ -315,7 +336,7 @@ impl Reading {
                 );
             }
             if pushed {
-                reader.next_push = now + PUSH_EVERY;
+                reader.next_push = now + PUSH_EVERY + spread(reader.user_id);
             }
         }
     }
