@@ -22,6 +22,10 @@
 //!   routes; `outbox`: a connection's queue, bounded in frames and bytes and
 //!   sharing a pool of bytes with all others, and its direct sends;
 //!   `frame`: a server frame encoded once for all its recipients.
+//! - `pages`: the thread that reads and sends the `history` pages the hub
+//!   hands it through its mail (a page can be megabytes; the hub does not
+//!   wait for it), with a read-only store of its own; post → pages by
+//!   channel, pages → post for the routes.
 //! - `ws`: the WebSocket accept loop and each connection's reader and writer
 //!   threads; `admission`: who may open a WebSocket, and which host names
 //!   the page and the WebSocket answer to.
@@ -53,6 +57,7 @@ mod hub;
 mod metrics;
 pub mod net;
 mod outbox;
+mod pages;
 mod post;
 pub mod protocol;
 mod random;
@@ -225,7 +230,13 @@ pub fn start(config: Config) -> Result<Server, Error> {
     let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
     let hub_slots = vocab::Slots::new(HUB_QUEUE);
     let routes = post::Routes::default();
-    let mut post = post::Post::start(routes.clone(), hub_tx.clone(), metrics.clone())?;
+    let (pages, pages_tx) = pages::Pages::start(
+        &config.db_path,
+        routes.clone(),
+        hub_tx.clone(),
+        metrics.clone(),
+    )?;
+    let mut post = post::Post::start(routes.clone(), hub_tx.clone(), pages_tx, metrics.clone())?;
     let settings = hub::Settings {
         max_users: config.max_users,
         max_users_per_ip: config.max_users_per_ip,
@@ -258,6 +269,7 @@ pub fn start(config: Config) -> Result<Server, Error> {
                 std::process::exit(70);
             }
             post.stop();
+            pages.stop();
         })?;
     let origins = admission::OriginPolicy::new(http.addr(), &config.allow_origins);
     let limits = admission::SocketLimits {

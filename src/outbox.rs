@@ -285,7 +285,6 @@ impl Outbox {
     }
 
     /// Bytes of the frames [`Outbox::queued`] counts.
-    #[cfg(test)]
     pub fn queued_bytes(&self) -> usize {
         self.lock().bytes
     }

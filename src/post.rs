@@ -20,7 +20,7 @@ use crate::admission::SignedIn;
 use crate::frame::Frame;
 use crate::metrics::Metrics;
 use crate::outbox::{Full, Outbox};
-use crate::vocab::{ConnId, Event, Mail, MailSink};
+use crate::vocab::{ConnId, Event, Mail, MailSink, PageJob};
 
 /// What the post asks of a connection's writer thread besides its outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +77,8 @@ impl Routes {
         }
     }
 
-    fn outbox(&self, conn: ConnId) -> Option<Outbox> {
+    /// The connection's outbox, while it has a route.
+    pub fn outbox(&self, conn: ConnId) -> Option<Outbox> {
         self.lock().get(&conn).map(|route| route.outbox.clone())
     }
 }
@@ -89,7 +90,12 @@ type Pending = HashMap<ConnId, Option<(Outbox, Vec<Frame>)>>;
 /// Carries out a batch of mail. Returns the connections found too far
 /// behind: their outboxes are closed and emptied, and the hub should end
 /// them.
-fn deliver(routes: &Routes, mail: Vec<Mail>, metrics: &Metrics) -> Vec<ConnId> {
+fn deliver(
+    routes: &Routes,
+    mail: Vec<Mail>,
+    pages: &Sender<PageJob>,
+    metrics: &Metrics,
+) -> Vec<ConnId> {
     let mut too_slow = Vec::new();
     let mut pending = Pending::new();
     for item in mail {
@@ -117,12 +123,32 @@ fn deliver(routes: &Routes, mail: Vec<Mail>, metrics: &Metrics) -> Vec<ConnId> {
             }
             Mail::Forget(conn) => end(routes, &mut pending, &mut too_slow, conn, None, metrics),
             Mail::SignedIn(conn) => routes.signed_in(conn),
+            Mail::Page(job) => {
+                // What was said to the connection before goes first.
+                if let Some(Some((outbox, frames))) = pending.remove(&job.conn) {
+                    push(job.conn, &outbox, &frames, &mut too_slow, metrics);
+                }
+                // An error means the page builder has stopped (at shutdown):
+                // the job, and its slot, are dropped.
+                let _ = pages.send(job);
+            }
         }
     }
     for (conn, (outbox, frames)) in pending.into_iter().filter_map(|(c, p)| Some((c, p?))) {
         push(conn, &outbox, &frames, &mut too_slow, metrics);
     }
     too_slow
+}
+
+/// Sends one frame made off the hub thread (a history page) to `conn`, if
+/// it is still there. Returns whether its outbox was found full: it is then
+/// closed and emptied, and the hub must be told, as after [`deliver`].
+pub fn send_one(routes: &Routes, conn: ConnId, frame: Frame, metrics: &Metrics) -> bool {
+    let mut too_slow = Vec::new();
+    if let Some(outbox) = routes.outbox(conn) {
+        push(conn, &outbox, &[frame], &mut too_slow, metrics);
+    }
+    !too_slow.is_empty()
 }
 
 /// Pushes a batch's frames for one connection; a full outbox is closed and
@@ -178,14 +204,22 @@ pub struct Post {
 
 impl Post {
     /// Starts the `post` thread. It tells the hub of connections too far
-    /// behind with [`Event::TooSlow`], and `metrics` of the frames it sends.
-    pub fn start(routes: Routes, hub_tx: Sender<Event>, metrics: Metrics) -> std::io::Result<Post> {
+    /// behind with [`Event::TooSlow`], and `metrics` of the frames it sends,
+    /// and hands history pages to the page builder through `pages` (an
+    /// unbounded channel: each job holds a slot of its connection's, which
+    /// bounds how many wait, and the post never waits for the builder).
+    pub fn start(
+        routes: Routes,
+        hub_tx: Sender<Event>,
+        pages: Sender<PageJob>,
+        metrics: Metrics,
+    ) -> std::io::Result<Post> {
         // The hub may be a few batches ahead; beyond that it waits, so a
         // post that cannot keep up slows the hub instead of piling up mail.
         let (mail_tx, mail_rx) = crossbeam_channel::bounded(MAIL_BATCHES);
         let thread = std::thread::Builder::new()
             .name("post".into())
-            .spawn(move || run(&routes, &mail_rx, &hub_tx, &metrics))?;
+            .spawn(move || run(&routes, &mail_rx, &hub_tx, &pages, &metrics))?;
         Ok(Post { mail_tx, thread })
     }
 
@@ -209,7 +243,13 @@ impl MailSink for Post {
 /// Batches the hub may hand over before it waits for the post.
 const MAIL_BATCHES: usize = 4;
 
-fn run(routes: &Routes, mail_rx: &Receiver<Vec<Mail>>, hub_tx: &Sender<Event>, metrics: &Metrics) {
+fn run(
+    routes: &Routes,
+    mail_rx: &Receiver<Vec<Mail>>,
+    hub_tx: &Sender<Event>,
+    pages: &Sender<PageJob>,
+    metrics: &Metrics,
+) {
     for mut mail in mail_rx {
         // Batches that waited while the post was busy go out together: a
         // connection then gets their frames in one send, which is most of
@@ -218,7 +258,7 @@ fn run(routes: &Routes, mail_rx: &Receiver<Vec<Mail>>, hub_tx: &Sender<Event>, m
         while let Ok(more) = mail_rx.try_recv() {
             mail.extend(more);
         }
-        for conn in deliver(routes, mail, metrics) {
+        for conn in deliver(routes, mail, pages, metrics) {
             // The hub is gone only at shutdown, when no one needs to know.
             let _ = hub_tx.send(Event::TooSlow { conn });
         }
@@ -248,6 +288,11 @@ mod tests {
         (outbox, close_rx)
     }
 
+    /// A page builder that is not there.
+    fn no_pages() -> Sender<PageJob> {
+        crossbeam_channel::unbounded().0
+    }
+
     fn drain(outbox: &Outbox) -> Vec<String> {
         let mut texts = Vec::new();
         while let Some((frame, _)) = outbox.next(false) {
@@ -274,7 +319,7 @@ mod tests {
             Mail::Frame(ConnId(1), Frame::text("after the close")),
             Mail::Frame(ConnId(9), Frame::text("nobody")),
         ];
-        assert!(deliver(&routes, mail, &Metrics::default()).is_empty());
+        assert!(deliver(&routes, mail, &no_pages(), &Metrics::default()).is_empty());
         assert_eq!(drain(&a), ["one", "two"]);
         assert_eq!(drain(&b), ["for b"]);
         assert_eq!(
@@ -285,8 +330,46 @@ mod tests {
             })
         );
         assert!(routes.outbox(ConnId(1)).is_none());
-        deliver(&routes, vec![Mail::Forget(ConnId(2))], &Metrics::default());
+        deliver(
+            &routes,
+            vec![Mail::Forget(ConnId(2))],
+            &no_pages(),
+            &Metrics::default(),
+        );
         assert!(routes.outbox(ConnId(2)).is_none());
+    }
+
+    #[test]
+    fn a_page_goes_to_the_page_builder_after_what_was_said_before_it() {
+        let routes = Routes::default();
+        let (outbox, _close) = route(&routes, 7);
+        let (pages_tx, pages_rx) = crossbeam_channel::unbounded::<PageJob>();
+        let slots = crate::vocab::Slots::new(1);
+        let job = PageJob {
+            conn: ConnId(7),
+            req: Some("p".into()),
+            room_id: crate::store::RoomId(1),
+            room: "general".into(),
+            query: crate::protocol::PageQuery::Newest,
+            limit: 50,
+            slot: slots.take(),
+        };
+        let mail = vec![
+            Mail::Frame(ConnId(7), Frame::text("before")),
+            Mail::Page(job),
+            Mail::Frame(ConnId(7), Frame::text("after")),
+        ];
+        // The builder sees the job only once "before" is in the outbox.
+        let seen = std::thread::spawn(move || {
+            let job = pages_rx.recv().unwrap();
+            (job.req, drain(&outbox))
+        });
+        assert!(deliver(&routes, mail, &pages_tx, &Metrics::default()).is_empty());
+        let (req, at_the_job) = seen.join().unwrap();
+        assert_eq!(req.as_deref(), Some("p"));
+        assert_eq!(at_the_job[0], "before");
+        // The job was dropped by the test's thread: its slot is back.
+        assert_eq!(slots.taken(), 0);
     }
 
     #[test]
@@ -298,7 +381,7 @@ mod tests {
             Mail::Forget(ConnId(5)),
             Mail::Frame(ConnId(5), Frame::text("too late")),
         ];
-        assert!(deliver(&routes, mail, &Metrics::default()).is_empty());
+        assert!(deliver(&routes, mail, &no_pages(), &Metrics::default()).is_empty());
         assert_eq!(drain(&outbox), ["reply"]);
         assert!(routes.outbox(ConnId(5)).is_none());
         // No close request: the writer sees its channel end.
@@ -310,7 +393,7 @@ mod tests {
         let routes = Routes::default();
         let (_outbox, close_rx) = route(&routes, 6);
         let (hub_tx, _hub_rx) = crossbeam_channel::unbounded();
-        let post = Post::start(routes.clone(), hub_tx, Metrics::default()).unwrap();
+        let post = Post::start(routes.clone(), hub_tx, no_pages(), Metrics::default()).unwrap();
         post.stop();
         assert!(routes.outbox(ConnId(6)).is_none());
         assert_eq!(close_rx.recv(), Err(crossbeam_channel::RecvError));
@@ -327,7 +410,7 @@ mod tests {
                 Mail::Frame(ConnId(3), Frame::text(&format!("m{n}"))),
                 Mail::Frame(ConnId(4), Frame::text(&format!("m{n}"))),
             ];
-            reported.extend(deliver(&routes, mail, &Metrics::default()));
+            reported.extend(deliver(&routes, mail, &no_pages(), &Metrics::default()));
             drain(&reader);
         }
         assert_eq!(reported, [ConnId(3)]);

@@ -597,6 +597,15 @@ pub enum ServerFrame {
 }
 
 impl ServerFrame {
+    /// What a client is told when the database failed it (the details are
+    /// logged, not sent).
+    pub fn storage_error() -> ServerFrame {
+        ServerFrame::error(
+            ErrorCode::StorageError,
+            "The server could not read or save data. Try again later.",
+        )
+    }
+
     /// An error frame without a retry hint.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> ServerFrame {
         ServerFrame::Error {

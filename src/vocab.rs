@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::frame::Frame;
-use crate::protocol::CheckedRequest;
+use crate::protocol::{CheckedRequest, PageQuery};
+use crate::store::RoomId;
 
 /// A connection's number, unique for the life of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,7 +47,6 @@ pub enum Event {
     Request {
         conn: ConnId,
         request: CheckedRequest,
-        #[expect(dead_code, reason = "held, not read: given back when dropped")]
         permit: Permit,
     },
     /// A text frame that is not a valid request, or a binary frame.
@@ -61,6 +61,12 @@ pub enum Event {
     /// The post found the connection's outbox full: the client stopped
     /// reading.
     TooSlow { conn: ConnId },
+    /// A history page asked for by `conn` was built off the hub thread
+    /// ([`Mail::Page`]) and is about to be sent: its `bytes` are charged to
+    /// whoever asked, as the hub charges for the replies it builds itself.
+    /// Sent before the page, so it reaches the hub before any request the
+    /// client makes once it has read the page.
+    PageSent { conn: ConnId, bytes: usize },
     /// Commit what is pending, close every connection with 1001 and exit.
     Shutdown,
 }
@@ -183,11 +189,39 @@ impl Permit {
             _hub: hub.take(),
         }
     }
+
+    /// Gives the hub queue's slot back and keeps the connection's: for a
+    /// request the hub has handled but whose answer is still being made
+    /// elsewhere, which must keep counting against its connection only.
+    pub fn into_conn_slot(self) -> Slot {
+        self._conn
+    }
+}
+
+/// A history page for the page builder to read and send, so that the hub
+/// never spends its time reading and encoding one (a page can be megabytes).
+/// The hub has checked the request and the room, and committed everything
+/// acknowledged before it, so the page reflects all of that.
+#[derive(Debug)]
+pub struct PageJob {
+    /// Who asked.
+    pub conn: ConnId,
+    /// The request's `req`, echoed in the reply.
+    pub req: Option<String>,
+    pub room_id: RoomId,
+    /// The room's display name.
+    pub room: String,
+    pub query: PageQuery,
+    pub limit: u32,
+    /// A slot of the connection's, held until the page is sent: the request
+    /// counts against the connection's requests in flight until then.
+    #[expect(dead_code, reason = "held, not read: given back when dropped")]
+    pub slot: Slot,
 }
 
 /// One thing the hub asks of a connection. A batch's mail is carried out in
 /// order.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Mail {
     /// Send this frame.
     Frame(ConnId, Frame),
@@ -204,6 +238,9 @@ pub enum Mail {
     /// The connection's user has been welcomed: its socket is in use and
     /// must not be dropped to make room for newcomers.
     SignedIn(ConnId),
+    /// Build this history page and send it, after the frames said to its
+    /// connection before it. Frames said after it may arrive first.
+    Page(PageJob),
 }
 
 /// Where the hub hands each batch's mail: the post thread when running, a

@@ -1,21 +1,30 @@
 //! History: pages of a room's messages, for `history` requests and for the
 //! page a `join` carries.
+//!
+//! A `history` page is not built here: the hub checks the request and the
+//! room, and hands the page builder ([`crate::pages`]) a
+//! [`PageJob`](crate::vocab::PageJob) through its mail. A page can be
+//! megabytes, and reading and encoding it on the hub's thread would stall
+//! everyone else's messages meanwhile. A `join`'s page is built here, since
+//! it must reach the client before the room's next message does.
 
-use crate::protocol::{Checked, ErrorCode, Page, PageQuery, RoomRef, ServerFrame};
+use crate::protocol::{Checked, ErrorCode, Page, PageQuery, RoomRef};
 use crate::store::Store;
+use crate::vocab::{PageJob, Permit};
 
 use super::outgoing::{Outgoing, To};
 use super::rooms::{Room, Rooms};
 
-/// Answers a `history` request: a page of a live room.
+/// Answers a `history` request: a page of a live room, built by the page
+/// builder, which holds the connection's slot of `permit` until it is sent.
 pub(super) fn history(
-    store: &Store,
     rooms: &Rooms,
     out: &mut Outgoing,
     to: &To,
     room: &RoomRef,
     limit: Checked<u32>,
     query: Checked<PageQuery>,
+    permit: Permit,
 ) {
     let (limit, query) = match (limit, query) {
         (Ok(limit), Ok(query)) => (limit, query),
@@ -26,10 +35,15 @@ pub(super) fn history(
     let Some(live) = rooms.get(&room.key) else {
         return out.no_such_room(to, &room.typed);
     };
-    match read_page(store, live, query, limit) {
-        Ok(page) => out.reply(to, &ServerFrame::History(page)),
-        Err(e) => out.storage_failed(to, "loading history", &e),
-    }
+    out.page(PageJob {
+        conn: to.conn,
+        req: to.req.map(str::to_string),
+        room_id: live.id,
+        room: live.name.clone(),
+        query,
+        limit,
+        slot: permit.into_conn_slot(),
+    });
 }
 
 /// Reads one page of a room's history.
@@ -40,11 +54,5 @@ pub(super) fn read_page(
     limit: u32,
 ) -> rusqlite::Result<Page> {
     let rows = store.page(room.id, &room.name, query, limit)?;
-    Ok(Page {
-        room: room.name.clone(),
-        messages: rows.messages,
-        has_older: rows.has_older,
-        has_newer: rows.has_newer,
-        total: room.total,
-    })
+    Ok(rows.into_page(room.name.clone(), room.total))
 }

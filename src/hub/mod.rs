@@ -43,7 +43,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use crate::metrics::Metrics;
 use crate::protocol::{CheckedFrame, CheckedRequest, ErrorCode, ServerFrame};
 use crate::store::Store;
-use crate::vocab::{ConnId, Event, MailSink, close};
+use crate::vocab::{ConnId, Event, MailSink, Permit, close};
 
 use limits::Limits;
 use messages::Sends;
@@ -267,9 +267,13 @@ impl Hub {
     fn handle(&mut self, event: Event) -> bool {
         match event {
             Event::Connected { conn, peer } => self.sessions.connected(conn, peer),
-            // The event's permit is given back when the event is dropped,
-            // at the end of this call.
-            Event::Request { conn, request, .. } => {
+            // The event's permit is given back at the end of this call (a
+            // `history` request's once its page is sent).
+            Event::Request {
+                conn,
+                request,
+                permit,
+            } => {
                 if !matches!(
                     request.frame,
                     CheckedFrame::Send { .. } | CheckedFrame::Ping
@@ -277,7 +281,7 @@ impl Hub {
                     self.commit();
                 }
                 let before = self.out.bytes;
-                self.request(conn, request);
+                self.request(conn, request, permit);
                 let said = self.out.bytes.saturating_sub(before);
                 self.charge_for_bytes(conn, said);
             }
@@ -303,6 +307,7 @@ impl Hub {
                     self.drop_conn(conn, close::POLICY, "too far behind; reconnect to catch up");
                 }
             }
+            Event::PageSent { conn, bytes } => self.charge_for_bytes(conn, bytes),
             Event::Shutdown => return false,
         }
         true
@@ -329,7 +334,9 @@ impl Hub {
     }
 
     /// Dispatches a request by what it is and who sent it.
-    fn request(&mut self, conn: ConnId, request: CheckedRequest) {
+    /// `permit` is given back when this returns, except a `history`
+    /// request's, which its page holds until it is sent.
+    fn request(&mut self, conn: ConnId, request: CheckedRequest, permit: Permit) {
         let CheckedRequest { req, frame } = request;
         let to = To {
             conn,
@@ -472,7 +479,7 @@ impl Hub {
                 ts,
             ),
             CheckedFrame::History { room, limit, query } => {
-                history::history(&self.store, &self.rooms, out, &to, &room, limit, query)
+                history::history(&self.rooms, out, &to, &room, limit, query, permit)
             }
             CheckedFrame::Edit { seq, text } => edits::edit(
                 &mut self.store,
@@ -530,6 +537,9 @@ mod tests {
     struct Harness {
         hub: Hub,
         _dir: tempfile::TempDir,
+        /// The page builder's store: pages are built as soon as a batch
+        /// hands them over.
+        reader: Store,
         /// The sink: every batch's mail.
         mail: Vec<Mail>,
         /// What each connection has been sent and not yet read, and whether
@@ -566,6 +576,7 @@ mod tests {
             };
             Harness {
                 hub: Hub::new(store, &settings).unwrap(),
+                reader: Store::reader(&dir.path().join("t.db")).unwrap(),
                 _dir: dir,
                 mail: Vec::new(),
                 inboxes: HashMap::new(),
@@ -608,6 +619,18 @@ mod tests {
                     Mail::SignedIn(_) => {}
                     Mail::Forget(conn) => {
                         self.closed.insert(conn.0, 0);
+                    }
+                    Mail::Page(job) => {
+                        let frame = crate::pages::build(&self.reader, &job, &Metrics::default());
+                        let bytes = frame.bytes().len();
+                        self.hub.handle(Event::PageSent {
+                            conn: job.conn,
+                            bytes,
+                        });
+                        self.inboxes
+                            .entry(job.conn.0)
+                            .or_default()
+                            .push(serde_json::from_str(frame.payload()).unwrap());
                     }
                 }
             }
@@ -703,6 +726,37 @@ mod tests {
         assert_eq!(bob.iter().filter(|f| f["type"] == "message").count(), 2);
     }
 
+    #[test]
+    fn a_history_page_is_left_to_the_page_builder_holding_its_connections_slot() {
+        let mut h = Harness::new();
+        h.sign_in(1, "alice");
+        h.request(1, send("a", "before the page"));
+        h.frames(1);
+        h.queue(
+            1,
+            json!({"type": "history", "room": "general", "limit": 50, "req": "p"}),
+        );
+        // Handed over as a job, not read here; the hub queue's slot is back,
+        // the connection's is held by the job.
+        assert!(
+            matches!(h.hub.out.mail.as_slice(), [Mail::Page(job)] if job.req.as_deref() == Some("p"))
+        );
+        assert_eq!((h.slots.0.taken(), h.slots.1.taken()), (1, 0));
+        h.end_batch();
+        assert_eq!((h.slots.0.taken(), h.slots.1.taken()), (0, 0));
+        let page = h.frames(1).pop().expect("the page");
+        assert_eq!(page["req"], "p");
+        assert_eq!(page["messages"][0]["text"], "before the page");
+        assert_eq!(page["total"], 1);
+        // A room that is not there is answered by the hub.
+        h.request(1, json!({"type": "history", "room": "nowhere", "req": "q"}));
+        let reply = h.frames(1).pop().unwrap();
+        assert_eq!(
+            (reply["code"].as_str(), reply["ref"].as_str()),
+            (Some("no_such_room"), Some("q"))
+        );
+    }
+
     /// Each batch's mail, as the hub handed it over.
     #[derive(Default)]
     struct Batches(Vec<Vec<Mail>>);
@@ -727,7 +781,8 @@ mod tests {
         // slow machine it would fall due within the first batch.
         h.hub.rooms.list_due = None;
         // Three pages of 100 of the largest messages (1.6 MB each) asked
-        // for at once, and a ping: each page ends its batch.
+        // for at once (re-joining the room alice is in), and a ping: each
+        // page ends its batch.
         let (conn_slots, hub_slots) = (Slots::new(8), Slots::new(8));
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let request = |frame: Value| {
@@ -742,7 +797,7 @@ mod tests {
                 .unwrap();
         };
         for _ in 0..3 {
-            request(json!({"type": "history", "room": "general", "limit": 100}));
+            request(json!({"type": "join", "room": "general", "limit": 100}));
         }
         request(json!({"type": "ping"}));
         events_tx.send(Event::Shutdown).unwrap();
@@ -763,6 +818,7 @@ mod tests {
                         Mail::Close { code, .. } => format!("close {code}"),
                         Mail::Forget(_) => "forget".into(),
                         Mail::SignedIn(_) => "signed in".into(),
+                        Mail::Page(_) => "page".into(),
                     })
                     .collect()
             })
@@ -770,9 +826,9 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                vec!["history"],
-                vec!["history"],
-                vec!["history"],
+                vec!["joined"],
+                vec!["joined"],
+                vec!["joined"],
                 vec!["pong"],
                 vec!["close 1001"]
             ]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::frame::Frame;
 use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, ServerFrame};
-use crate::vocab::{ConnId, Mail};
+use crate::vocab::{ConnId, Mail, PageJob};
 
 /// Who a reply goes to and what it echoes.
 pub(super) struct To<'a> {
@@ -76,11 +76,7 @@ impl Outgoing {
     pub fn storage_failed(&mut self, to: &To, what: &str, e: &rusqlite::Error) {
         log::error!("storage: {what} failed for {}: {e}", to.conn);
         self.metrics.storage_error();
-        self.error(
-            to,
-            ErrorCode::StorageError,
-            "The server could not read or save data. Try again later.",
-        );
+        self.reply(to, &ServerFrame::storage_error());
     }
 
     /// Closes a connection the hub has forgotten.
@@ -95,6 +91,11 @@ impl Outgoing {
     /// Marks a connection as signed in (see `Mail::SignedIn`).
     pub fn signed_in(&mut self, conn: ConnId) {
         self.mail.push(Mail::SignedIn(conn));
+    }
+
+    /// A history page for the page builder to read and send.
+    pub fn page(&mut self, job: PageJob) {
+        self.mail.push(Mail::Page(job));
     }
 
     /// Stops the writer of a connection whose reader has ended.

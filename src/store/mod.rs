@@ -15,7 +15,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_ite
 use rusqlite::types::{FromSql, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
 use crate::error::Error;
-use crate::protocol::{ChatMessage, NameKey, PageMessage, PageQuery, Seq, now_ms};
+use crate::protocol::{ChatMessage, NameKey, Page, PageMessage, PageQuery, Seq, now_ms};
 
 mod edits;
 mod export;
@@ -229,7 +229,22 @@ pub struct PageRows {
     pub has_newer: bool,
 }
 
-/// The open database: one connection, owned by the hub thread.
+impl PageRows {
+    /// The `history` frame's page, for the room named `room` holding
+    /// `total` messages.
+    pub fn into_page(self, room: String, total: u64) -> Page {
+        Page {
+            room,
+            messages: self.messages,
+            has_older: self.has_older,
+            has_newer: self.has_newer,
+            total,
+        }
+    }
+}
+
+/// The open database: one connection, owned by the hub thread (and one
+/// read-only connection, [`Store::reader`], the page builder's).
 pub struct Store {
     conn: Connection,
     /// Whether text was erased (edited or deleted) since the WAL was last
@@ -279,6 +294,27 @@ impl Store {
             .map_err(|e| database_error(path, e.to_string(), Some(e.into())))?;
         tighten_permissions(path);
         Ok(store)
+    }
+
+    /// Opens a second, read-only connection to the database a running
+    /// [`Store::open`] has opened, for reading on another thread (history
+    /// pages): WAL lets it read while the hub writes.
+    pub fn reader(path: &Path) -> Result<Store, Error> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|conn| {
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            Ok(conn)
+        })
+        .map_err(|e| {
+            database_error(path, format!("cannot open it to read: {e}"), Some(e.into()))
+        })?;
+        Ok(Store {
+            conn,
+            erased: false,
+        })
     }
 
     fn configure(&self) -> rusqlite::Result<()> {
@@ -571,6 +607,40 @@ impl Store {
 
     /// Reads one page of a room's history, oldest first.
     pub fn page(
+        &self,
+        room_id: RoomId,
+        room: &str,
+        query: PageQuery,
+        limit: u32,
+    ) -> rusqlite::Result<PageRows> {
+        // One snapshot for all the reads below: on a reader connection the
+        // hub may commit between them.
+        let snapshot = self.conn.unchecked_transaction()?;
+        let page = self.page_in(room_id, room, query, limit)?;
+        snapshot.finish()?;
+        Ok(page)
+    }
+
+    /// [`Store::page`] and how many messages the room holds, read together:
+    /// for a reader, whose page may hold messages committed after its
+    /// request was handled.
+    pub fn page_and_total(
+        &self,
+        room_id: RoomId,
+        room: &str,
+        query: PageQuery,
+        limit: u32,
+    ) -> rusqlite::Result<(PageRows, u64)> {
+        let snapshot = self.conn.unchecked_transaction()?;
+        let page = self.page_in(room_id, room, query, limit)?;
+        let total: i64 = snapshot
+            .prepare_cached("SELECT message_count FROM rooms WHERE id = ?1")?
+            .query_row([room_id.0], |row| row.get(0))?;
+        snapshot.finish()?;
+        Ok((page, total.max(0) as u64))
+    }
+
+    fn page_in(
         &self,
         room_id: RoomId,
         room: &str,
