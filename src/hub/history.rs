@@ -6,7 +6,8 @@
 //! [`PageJob`](crate::vocab::PageJob) through its mail. A page can be
 //! megabytes, and reading and encoding it on the hub's thread would stall
 //! everyone else's messages meanwhile. A `join`'s page is built here, since
-//! it must reach the client before the room's next message does.
+//! it must reach the client before the room's next message does, and is
+//! bounded in bytes for that reason.
 
 use crate::protocol::{Checked, ErrorCode, Page, PageQuery, RoomRef};
 use crate::store::Store;
@@ -46,13 +47,16 @@ pub(super) fn history(
     });
 }
 
-/// Reads one page of a room's history.
-pub(super) fn read_page(
-    store: &Store,
-    room: &Room,
-    query: PageQuery,
-    limit: u32,
-) -> rusqlite::Result<Page> {
-    let rows = store.page(room.id, &room.name, query, limit)?;
+/// Most bytes of message text in a `join`'s page: the hub reads and
+/// encodes it on its own thread, so its size is bounded however large the
+/// room's messages are (500 ordinary messages are about 100 KB; a room of
+/// the largest ones shows its newest 32, and the rest come page by page
+/// from the page builder).
+pub(super) const JOIN_PAGE_BYTES: usize = 512 * 1024;
+
+/// Reads the page a `join` carries: the newest, up to `limit` messages and
+/// [`JOIN_PAGE_BYTES`] of text.
+pub(super) fn join_page(store: &Store, room: &Room, limit: u32) -> rusqlite::Result<Page> {
+    let rows = store.newest_page(room.id, &room.name, limit, JOIN_PAGE_BYTES)?;
     Ok(rows.into_page(room.name.clone(), room.total))
 }

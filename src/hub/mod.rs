@@ -780,9 +780,9 @@ mod tests {
         // The room list alice's join made due is not what this is about: on a
         // slow machine it would fall due within the first batch.
         h.hub.rooms.list_due = None;
-        // Three pages of 100 of the largest messages (1.6 MB each) asked
-        // for at once (re-joining the room alice is in), and a ping: each
-        // page ends its batch.
+        // Six join pages of the largest messages (each as large as a join's
+        // page may be, about 0.5 MB) asked for at once (re-joining the room
+        // alice is in), and a ping.
         let (conn_slots, hub_slots) = (Slots::new(8), Slots::new(8));
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let request = |frame: Value| {
@@ -796,7 +796,8 @@ mod tests {
                 })
                 .unwrap();
         };
-        for _ in 0..3 {
+        let pages = 6;
+        for _ in 0..pages {
             request(json!({"type": "join", "room": "general", "limit": 100}));
         }
         request(json!({"type": "ping"}));
@@ -804,7 +805,7 @@ mod tests {
         let mut batches = Batches::default();
         let Harness { hub, _dir, .. } = h;
         hub.run(events_rx, &mut batches);
-        let kinds: Vec<Vec<String>> = batches
+        let frames: Vec<Vec<(String, usize)>> = batches
             .0
             .iter()
             .map(|batch| {
@@ -813,26 +814,40 @@ mod tests {
                     .map(|mail| match mail {
                         Mail::Frame(_, frame) => {
                             let value: Value = serde_json::from_str(frame.payload()).unwrap();
-                            value["type"].as_str().unwrap().to_string()
+                            let kind = value["type"].as_str().unwrap().to_string();
+                            (kind, frame.bytes().len())
                         }
-                        Mail::Close { code, .. } => format!("close {code}"),
-                        Mail::Forget(_) => "forget".into(),
-                        Mail::SignedIn(_) => "signed in".into(),
-                        Mail::Page(_) => "page".into(),
+                        Mail::Close { code, .. } => (format!("close {code}"), 0),
+                        other => panic!("{other:?}"),
                     })
                     .collect()
             })
             .collect();
-        assert_eq!(
-            kinds,
-            [
-                vec!["joined"],
-                vec!["joined"],
-                vec!["joined"],
-                vec!["pong"],
-                vec!["close 1001"]
-            ]
-        );
+        let kinds: Vec<&str> = frames.iter().flatten().map(|(k, _)| k.as_str()).collect();
+        let mut expected = vec!["joined"; pages];
+        expected.extend(["pong", "close 1001"]);
+        assert_eq!(kinds, expected);
+        // Every batch but the last with pages ended as soon as its bytes
+        // passed the bound, not before and not later.
+        let with_pages: Vec<&Vec<(String, usize)>> = frames
+            .iter()
+            .filter(|b| b.iter().any(|(k, _)| k == "joined"))
+            .collect();
+        assert!(with_pages.len() >= 2, "{} batches", with_pages.len());
+        for (n, batch) in with_pages.iter().enumerate() {
+            let bytes: usize = batch.iter().map(|(_, b)| b).sum();
+            let last = batch.last().unwrap().1;
+            assert!(
+                bytes - last < BATCH_BYTES,
+                "batch {n} went on past its bytes"
+            );
+            if n + 1 < with_pages.len() {
+                assert!(
+                    bytes >= BATCH_BYTES,
+                    "batch {n} ended early at {bytes} bytes"
+                );
+            }
+        }
         assert_eq!((conn_slots.taken(), hub_slots.taken()), (0, 0));
     }
 

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use crate::frame::Frame;
 use crate::protocol::{
-    Checked, ErrorCode, NameKey, Page, PageQuery, PresenceState, RoomInfo, RoomList, RoomName,
-    RoomRef, Seq, ServerFrame, now_ms,
+    Checked, ErrorCode, NameKey, Page, PresenceState, RoomInfo, RoomList, RoomName, RoomRef, Seq,
+    ServerFrame, now_ms,
 };
 use crate::store::{RoomId, Store};
 use crate::vocab::ConnId;
 
-use super::history::read_page;
+use super::history::join_page;
 use super::limits::Limits;
 use super::outgoing::{Outgoing, To, encode};
 use super::reading::Reading;
@@ -334,7 +334,7 @@ impl Rooms {
         let Some(live) = self.rooms.get(key) else {
             return out.no_such_room(to, &room.typed);
         };
-        let history = match read_page(store, live, PageQuery::Newest, limit) {
+        let history = match join_page(store, live, limit) {
             Ok(page) => page,
             Err(e) => return out.storage_failed(to, "loading history", &e),
         };

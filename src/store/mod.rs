@@ -229,6 +229,24 @@ pub struct PageRows {
     pub has_newer: bool,
 }
 
+/// How much of a page to read: at most `rows` messages, stopping before the
+/// one that would take their text past `text_bytes`.
+#[derive(Debug, Clone, Copy)]
+struct Take {
+    rows: usize,
+    text_bytes: usize,
+}
+
+impl Take {
+    /// At most `rows` messages, whatever their size.
+    fn rows(rows: usize) -> Take {
+        Take {
+            rows,
+            text_bytes: usize::MAX,
+        }
+    }
+}
+
 impl PageRows {
     /// The `history` frame's page, for the room named `room` holding
     /// `total` messages.
@@ -621,6 +639,39 @@ impl Store {
         Ok(page)
     }
 
+    /// The newest page of a room, for a `join`, stopping early once its
+    /// messages' text passes `max_bytes` (then `has_older` is true): the
+    /// hub builds it on its own thread, so it must stay small whatever the
+    /// room holds.
+    pub fn newest_page(
+        &self,
+        room_id: RoomId,
+        room: &str,
+        limit: u32,
+        max_bytes: usize,
+    ) -> rusqlite::Result<PageRows> {
+        let limit = limit as usize;
+        let (mut messages, cut) = self.page_rows(
+            room_id,
+            room,
+            "",
+            "m.ts DESC, m.seq DESC",
+            &[],
+            Take {
+                rows: limit + 1,
+                text_bytes: max_bytes,
+            },
+        )?;
+        let more = cut || messages.len() > limit;
+        messages.truncate(limit);
+        messages.reverse();
+        Ok(PageRows {
+            messages,
+            has_older: more,
+            has_newer: false,
+        })
+    }
+
     /// [`Store::page`] and how many messages the room holds, read together:
     /// for a reader, whose page may hold messages committed after its
     /// request was handled.
@@ -651,7 +702,8 @@ impl Store {
         const OLDEST_FIRST: &str = "m.ts, m.seq";
         let limit = limit as usize;
         let rows = |filter: &str, order: &str, cursor: &[i64], fetch: usize| {
-            self.page_rows(room_id, room, filter, order, cursor, fetch)
+            self.page_rows(room_id, room, filter, order, cursor, Take::rows(fetch))
+                .map(|(messages, _)| messages)
         };
         // Pages walking back in time read newest first and are reversed.
         let (filter, order, cursor, newest_first): (&str, &str, &[i64], bool) = match &query {
@@ -727,7 +779,9 @@ impl Store {
     }
 
     /// Up to `fetch` messages of a room matching `filter` (whose cursor
-    /// parameters start at ?3), in `order`.
+    /// parameters start at ?3), in `order`, stopping before the message
+    /// that would take their text past `max_bytes` (but never before the
+    /// first); true when it stopped there (see [`Take`]).
     fn page_rows(
         &self,
         room_id: RoomId,
@@ -735,20 +789,33 @@ impl Store {
         filter: &str,
         order: &str,
         cursor: &[i64],
-        fetch: usize,
-    ) -> rusqlite::Result<Vec<PageMessage>> {
+        Take {
+            rows: fetch,
+            text_bytes: max_bytes,
+        }: Take,
+    ) -> rusqlite::Result<(Vec<PageMessage>, bool)> {
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.user_id
              WHERE m.room_id = ?1 {filter} ORDER BY {order} LIMIT ?2"
         );
         let fetch = i64::try_from(fetch).unwrap_or(i64::MAX);
         let args = [room_id.0, fetch].into_iter().chain(cursor.iter().copied());
-        self.conn
-            .prepare_cached(&sql)?
-            .query_map(params_from_iter(args), |row| {
-                message_row(row, room.to_string()).map(PageMessage)
-            })?
-            .collect()
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params_from_iter(args), |row| {
+            message_row(row, room.to_string()).map(PageMessage)
+        })?;
+        let mut messages = Vec::new();
+        let mut bytes = 0usize;
+        for row in rows {
+            let message = row?;
+            bytes = bytes.saturating_add(message.0.text.len());
+            if bytes > max_bytes && !messages.is_empty() {
+                // Rows are read one by one: the rest is never read.
+                return Ok((messages, true));
+            }
+            messages.push(message);
+        }
+        Ok((messages, false))
     }
 
     /// Caps the file at `pages` pages (at least its current size), so tests
@@ -1110,6 +1177,46 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(page.messages.len(), 2);
         assert_eq!(page.messages[0].0.text, "text x");
+    }
+
+    #[test]
+    fn a_join_page_stops_once_its_text_passes_the_bound() {
+        let (_dir, mut store) = temp_store();
+        let user = store.login_user("dan", 1).unwrap();
+        let batch: Vec<_> = (0..10)
+            .map(|i| NewMessage {
+                text: format!("{i}{}", "x".repeat(999)),
+                ..message(GENERAL, user.id, &format!("m{i}"), 1000 + i)
+            })
+            .collect();
+        store.insert_messages(&batch).unwrap();
+        let ids = |rows: &PageRows| -> Vec<String> {
+            rows.messages.iter().map(|m| m.0.id.clone()).collect()
+        };
+        // 3,500 bytes: the newest three, oldest first, and more is older.
+        let page = store.newest_page(GENERAL, "general", 50, 3500).unwrap();
+        assert_eq!(ids(&page), ["m7", "m8", "m9"]);
+        assert!(page.has_older && !page.has_newer);
+        // Exactly three messages' worth still holds three.
+        let page = store.newest_page(GENERAL, "general", 50, 3000).unwrap();
+        assert_eq!(ids(&page), ["m7", "m8", "m9"]);
+        // One message larger than the bound still comes.
+        let page = store.newest_page(GENERAL, "general", 50, 10).unwrap();
+        assert_eq!(ids(&page), ["m9"]);
+        // Under the bound, the limit and the plain newest page decide.
+        let page = store
+            .newest_page(GENERAL, "general", 50, usize::MAX)
+            .unwrap();
+        let plain = store
+            .page(GENERAL, "general", PageQuery::Newest, 50)
+            .unwrap();
+        assert_eq!(page, plain);
+        assert!(!page.has_older);
+        let page = store
+            .newest_page(GENERAL, "general", 4, usize::MAX)
+            .unwrap();
+        assert_eq!(ids(&page), ["m6", "m7", "m8", "m9"]);
+        assert!(page.has_older);
     }
 
     #[test]
