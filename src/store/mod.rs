@@ -943,6 +943,28 @@ pub(crate) mod tests {
         (dir, store)
     }
 
+    /// Creates a database at `path` as Parlor's schema version 4 left it
+    /// (messages indexed for search by a trigger as they were inserted),
+    /// with `general` and the user `ann` (id 1), then runs `sql` on it.
+    pub(crate) fn version_4_database(path: &Path, sql: &str) {
+        let conn = Connection::open(path).unwrap();
+        let tx = conn.unchecked_transaction().unwrap();
+        tx.execute_batch(SCHEMA_V1).unwrap();
+        tx.execute_batch(SCHEMA_V3).unwrap();
+        tx.execute_batch(edits::SCHEMA_V4).unwrap();
+        search::create_index(&tx).unwrap();
+        tx.execute_batch(
+            "INSERT INTO rooms (name, name_key, created_at) VALUES ('general', 'general', 1);
+             INSERT INTO users (name, name_key, created_at, last_seen) VALUES ('ann', 'ann', 1, 1);
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+        tx.execute_batch(sql).unwrap();
+        tx.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        tx.commit().unwrap();
+    }
+
     /// `general`, the room of a new database.
     const GENERAL: RoomId = RoomId(1);
 

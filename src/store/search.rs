@@ -686,28 +686,14 @@ mod tests {
     fn a_version_4_database_keeps_its_index_and_is_then_indexed_in_batches() {
         let dir = tempfile::TempDir::new().unwrap();
         let path = dir.path().join("v4.db");
-        {
-            let conn = Connection::open(&path).unwrap();
-            let tx = conn.unchecked_transaction().unwrap();
-            tx.execute_batch(super::super::SCHEMA_V1).unwrap();
-            tx.execute_batch(super::super::SCHEMA_V3).unwrap();
-            tx.execute_batch(super::super::edits::SCHEMA_V4).unwrap();
-            create_index(&tx).unwrap();
-            // Indexed by version 4's insert trigger, and edited.
-            tx.execute_batch(
-                "INSERT INTO rooms (name, name_key, created_at) VALUES ('general', 'general', 1);
-                 INSERT INTO users (name, name_key, created_at, last_seen) VALUES ('ann', 'ann', 1, 1);
-                 INSERT INTO messages (room_id, user_id, client_id, text, ts, received_at)
-                     VALUES (1, 1, 'a', 'stored by version four', 5, 5),
-                            (1, 1, 'b', 'edited by version four', 6, 6);
-                 UPDATE messages SET text = 'fixed by version four', edited_at = 7 WHERE seq = 2;
-                 PRAGMA user_version = 4;",
-            )
-            .unwrap();
-            tx.pragma_update(None, "application_id", super::super::APPLICATION_ID)
-                .unwrap();
-            tx.commit().unwrap();
-        }
+        // Indexed by version 4's insert trigger, and edited.
+        crate::store::tests::version_4_database(
+            &path,
+            "INSERT INTO messages (room_id, user_id, client_id, text, ts, received_at)
+                 VALUES (1, 1, 'a', 'stored by version four', 5, 5),
+                        (1, 1, 'b', 'edited by version four', 6, 6);
+             UPDATE messages SET text = 'fixed by version four', edited_at = 7 WHERE seq = 2;",
+        );
         let mut store = Store::open(&path).unwrap();
         assert_eq!(stored_mark(&store), Seq(2));
         assert!(!store.search_behind());
