@@ -33,10 +33,11 @@ pub(super) const SEARCH_TIME_PER_UNIT: Duration = Duration::from_millis(1);
 pub(super) const INDEX_EVERY: Duration = Duration::from_secs(1);
 
 /// Most messages indexed in one step, which bounds how long one step holds
-/// the hub up: 2,000 short messages took 3–5 ms (up to about 20 ms when
-/// FTS5 merged segments as it wrote), 10,000 took 11–15 ms. A backlog (a
-/// database a program filled without the hub, a load above 2,000 messages
-/// a second) is worked off a slice per batch instead of in one long stall.
+/// the hub up: 2,000 short messages took about 3 ms of CPU, or 17–20 ms in
+/// the one step in four where FTS5 also merged segments (see README,
+/// Performance). A backlog (a database a program filled without the hub, a
+/// load above 2,000 messages a second) is worked off a slice per batch
+/// instead of in one long stall.
 pub(super) const INDEX_SLICE: u64 = 2_000;
 
 /// When the hub next indexes stored messages for search.
