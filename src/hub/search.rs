@@ -88,7 +88,9 @@ impl Indexing {
 
     /// Before a search: indexes every message stored so far, so that the
     /// search finds each the moment it is acked. Between steps that is at
-    /// most about a second of messages.
+    /// most about a second of messages; only right after start-up on a
+    /// file with a backlog can it be more (what the slices have not reached
+    /// yet), and the search then waits for all of it rather than miss any.
     ///
     /// When the disk refuses the write, the search still runs on what is
     /// indexed (reads keep working while writes fail, as everywhere), and

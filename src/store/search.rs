@@ -218,8 +218,10 @@ impl Store {
             )?
             .query_row(params![from, most], |row| row.get(0))?;
         let Some(to) = to else {
-            // Nothing after the mark (`newest` counted a batch whose
-            // transaction did not last): nothing to write.
+            // Nothing after the mark although `newest` is past it. Not
+            // expected (`newest` moves only after a commit, and only this
+            // connection stores messages); believing the table keeps the
+            // hub from stepping again and again for nothing.
             drop(tx);
             self.newest = from;
             return Ok(Indexed {
