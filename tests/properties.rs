@@ -944,6 +944,7 @@ thread_local! {
             })
             .collect();
         store.insert_messages(&batch).expect("the messages are stored");
+        store.index_for_search(u64::MAX).expect("the messages are indexed");
         (dir, store)
     };
 }

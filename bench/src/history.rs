@@ -150,6 +150,10 @@ fn build(path: &Path, messages: usize, base: i64) -> Result<(), String> {
             if seqs.first().map(|s| s.seq().0) != Some(first) {
                 return Err(fail(&"sequence numbers are not contiguous from 1"));
             }
+            // Indexed for search as the server does it, after the commit;
+            // a database left unindexed would have the server index it in
+            // slices when it starts, and the first search wait for the rest.
+            store.index_for_search(u64::MAX).map_err(|e| fail(&e))?;
             batch.clear();
         }
     }

@@ -18,13 +18,15 @@
 //! [`sessions`] (connections, sign-in, resume, the grace period),
 //! [`rooms`] (rooms, presence, the room list), [`messages`] (sends and the
 //! commit), [`reading`] (read marks and unread counts), [`history`] (pages),
-//! [`edits`] (editing and deleting one's own messages), [`search`],
-//! [`limits`] (rate limits), and [`outgoing`] (the batch's mail). A handler
-//! is given the parts it needs.
+//! [`edits`] (editing and deleting one's own messages), [`search`] (and
+//! when stored messages are indexed for it), [`limits`] (rate limits), and
+//! [`outgoing`] (the batch's mail). A handler is given the parts it needs.
 //!
 //! After a batch that edited or deleted text, once its mail is handed over,
 //! the store checkpoints the WAL so the old text leaves the disk
-//! (`Store::scrub_erased`).
+//! (`Store::scrub_erased`). Also after the mail, about once a second, the
+//! messages stored meanwhile are indexed for search in a transaction of
+//! their own (`search::Indexing`); a search indexes what waits first.
 
 mod edits;
 mod history;
@@ -50,6 +52,7 @@ use messages::Sends;
 use outgoing::{Outgoing, To};
 use reading::Reading;
 use rooms::Rooms;
+use search::Indexing;
 use sessions::{Caller, HELLO_TIMEOUT, Sessions};
 
 /// Most events handled before the pending sends are committed.
@@ -93,6 +96,7 @@ pub struct Hub {
     sends: Sends,
     reading: Reading,
     limits: Limits,
+    indexing: Indexing,
     /// What this batch says to connections, handed to the sink at its end.
     out: Outgoing,
     /// Whether clearing erased text out of the WAL failed after the last
@@ -105,6 +109,7 @@ impl Hub {
     pub fn new(store: Store, settings: &Settings) -> rusqlite::Result<Hub> {
         Ok(Hub {
             rooms: Rooms::load(&store, settings.max_rooms)?,
+            indexing: Indexing::new(&store, Instant::now()),
             store,
             sessions: Sessions::new(
                 settings.max_users,
@@ -168,10 +173,12 @@ impl Hub {
 
     /// After each batch of events: commit the pending sends, send the room
     /// list, unread counts and read marks that are due, and hand the batch's
-    /// mail to the sink.
+    /// mail to the sink; then clear erased text out of the WAL and index
+    /// stored messages for search, when due.
     fn end_batch(&mut self, sink: &mut impl MailSink) {
         self.commit();
         let now = Instant::now();
+        self.indexing.schedule(&self.store, now);
         if self.rooms.list_due.is_some_and(|due| due <= now) {
             self.send_room_list(None);
         }
@@ -203,6 +210,10 @@ impl Hub {
             Err(_) => {}
             Ok(_) => self.scrub_failing = false,
         }
+        // Also after the mail, and in a transaction of its own: no ack
+        // waits for the index.
+        self.indexing
+            .step(&mut self.store, &self.out.metrics, Instant::now());
     }
 
     /// Stores the pending sends, then acks and broadcasts them.
@@ -217,8 +228,8 @@ impl Hub {
     }
 
     /// The earliest of the deadlines the hub wakes for: the oldest hello's,
-    /// the first lost session's, the room list's, the unread pushes' and
-    /// the read marks' save.
+    /// the first lost session's, the room list's, the unread pushes', the
+    /// read marks' save and the next indexing step.
     fn next_deadline(&mut self) -> Option<Instant> {
         [
             self.sessions.next_hello_deadline(),
@@ -227,6 +238,7 @@ impl Hub {
             self.reading.push_due,
             self.reading.seen_due,
             self.reading.save_due,
+            self.indexing.due,
         ]
         .into_iter()
         .flatten()
@@ -506,7 +518,8 @@ impl Hub {
                 limit,
                 before_seq,
             } => search::search(
-                &self.store,
+                &mut self.store,
+                &mut self.indexing,
                 &self.rooms,
                 &mut self.limits,
                 out,
@@ -558,6 +571,10 @@ mod tests {
 
         fn with_rate(messages_per_second: u32) -> Harness {
             let (dir, store) = temp_store();
+            Harness::with_store(dir, store, messages_per_second)
+        }
+
+        fn with_store(dir: tempfile::TempDir, store: Store, messages_per_second: u32) -> Harness {
             let settings = Settings {
                 max_users: 10,
                 max_users_per_ip: None,
@@ -985,6 +1002,58 @@ mod tests {
     }
 
     #[test]
+    fn a_search_finds_a_message_the_moment_it_is_acked() {
+        let mut h = Harness::new();
+        h.sign_in(1, "alice");
+        h.request(1, send("a", "meet at the lighthouse"));
+        assert_eq!(h.frames(1)[0]["type"], "ack");
+        // The commit left the index to a step about a second later.
+        assert!(h.hub.indexing.due.is_some());
+        h.request(1, json!({"type": "search", "query": "lighthouse"}));
+        let results = h.frames(1).pop().expect("search results");
+        assert_eq!(results["type"], "search_results", "{results}");
+        assert_eq!(results["messages"][0]["text"], "meet at the lighthouse");
+        // The search indexed it: no step is left to do.
+        assert!(!h.hub.store.search_behind());
+        assert_eq!(h.hub.indexing.due, None);
+    }
+
+    #[test]
+    fn a_backlog_is_indexed_a_slice_per_batch() {
+        let (dir, mut store) = temp_store();
+        let user = store.login_user("ann", 1).unwrap();
+        let count = 2 * search::INDEX_SLICE + 1;
+        let batch: Vec<crate::store::NewMessage> = (0..count)
+            .map(|i| crate::store::NewMessage {
+                room_id: crate::store::RoomId(1),
+                user_id: user.id,
+                client_id: format!("c{i}"),
+                text: format!("backlog {i}"),
+                ts: 1,
+                received_at: 1,
+                mentions: Vec::new(),
+            })
+            .collect();
+        store.insert_messages(&batch).unwrap();
+        let mut h = Harness::with_store(dir, store, 1000);
+        // Due from the start, and again at once after each slice, until
+        // nothing waits: the run loop wakes for it between batches.
+        let mut steps = 0;
+        while h.hub.indexing.due.is_some() {
+            assert!(
+                h.hub
+                    .next_deadline()
+                    .is_some_and(|due| due <= Instant::now())
+            );
+            h.end_batch();
+            steps += 1;
+            assert!(steps <= 3, "more steps than slices");
+        }
+        assert_eq!(steps, 3);
+        assert!(!h.hub.store.search_behind());
+    }
+
+    #[test]
     fn a_full_disk_fails_the_batch_keeps_reads_working_and_recovers() {
         let mut h = Harness::new();
         h.sign_in(1, "alice");
@@ -1012,5 +1081,36 @@ mod tests {
         h.request(1, send("full0", &big));
         let frames = h.frames(1);
         assert_eq!(frames[0]["type"], "ack", "{frames:?}");
+    }
+
+    #[test]
+    fn a_search_while_the_disk_is_full_answers_from_the_index_and_it_catches_up_later() {
+        let mut h = Harness::new();
+        h.sign_in(1, "alice");
+        // One commit, and words enough that their index takes more pages
+        // than the file has free. Its step is a second away.
+        for m in 0..20 {
+            let words: Vec<String> = (0..400).map(|n| format!("w{m}x{n}")).collect();
+            let text = format!("driftwood {}", words.join(" "));
+            h.queue(1, send(&format!("m{m}"), &text));
+        }
+        h.end_batch();
+        assert_eq!(h.frames(1).len(), 20 * 2, "acks and messages");
+        let pages: i64 = h.hub.store.conn_page_count();
+        h.hub.store.set_max_pages(pages).unwrap();
+        let search = json!({"type": "search", "query": "driftwood"});
+        h.request(1, search.clone());
+        let results = h.frames(1).pop().expect("search results");
+        assert_eq!(results["type"], "search_results", "{results}");
+        assert_eq!(
+            results["messages"],
+            json!([]),
+            "the index could not be written"
+        );
+        assert!(h.hub.store.search_behind());
+        h.hub.store.set_max_pages(1_000_000).unwrap();
+        h.request(1, search);
+        let results = h.frames(1).pop().expect("search results");
+        assert_eq!(results["messages"].as_array().map(Vec::len), Some(20));
     }
 }

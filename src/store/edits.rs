@@ -5,8 +5,10 @@
 //! Erased text is gone, not hidden: `PRAGMA secure_delete` (set in
 //! `Store::configure`) zeroes the bytes SQLite frees, the search index's
 //! `secure-delete` option takes the words out of the index's pages (see
-//! `search`), and [`Store::scrub_erased`] copies the new pages over the old
-//! ones and empties the WAL, which still holds the old pages until then.
+//! `search`; a message not indexed yet has none there, and is indexed later
+//! with its text as it is then), and [`Store::scrub_erased`] copies the new
+//! pages over the old ones and empties the WAL, which still holds the old
+//! pages until then.
 
 use std::time::Duration;
 
@@ -58,8 +60,8 @@ impl Store {
     }
 
     /// Replaces the text of a message that is not deleted, and its words
-    /// in the search index (a trigger), in one transaction. False if there
-    /// was no such message.
+    /// in the search index if it is indexed yet (a trigger), in one
+    /// transaction. False if there was no such message.
     pub fn edit_message(&mut self, seq: Seq, text: &str, now: i64) -> rusqlite::Result<bool> {
         let changed = self
             .conn
@@ -73,8 +75,9 @@ impl Store {
     }
 
     /// Erases the text of a message that is not deleted yet, the names it
-    /// mentions and its words in the search index (a trigger), in one
-    /// transaction, keeping its place. False if there was no such message.
+    /// mentions and its words in the search index if it is indexed yet (a
+    /// trigger), in one transaction, keeping its place. False if there was
+    /// no such message.
     pub fn delete_message(&mut self, seq: Seq, now: i64) -> rusqlite::Result<bool> {
         let tx = self.conn.transaction()?;
         let found: Option<(RoomId, Option<String>)> = tx
@@ -255,7 +258,9 @@ mod tests {
         for n in 0..20 {
             store_one(&mut store, ann.id, &format!("filler message {n}"));
         }
-        // Everything on disk: checkpointed into the file.
+        // In the search index, then everything on disk: checkpointed into
+        // the file.
+        store.index_for_search(u64::MAX).unwrap();
         store
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
@@ -288,6 +293,42 @@ mod tests {
         }
         assert!(on_disk(&dir, "receive the parcel"));
         assert!(!store.scrub_erased().unwrap(), "once is enough");
+    }
+
+    /// The texts a search for `word` finds.
+    fn found(store: &Store, word: &str) -> Vec<String> {
+        let rows = store.search(&[word.to_string()], None, None, 10).unwrap();
+        rows.messages.into_iter().map(|m| m.0.text).collect()
+    }
+
+    #[test]
+    fn text_deleted_or_replaced_before_it_was_indexed_never_reaches_the_index_or_the_files() {
+        let (dir, mut store) = temp_store();
+        let ann = store.login_user("ann", 1).unwrap();
+        let secret = store_one(&mut store, ann.id, "the safe opens with 5150marmoset");
+        let typo = store_one(&mut store, ann.id, "pick up the recieved parcelnarwhal");
+        store
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        assert!(on_disk(&dir, "5150marmoset") && on_disk(&dir, "parcelnarwhal"));
+        assert!(store.search_behind(), "indexed with the insert");
+        assert!(store.delete_message(secret, 2).unwrap());
+        assert!(store.edit_message(typo, "pick up the parcel", 2).unwrap());
+        assert!(!store.scrub_erased().unwrap());
+        let indexed = store.index_for_search(u64::MAX).unwrap();
+        assert_eq!(indexed.messages, 2);
+        assert!(found(&store, "5150marmoset").is_empty());
+        assert!(found(&store, "parcelnarwhal").is_empty());
+        assert_eq!(found(&store, "parcel"), ["pick up the parcel"]);
+        // Indexing wrote only what the text says now.
+        store
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        for needle in ["5150marmoset", "recieved", "parcelnarwhal"] {
+            assert!(!on_disk(&dir, needle), "{needle} is on disk");
+        }
     }
 
     #[test]

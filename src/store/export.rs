@@ -7,9 +7,15 @@ use std::path::Path;
 
 use rusqlite::{Connection, params};
 
-use super::{RoomId, SCHEMA_VERSION, database_error, open_read_only};
+use super::{RoomId, database_error, open_read_only};
 use crate::error::Error;
 use crate::protocol::{ChatMessage, NameKey};
+
+/// The oldest schema version with every column an export reads (version 4
+/// added `edited_at` and `deleted_at`; version 5 changed only how the search
+/// index is kept), so that a file last opened by the Parlor before this one
+/// can be exported without starting a server on it first.
+const EXPORTABLE_SINCE: i64 = 4;
 
 /// One read transaction on a Parlor database opened read-only: everything
 /// read through it is as of the moment it was opened, whatever is written
@@ -42,10 +48,10 @@ impl Snapshot {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .map_err(|e| database_error(db, format!("cannot read it: {e}"), Some(e.into())))?;
-        if version < SCHEMA_VERSION {
+        if version < EXPORTABLE_SINCE {
             let message = format!(
-                "its schema version {version} is older than this Parlor's ({SCHEMA_VERSION}); \
-                 start this Parlor on it once to bring it up to date"
+                "its schema version {version} is older than this Parlor exports \
+                 ({EXPORTABLE_SINCE}); start this Parlor on it once to bring it up to date"
             );
             return Err(database_error(db, message, None));
         }
@@ -224,6 +230,36 @@ mod tests {
         });
         assert_eq!(result.unwrap_err().to_string(), "disk full");
         assert_eq!(seen, 2);
+    }
+
+    #[test]
+    fn a_database_of_the_previous_schema_is_exported_as_it_is() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("v4.db");
+        crate::store::tests::version_4_database(
+            &path,
+            "INSERT INTO messages (room_id, user_id, client_id, text, ts, received_at)
+                 VALUES (1, 1, 'a', 'from version four', 5, 5);",
+        );
+        let snapshot = Snapshot::open(&path).unwrap();
+        let room = &snapshot.live_rooms().unwrap()[0];
+        assert_eq!(ids(&snapshot, room, None), ["a"]);
+        drop(snapshot);
+        // Opened read-only: still version 4.
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, 4);
+
+        // Version 3 lacks the columns: refused.
+        let path = dir.path().join("v3.db");
+        crate::store::tests::version_4_database(&path, "PRAGMA user_version = 3;");
+        let error = Snapshot::open(&path).err().unwrap();
+        assert!(
+            error.to_string().contains("start this Parlor on it once"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod search;
 
 pub use edits::MessageRecord;
 pub use export::{Snapshot, SnapshotRoom};
-pub use search::{SearchRows, match_expression};
+pub use search::{Indexed, SearchRows, match_expression};
 
 /// `PRAGMA application_id` of a Parlor database ("PRLR").
 const APPLICATION_ID: i64 = 0x5052_4c52;
@@ -31,8 +31,9 @@ const APPLICATION_ID: i64 = 0x5052_4c52;
 /// Version 2: names are keyed by `protocol::name_key` (look-alikes are one
 /// name) instead of case folding alone. Version 3: read marks and mentions.
 /// Version 4: messages can be edited and deleted (`edits`), and are
-/// indexed for search (`search`).
-const SCHEMA_VERSION: i64 = 4;
+/// indexed for search (`search`). Version 5: they are indexed in batches
+/// after they are stored, up to a mark kept with the index (`search`).
+const SCHEMA_VERSION: i64 = 5;
 
 /// How long a statement waits for a lock another connection (an export, a
 /// backup, Litestream) holds.
@@ -268,6 +269,11 @@ pub struct Store {
     /// Whether text was erased (edited or deleted) since the WAL was last
     /// scrubbed (see `Store::scrub_erased`).
     erased: bool,
+    /// The newest stored message's seq (0: none).
+    newest: Seq,
+    /// The mark in `search_indexed`: the index holds every message up to
+    /// it and none after it (see `search`).
+    search_indexed: Seq,
 }
 
 impl Store {
@@ -300,15 +306,18 @@ impl Store {
                 "its schema version {version} is newer than this Parlor understands ({SCHEMA_VERSION}); run a newer Parlor"
             )));
         }
-        let store = Store {
+        let mut store = Store {
             conn,
             // A server killed between an erasure and its scrub may have
             // left the old text in the WAL: the first scrub clears it.
             erased: true,
+            newest: Seq(0),
+            search_indexed: Seq(0),
         };
         store
             .configure()
             .and_then(|()| store.migrate(version))
+            .and_then(|()| store.load_marks())
             .map_err(|e| database_error(path, e.to_string(), Some(e.into())))?;
         tighten_permissions(path);
         Ok(store)
@@ -362,6 +371,17 @@ impl Store {
         Ok(())
     }
 
+    /// Reads the newest message's seq and how far the search index goes.
+    fn load_marks(&mut self) -> rusqlite::Result<()> {
+        self.newest =
+            self.conn
+                .query_row("SELECT coalesce(max(seq), 0) FROM messages", [], |row| {
+                    row.get(0)
+                })?;
+        self.search_indexed = search::indexed_up_to(&self.conn)?;
+        Ok(())
+    }
+
     fn migrate(&self, from: i64) -> rusqlite::Result<()> {
         if from >= SCHEMA_VERSION {
             return Ok(());
@@ -389,6 +409,9 @@ impl Store {
         if from < 4 {
             tx.execute_batch(edits::SCHEMA_V4)?;
             search::create_index(&tx)?;
+        }
+        if from < 5 {
+            search::index_in_batches(&tx)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()
@@ -620,6 +643,9 @@ impl Store {
             }
         }
         tx.commit()?;
+        if let Some(newest) = stored.iter().map(Stored::seq).max() {
+            self.newest = self.newest.max(newest);
+        }
         Ok(stored)
     }
 
@@ -1052,6 +1078,28 @@ pub(crate) mod tests {
         let dir = TempDir::new().unwrap();
         let store = Store::open(&dir.path().join("t.db")).unwrap();
         (dir, store)
+    }
+
+    /// Creates a database at `path` as Parlor's schema version 4 left it
+    /// (messages indexed for search by a trigger as they were inserted),
+    /// with `general` and the user `ann` (id 1), then runs `sql` on it.
+    pub(crate) fn version_4_database(path: &Path, sql: &str) {
+        let conn = Connection::open(path).unwrap();
+        let tx = conn.unchecked_transaction().unwrap();
+        tx.execute_batch(SCHEMA_V1).unwrap();
+        tx.execute_batch(SCHEMA_V3).unwrap();
+        tx.execute_batch(edits::SCHEMA_V4).unwrap();
+        search::create_index(&tx).unwrap();
+        tx.execute_batch(
+            "INSERT INTO rooms (name, name_key, created_at) VALUES ('general', 'general', 1);
+             INSERT INTO users (name, name_key, created_at, last_seen) VALUES ('ann', 'ann', 1, 1);
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+        tx.execute_batch(sql).unwrap();
+        tx.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        tx.commit().unwrap();
     }
 
     /// `general`, the room of a new database.
