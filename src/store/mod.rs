@@ -338,9 +338,13 @@ impl Store {
         .map_err(|e| {
             database_error(path, format!("cannot open it to read: {e}"), Some(e.into()))
         })?;
+        // A reader never writes: what the fields below track (erasures, the
+        // newest message, the search index's mark) is the writer's.
         Ok(Store {
             conn,
             erased: false,
+            newest: Seq(0),
+            search_indexed: Seq(0),
         })
     }
 
