@@ -132,6 +132,11 @@ pub struct Indexed {
     pub behind: bool,
 }
 
+/// Most bytes of message text in one page of results: 100 results of the
+/// longest messages would be 1.6 MB read and encoded by the hub while
+/// everyone waits; past this the page ends early and `has_more` is true.
+pub const RESULT_TEXT_BYTES: usize = 512 * 1024;
+
 /// One page of search results.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SearchRows {
@@ -297,12 +302,25 @@ impl Store {
         ))?;
         let before = before.map_or(i64::MAX, |seq| seq.0);
         let fetch = i64::from(limit) + 1;
-        let mut messages = stmt
-            .query_map(params![expression, before, fetch], |row| {
-                let room = row.get(8)?;
-                message_row(row, room).map(PageMessage)
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt.query_map(params![expression, before, fetch], |row| {
+            let room = row.get(8)?;
+            message_row(row, room).map(PageMessage)
+        })?;
+        let mut messages = Vec::new();
+        let mut bytes = 0usize;
+        for row in rows {
+            let message = row?;
+            bytes = bytes.saturating_add(message.0.text.len());
+            if bytes > RESULT_TEXT_BYTES && !messages.is_empty() {
+                // The hub builds results on its own thread: past this, the
+                // rest is left for the next page, unread.
+                return Ok(SearchRows {
+                    messages,
+                    has_more: true,
+                });
+            }
+            messages.push(message);
+        }
         let has_more = messages.len() > limit as usize;
         messages.truncate(limit as usize);
         Ok(SearchRows { messages, has_more })
@@ -525,6 +543,26 @@ mod tests {
                 [],
             )
             .map(drop)
+    }
+
+    #[test]
+    fn a_page_of_results_ends_once_its_text_passes_the_bound() {
+        let (_dir, mut store) = temp_store();
+        let long = format!("anchor {}", "y".repeat(200_000));
+        let seqs = say(&mut store, &[&long, &long, &long, &long]);
+        store.index_for_search(u64::MAX).unwrap();
+        let page = store.search(&words("anchor"), None, None, 100).unwrap();
+        // 200 KB each: two fit in 512 KiB, the third would not.
+        let got: Vec<Seq> = page.messages.iter().map(|m| m.0.seq).collect();
+        assert_eq!(got, [seqs[3], seqs[2]]);
+        assert!(page.has_more);
+        // The next page goes on from there.
+        let next = store
+            .search(&words("anchor"), None, Some(seqs[2]), 100)
+            .unwrap();
+        let got: Vec<Seq> = next.messages.iter().map(|m| m.0.seq).collect();
+        assert_eq!(got, [seqs[1], seqs[0]]);
+        assert!(!next.has_more);
     }
 
     #[test]
