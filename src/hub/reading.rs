@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::frame::Frame;
 use crate::protocol::{NameKey, RoomInfo, Seq, ServerFrame};
 use crate::store::{MAX_UNREAD, ReadMark, RoomId, Store, UserId};
 use crate::vocab::ConnId;
@@ -125,6 +126,8 @@ pub(super) struct Reading {
     /// Messages committed since start-up: a push skips the users whose
     /// counts were compared since the last one.
     commits: u64,
+    /// The `unread` frame being pushed, a buffer kept for the next.
+    frame: String,
 }
 
 impl Reading {
@@ -326,14 +329,10 @@ impl Reading {
                 counts.sent = Some(now_counts);
                 pushed = true;
                 let (unread, mentions) = now_counts;
-                out.reply(
-                    &To { conn, req: None },
-                    &ServerFrame::Unread {
-                        room: room.name.clone(),
-                        unread,
-                        mentions,
-                    },
-                );
+                // From the room's template: a busy server pushes tens of
+                // thousands of these a second.
+                room.unread.encode(unread, mentions, &mut self.frame);
+                out.frame(conn, Frame::text(&self.frame));
             }
             if pushed {
                 reader.next_push = now + PUSH_EVERY + spread(reader.user_id);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::frame::Frame;
 use crate::protocol::{
     Checked, ErrorCode, NameKey, Page, PageQuery, PresenceState, RoomInfo, RoomList, RoomName,
-    RoomRef, Seq, ServerFrame, now_ms,
+    RoomRef, Seq, ServerFrame, UnreadTemplate, now_ms,
 };
 use crate::store::{RoomId, Store};
 use crate::vocab::ConnId;
@@ -42,6 +42,8 @@ pub(super) struct Room {
     pub total: u64,
     /// Its newest message's seq; 0 when it has none.
     pub newest: Seq,
+    /// Its `unread` frames but for the counts.
+    pub unread: UnreadTemplate,
 }
 
 impl Room {
@@ -77,6 +79,7 @@ impl Rooms {
             .map(|r| {
                 let room = Room {
                     id: r.id,
+                    unread: UnreadTemplate::new(&r.name),
                     name: r.name,
                     created_at: r.created_at,
                     created_by: r.created_by,
@@ -262,6 +265,7 @@ impl Rooms {
             key,
             Room {
                 id,
+                unread: UnreadTemplate::new(&name),
                 name,
                 created_at: now,
                 created_by: Some(user.name.clone()),
