@@ -520,7 +520,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{now_ms, parse_request};
+    use crate::protocol::{NameKey, now_ms, parse_request};
     use crate::store::tests::temp_store;
     use crate::vocab::{Mail, Permit, Slots};
     use serde_json::{Value, json};
@@ -884,6 +884,46 @@ mod tests {
         assert_eq!(
             unread(h.frames(1)),
             [json!({"type": "unread", "room": "Design", "unread": 0, "mentions": 0})]
+        );
+    }
+
+    #[test]
+    fn a_room_made_after_one_is_deleted_starts_from_zero_counts() {
+        let mut h = Harness::new();
+        h.sign_in(1, "alice");
+        h.connect(2);
+        h.request(2, json!({"type": "hello", "username": "bob"}));
+        // All in one batch, so that alice is pushed nothing in between,
+        // however slow the machine.
+        h.queue(2, json!({"type": "create_room", "room": "Design"}));
+        let design = h
+            .hub
+            .rooms
+            .get(&NameKey::of("Design"))
+            .expect("created")
+            .slot;
+        h.queue(2, json!({"type": "join", "room": "Design"}));
+        for n in 0..2 {
+            h.queue(2, send(&format!("d{n}"), "@alice look"));
+        }
+        h.queue(2, json!({"type": "delete_room", "room": "Design"}));
+        h.queue(2, json!({"type": "create_room", "room": "Ops"}));
+        h.queue(2, json!({"type": "join", "room": "Ops"}));
+        // Ops keeps its counts where Design kept its own.
+        let ops = h.hub.rooms.get(&NameKey::of("Ops")).expect("created").slot;
+        assert_eq!(ops, design, "Ops did not take Design's slot");
+        h.queue(2, send("o1", "in Ops"));
+        h.end_batch();
+        h.hub.reading.push_due = Some(Instant::now());
+        h.end_batch();
+        let pushed: Vec<Value> = h
+            .frames(1)
+            .into_iter()
+            .filter(|f| f["type"] == "unread")
+            .collect();
+        assert_eq!(
+            pushed,
+            [json!({"type": "unread", "room": "Ops", "unread": 1, "mentions": 0})]
         );
     }
 

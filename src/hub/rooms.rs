@@ -42,6 +42,10 @@ pub(super) struct Room {
     pub total: u64,
     /// Its newest message's seq; 0 when it has none.
     pub newest: Seq,
+    /// A small number no other live room has, below the number of live
+    /// rooms when it was made: where each user's counts in this room are
+    /// kept (see `Reading`). A deleted room's slot is given to the next.
+    pub slot: usize,
     /// Its `unread` frames but for the counts.
     pub unread: UnreadTemplate,
 }
@@ -76,7 +80,8 @@ impl Rooms {
         let rooms = store
             .live_rooms()?
             .into_iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(slot, r)| {
                 let room = Room {
                     id: r.id,
                     unread: UnreadTemplate::new(&r.name),
@@ -86,6 +91,7 @@ impl Rooms {
                     members: BTreeMap::new(),
                     total: r.message_count,
                     newest: r.newest,
+                    slot,
                 };
                 (NameKey::of(&room.name), room)
             })
@@ -115,6 +121,21 @@ impl Rooms {
 
     pub fn get_mut(&mut self, key: &NameKey) -> Option<&mut Room> {
         self.rooms.get_mut(key)
+    }
+
+    /// The lowest slot no live room has.
+    fn free_slot(&self) -> usize {
+        let mut taken = vec![false; self.rooms.len()];
+        for room in self.rooms.values() {
+            if let Some(taken) = taken.get_mut(room.slot) {
+                *taken = true;
+            }
+        }
+        // With n live rooms, one of the slots 0..=n is free.
+        taken
+            .iter()
+            .position(|taken| !taken)
+            .unwrap_or(self.rooms.len())
     }
 
     /// The live room with this id.
@@ -212,7 +233,8 @@ impl Rooms {
         let order = self.sorted();
         for (user, conn) in online {
             let req = requester.filter(|to| to.conn == conn).and_then(|to| to.req);
-            let counts = order.iter().map(|room| reading.counts(user, room));
+            let counts_in = reading.counts(user);
+            let counts = order.iter().map(|room| counts_in(room));
             out.frame(conn, Frame::text(&template.encode(counts, req)));
         }
     }
@@ -261,6 +283,7 @@ impl Rooms {
             }
         };
         log::info!("{}: {} created room {name}", to.conn, user.name);
+        let slot = self.free_slot();
         self.rooms.insert(
             key,
             Room {
@@ -272,6 +295,7 @@ impl Rooms {
                 members: BTreeMap::new(),
                 total: 0,
                 newest: Seq(0),
+                slot,
             },
         );
         true
@@ -304,7 +328,7 @@ impl Rooms {
             return false;
         }
         let live = self.rooms.remove(&room.key).expect("BUG: looked up above");
-        reading.room_deleted(live.id);
+        reading.room_deleted(&live);
         log::info!("{}: {} deleted room {}", to.conn, user.name, live.name);
         let deleted = encode(&ServerFrame::RoomDeleted {
             room: live.name.clone(),
@@ -342,7 +366,7 @@ impl Rooms {
             Ok(page) => page,
             Err(e) => return out.storage_failed(to, "loading history", &e),
         };
-        let read_seq = reading.mark(&user.key, live.id);
+        let read_seq = reading.mark(&user.key, live);
         if self.whereabouts.get(&user.key) == Some(key) {
             return out.reply(to, &self.joined_frame(key, history, read_seq, reading));
         }
@@ -403,7 +427,7 @@ impl Rooms {
             read_by: room
                 .members
                 .iter()
-                .map(|(user, m)| (m.name.clone(), reading.mark(user, room.id)))
+                .map(|(user, m)| (m.name.clone(), reading.mark(user, room)))
                 .collect(),
         }
     }
