@@ -176,8 +176,13 @@ impl Hub {
             self.send_room_list(None);
         }
         if self.reading.push_due.is_some_and(|due| due <= now) {
-            self.reading
-                .push(&self.rooms, self.sessions.users(), &mut self.out, now);
+            let sessions = &self.sessions;
+            self.reading.push(
+                &self.rooms,
+                |user| sessions.conn_of(user),
+                &mut self.out,
+                now,
+            );
         }
         if self.reading.seen_due.is_some_and(|due| due <= now) {
             self.reading.tell_seen(&self.rooms, &mut self.out, now);

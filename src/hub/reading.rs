@@ -12,7 +12,9 @@
 //! Pushes are the hub's most frequent work after the messages themselves
 //! (at 1,000 users in 50 busy rooms, about 39,000 `unread` frames a
 //! second), so a user's counts are kept in a `Vec` by room slot rather than
-//! a map, and each frame is encoded from its room's template.
+//! a map, a push looks up only the users it is due for, and each frame is
+//! encoded from its room's
+//! [`UnreadTemplate`](crate::protocol::UnreadTemplate).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -302,30 +304,42 @@ impl Reading {
     }
 
     /// Pushes changed counts to every signed-in user who may be pushed now,
-    /// for each room they are not in. `online` gives each user's connection
-    /// (None while their session waits for them to come back).
-    pub fn push<'a>(
+    /// for each room they are not in. `conn_of` gives a user's connection
+    /// (None while their session waits for them to come back); it is asked
+    /// only about the users due, as a push runs after nearly every batch on
+    /// a busy server and most users are not due then.
+    pub fn push(
         &mut self,
         rooms: &Rooms,
-        online: impl Iterator<Item = (&'a NameKey, Option<ConnId>)>,
+        conn_of: impl Fn(&NameKey) -> Option<ConnId>,
         out: &mut Outgoing,
         now: Instant,
     ) {
-        self.push_due = None;
-        for (user, conn) in online {
-            let (Some(reader), Some(conn)) = (self.readers.get_mut(user), conn) else {
-                continue;
-            };
-            if reader.compared_at == self.commits {
+        let Reading {
+            readers,
+            push_due,
+            commits,
+            frame,
+            ..
+        } = self;
+        *push_due = None;
+        for (user, reader) in readers.iter_mut() {
+            if reader.compared_at == *commits {
                 continue;
             }
             if reader.next_push > now {
                 // Pushed recently: later.
                 let next = reader.next_push;
-                self.push_due = Some(self.push_due.map_or(next, |due| due.min(next)));
+                *push_due = Some(push_due.map_or(next, |due| due.min(next)));
                 continue;
             }
-            reader.compared_at = self.commits;
+            // Checked after the times, so that only the users due are looked
+            // up; one whose connection is lost may thus cost the hub one
+            // wake-up for nothing.
+            let Some(conn) = conn_of(user) else {
+                continue;
+            };
+            reader.compared_at = *commits;
             let here = rooms
                 .room_of(user)
                 .and_then(|key| rooms.get(key))
@@ -345,8 +359,8 @@ impl Reading {
                 let (unread, mentions) = now_counts;
                 // From the room's template: a busy server pushes tens of
                 // thousands of these a second.
-                room.unread.encode(unread, mentions, &mut self.frame);
-                out.frame(conn, Frame::text(&self.frame));
+                room.unread.encode(unread, mentions, frame);
+                out.frame(conn, Frame::text(frame));
             }
             if pushed {
                 reader.next_push = now + PUSH_EVERY + spread(reader.user_id);

@@ -165,18 +165,20 @@ impl Sessions {
         }
     }
 
-    /// Every signed-in user and their connection (None while it is lost
-    /// and the session waits for them).
-    pub fn users(&self) -> impl Iterator<Item = (&NameKey, Option<ConnId>)> + '_ {
+    /// `user`'s live connection, if they are signed in and it is not lost.
+    pub fn conn_of(&self, user: &NameKey) -> Option<ConnId> {
         self.online
-            .values()
-            .map(|o| (&o.key, o.away_until.is_none().then_some(o.conn)))
+            .get(user)
+            .filter(|o| o.away_until.is_none())
+            .map(|o| o.conn)
     }
 
     /// Every signed-in user with a live connection, and that connection.
     pub fn connected_users(&self) -> impl Iterator<Item = (&NameKey, ConnId)> + '_ {
-        self.users()
-            .filter_map(|(user, conn)| conn.map(|conn| (user, conn)))
+        self.online
+            .values()
+            .filter(|o| o.away_until.is_none())
+            .map(|o| (&o.key, o.conn))
     }
 
     /// When the first session waiting for its user ends.
