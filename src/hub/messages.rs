@@ -3,7 +3,6 @@
 //! request needs everything before it stored); then they are stored in one
 //! transaction and only after it acked and broadcast.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::protocol::{
@@ -13,6 +12,7 @@ use crate::protocol::{
 use crate::store::{NewMessage, Store, Stored, UserId};
 use crate::vocab::ConnId;
 
+use super::FastMap;
 use super::limits::{self, Limits};
 use super::outgoing::{Outgoing, To, encode};
 use super::reading::Reading;
@@ -55,7 +55,7 @@ pub(super) struct Sends {
     pending: Vec<PendingSend>,
     /// Index into `pending` by sender and client id, to spot retries of a
     /// send that is not stored yet.
-    pending_ids: HashMap<(NameKey, ClientMsgId), usize>,
+    pending_ids: FastMap<(NameKey, ClientMsgId), usize>,
     pending_repeats: Vec<PendingRepeat>,
     /// True while storage writes fail; errors are logged once per incident.
     storage_failing: bool,

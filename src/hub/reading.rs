@@ -16,7 +16,6 @@
 //! encoded from its room's
 //! [`UnreadTemplate`](crate::protocol::UnreadTemplate).
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::frame::Frame;
@@ -24,6 +23,7 @@ use crate::protocol::{NameKey, RoomInfo, Seq, ServerFrame};
 use crate::store::{MAX_UNREAD, ReadMark, RoomId, Store, UserId};
 use crate::vocab::ConnId;
 
+use super::FastMap;
 use super::outgoing::{Outgoing, To, encode};
 use super::rooms::{Room, Rooms};
 
@@ -131,16 +131,16 @@ impl Reader {
 /// Every signed-in user's read marks and counts.
 #[derive(Default)]
 pub(super) struct Reading {
-    readers: HashMap<NameKey, Reader>,
+    readers: FastMap<NameKey, Reader>,
     /// Marks moved and not yet saved.
-    unsaved: HashMap<(UserId, RoomId), Seq>,
+    unsaved: FastMap<(UserId, RoomId), Seq>,
     /// When `unsaved` is due to be saved.
     pub save_due: Option<Instant>,
     /// When counts may have changed for someone; pushes are due.
     pub push_due: Option<Instant>,
     /// Marks moved that the rooms have not been told of yet, by user and
     /// room: only the newest of each is told.
-    unseen: HashMap<(NameKey, RoomId), Seq>,
+    unseen: FastMap<(NameKey, RoomId), Seq>,
     /// When `unseen` is due to be told.
     pub seen_due: Option<Instant>,
     /// Messages committed since start-up: a push skips the users whose
@@ -161,7 +161,7 @@ impl Reading {
         user_id: UserId,
         name: &str,
     ) -> rusqlite::Result<()> {
-        let mut marks: HashMap<RoomId, Seq> = store.read_marks(user_id)?.into_iter().collect();
+        let mut marks: FastMap<RoomId, Seq> = store.read_marks(user_id)?.into_iter().collect();
         for (&(id, room), &seq) in &self.unsaved {
             if id == user_id {
                 let mark = marks.entry(room).or_default();

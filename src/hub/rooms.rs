@@ -1,7 +1,7 @@
 //! Rooms: the live rooms, who is in which, presence, and the room list
 //! every signed-in client is sent when rooms or member counts change.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::frame::Frame;
@@ -12,6 +12,7 @@ use crate::protocol::{
 use crate::store::{RoomId, Store};
 use crate::vocab::ConnId;
 
+use super::FastMap;
 use super::history::read_page;
 use super::limits::Limits;
 use super::outgoing::{Outgoing, To, encode};
@@ -66,10 +67,10 @@ pub(super) struct Rooms {
     /// Most live rooms: every room is in every room list and welcome.
     max_rooms: usize,
     /// The room each signed-in user is in, if any, by user key.
-    whereabouts: HashMap<NameKey, NameKey>,
+    whereabouts: FastMap<NameKey, NameKey>,
     /// The room each user was in when their last session ended: going back
     /// there is not a room switch.
-    left_behind: HashMap<NameKey, NameKey>,
+    left_behind: FastMap<NameKey, NameKey>,
     /// When the room list is due, after a member count changed.
     pub list_due: Option<Instant>,
 }
@@ -99,8 +100,8 @@ impl Rooms {
         Ok(Rooms {
             rooms,
             max_rooms,
-            whereabouts: HashMap::new(),
-            left_behind: HashMap::new(),
+            whereabouts: FastMap::default(),
+            left_behind: FastMap::default(),
             list_due: None,
         })
     }
