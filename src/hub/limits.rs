@@ -156,6 +156,12 @@ impl Limits {
     }
 
     fn rate(&mut self, user: &NameKey, now: Instant) -> &mut Rate {
+        // Looked up first, as every request and send comes here and the
+        // entry API would copy the key each time; the second lookup of a
+        // user seen before is cheaper than that copy and its free.
+        if self.rates.contains_key(user) {
+            return self.rates.get_mut(user).expect("BUG: just found");
+        }
         let settings = &self.settings;
         self.rates.entry(user.clone()).or_insert_with(|| Rate {
             sends: VecDeque::new(),
