@@ -194,7 +194,7 @@ impl Sends {
         if self.pending.is_empty() {
             return;
         }
-        let pending = std::mem::take(&mut self.pending);
+        let mut pending = std::mem::take(&mut self.pending);
         let repeats = std::mem::take(&mut self.pending_repeats);
         self.pending_ids.clear();
         let started = Instant::now();
@@ -237,7 +237,7 @@ impl Sends {
             self.storage_failing = false;
         }
         let mut acks = Vec::with_capacity(pending.len());
-        for (p, stored) in pending.into_iter().zip(stored) {
+        for (p, stored) in pending.drain(..).zip(stored) {
             let seq = match stored {
                 Stored::New(seq) => seq,
                 Stored::Repeat(original) => {
@@ -307,6 +307,10 @@ impl Sends {
             }
             acks.push(ack);
         }
+        // Emptied, its room is kept for the next batch: grown anew for each
+        // batch, it took a few large allocations per batch, each of which
+        // has malloc sweep its lists of small free chunks (the frames).
+        self.pending = pending;
         for r in repeats {
             out.reply(
                 &To {
