@@ -5,12 +5,14 @@
 //! prices every request. Kept by username, not by connection, so
 //! reconnecting does not reset them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::metrics::{Limited, Metrics};
 use crate::protocol::{CheckedFrame, NameKey};
+
+use super::FastMap;
 
 /// Addresses whose new usernames are remembered at once; past this the
 /// table is emptied (it only ever forgets, never refuses, so a flood of
@@ -133,11 +135,11 @@ pub(super) struct Limits {
     /// By user. Grows with the users seen since start-up (at most one entry
     /// each; the store keeps them all anyway, and new names are limited per
     /// address).
-    rates: HashMap<NameKey, Rate>,
+    rates: FastMap<NameKey, Rate>,
     /// New usernames signed in with, by address.
-    new_users: HashMap<IpAddr, VecDeque<Instant>>,
+    new_users: FastMap<IpAddr, VecDeque<Instant>>,
     /// Wrong join codes sent, by address.
-    wrong_codes: HashMap<IpAddr, VecDeque<Instant>>,
+    wrong_codes: FastMap<IpAddr, VecDeque<Instant>>,
     /// Counts refusals by request type.
     metrics: Metrics,
 }
@@ -146,14 +148,20 @@ impl Limits {
     pub fn new(settings: Settings, metrics: Metrics) -> Limits {
         Limits {
             settings,
-            rates: HashMap::new(),
-            new_users: HashMap::new(),
-            wrong_codes: HashMap::new(),
+            rates: FastMap::default(),
+            new_users: FastMap::default(),
+            wrong_codes: FastMap::default(),
             metrics,
         }
     }
 
     fn rate(&mut self, user: &NameKey, now: Instant) -> &mut Rate {
+        // Looked up first, as every request and send comes here and the
+        // entry API would copy the key each time; the second lookup of a
+        // user seen before is cheaper than that copy and its free.
+        if self.rates.contains_key(user) {
+            return self.rates.get_mut(user).expect("BUG: just found");
+        }
         let settings = &self.settings;
         self.rates.entry(user.clone()).or_insert_with(|| Rate {
             sends: VecDeque::new(),
@@ -316,7 +324,7 @@ pub(super) const WRONG_CODES_PER_HOUR: usize = 20;
 /// not enough, all of them (the table only ever forgets, so a flood of
 /// addresses costs at most [`MAX_TRACKED_ADDRESSES`] windows).
 fn address_window(
-    table: &mut HashMap<IpAddr, VecDeque<Instant>>,
+    table: &mut FastMap<IpAddr, VecDeque<Instant>>,
     ip: IpAddr,
     now: Instant,
 ) -> &mut VecDeque<Instant> {

@@ -3,7 +3,6 @@
 //! request needs everything before it stored); then they are stored in one
 //! transaction and only after it acked and broadcast.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::protocol::{
@@ -13,6 +12,7 @@ use crate::protocol::{
 use crate::store::{NewMessage, Store, Stored, UserId};
 use crate::vocab::ConnId;
 
+use super::FastMap;
 use super::limits::{self, Limits};
 use super::outgoing::{Outgoing, To, encode};
 use super::reading::Reading;
@@ -55,7 +55,7 @@ pub(super) struct Sends {
     pending: Vec<PendingSend>,
     /// Index into `pending` by sender and client id, to spot retries of a
     /// send that is not stored yet.
-    pending_ids: HashMap<(NameKey, ClientMsgId), usize>,
+    pending_ids: FastMap<(NameKey, ClientMsgId), usize>,
     pending_repeats: Vec<PendingRepeat>,
     /// True while storage writes fail; errors are logged once per incident.
     storage_failing: bool,
@@ -194,7 +194,7 @@ impl Sends {
         if self.pending.is_empty() {
             return;
         }
-        let pending = std::mem::take(&mut self.pending);
+        let mut pending = std::mem::take(&mut self.pending);
         let repeats = std::mem::take(&mut self.pending_repeats);
         self.pending_ids.clear();
         let started = Instant::now();
@@ -237,7 +237,7 @@ impl Sends {
             self.storage_failing = false;
         }
         let mut acks = Vec::with_capacity(pending.len());
-        for (p, stored) in pending.into_iter().zip(stored) {
+        for (p, stored) in pending.drain(..).zip(stored) {
             let seq = match stored {
                 Stored::New(seq) => seq,
                 Stored::Repeat(original) => {
@@ -307,6 +307,10 @@ impl Sends {
             }
             acks.push(ack);
         }
+        // Emptied, its room is kept for the next batch: grown anew for each
+        // batch, it took a few large allocations per batch, each of which
+        // has malloc sweep its lists of small free chunks (the frames).
+        self.pending = pending;
         for r in repeats {
             out.reply(
                 &To {

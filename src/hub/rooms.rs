@@ -1,17 +1,18 @@
 //! Rooms: the live rooms, who is in which, presence, and the room list
 //! every signed-in client is sent when rooms or member counts change.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::frame::Frame;
 use crate::protocol::{
     Checked, ErrorCode, NameKey, Page, PresenceState, RoomInfo, RoomList, RoomName, RoomRef, Seq,
-    ServerFrame, now_ms,
+    ServerFrame, UnreadTemplate, now_ms,
 };
 use crate::store::{RoomId, Store};
 use crate::vocab::ConnId;
 
+use super::FastMap;
 use super::history::join_page;
 use super::limits::Limits;
 use super::outgoing::{Outgoing, To, encode};
@@ -42,6 +43,12 @@ pub(super) struct Room {
     pub total: u64,
     /// Its newest message's seq; 0 when it has none.
     pub newest: Seq,
+    /// A small number no other live room has, below the number of live
+    /// rooms when it was made: where each user's counts in this room are
+    /// kept (see `Reading`). A deleted room's slot is given to the next.
+    pub slot: usize,
+    /// Its `unread` frames but for the counts.
+    pub unread: UnreadTemplate,
 }
 
 impl Room {
@@ -60,10 +67,10 @@ pub(super) struct Rooms {
     /// Most live rooms: every room is in every room list and welcome.
     max_rooms: usize,
     /// The room each signed-in user is in, if any, by user key.
-    whereabouts: HashMap<NameKey, NameKey>,
+    whereabouts: FastMap<NameKey, NameKey>,
     /// The room each user was in when their last session ended: going back
     /// there is not a room switch.
-    left_behind: HashMap<NameKey, NameKey>,
+    left_behind: FastMap<NameKey, NameKey>,
     /// When the room list is due, after a member count changed.
     pub list_due: Option<Instant>,
 }
@@ -74,15 +81,18 @@ impl Rooms {
         let rooms = store
             .live_rooms()?
             .into_iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(slot, r)| {
                 let room = Room {
                     id: r.id,
+                    unread: UnreadTemplate::new(&r.name),
                     name: r.name,
                     created_at: r.created_at,
                     created_by: r.created_by,
                     members: BTreeMap::new(),
                     total: r.message_count,
                     newest: r.newest,
+                    slot,
                 };
                 (NameKey::of(&room.name), room)
             })
@@ -90,8 +100,8 @@ impl Rooms {
         Ok(Rooms {
             rooms,
             max_rooms,
-            whereabouts: HashMap::new(),
-            left_behind: HashMap::new(),
+            whereabouts: FastMap::default(),
+            left_behind: FastMap::default(),
             list_due: None,
         })
     }
@@ -112,6 +122,21 @@ impl Rooms {
 
     pub fn get_mut(&mut self, key: &NameKey) -> Option<&mut Room> {
         self.rooms.get_mut(key)
+    }
+
+    /// The lowest slot no live room has.
+    fn free_slot(&self) -> usize {
+        let mut taken = vec![false; self.rooms.len()];
+        for room in self.rooms.values() {
+            if let Some(taken) = taken.get_mut(room.slot) {
+                *taken = true;
+            }
+        }
+        // With n live rooms, one of the slots 0..=n is free.
+        taken
+            .iter()
+            .position(|taken| !taken)
+            .unwrap_or(self.rooms.len())
     }
 
     /// The live room with this id.
@@ -209,7 +234,8 @@ impl Rooms {
         let order = self.sorted();
         for (user, conn) in online {
             let req = requester.filter(|to| to.conn == conn).and_then(|to| to.req);
-            let counts = order.iter().map(|room| reading.counts(user, room));
+            let counts_in = reading.counts(user);
+            let counts = order.iter().map(|room| counts_in(room));
             out.frame(conn, Frame::text(&template.encode(counts, req)));
         }
     }
@@ -258,16 +284,19 @@ impl Rooms {
             }
         };
         log::info!("{}: {} created room {name}", to.conn, user.name);
+        let slot = self.free_slot();
         self.rooms.insert(
             key,
             Room {
                 id,
+                unread: UnreadTemplate::new(&name),
                 name,
                 created_at: now,
                 created_by: Some(user.name.clone()),
                 members: BTreeMap::new(),
                 total: 0,
                 newest: Seq(0),
+                slot,
             },
         );
         true
@@ -300,7 +329,7 @@ impl Rooms {
             return false;
         }
         let live = self.rooms.remove(&room.key).expect("BUG: looked up above");
-        reading.room_deleted(live.id);
+        reading.room_deleted(&live);
         log::info!("{}: {} deleted room {}", to.conn, user.name, live.name);
         let deleted = encode(&ServerFrame::RoomDeleted {
             room: live.name.clone(),
@@ -338,7 +367,7 @@ impl Rooms {
             Ok(page) => page,
             Err(e) => return out.storage_failed(to, "loading history", &e),
         };
-        let read_seq = reading.mark(&user.key, live.id);
+        let read_seq = reading.mark(&user.key, live);
         if self.whereabouts.get(&user.key) == Some(key) {
             return out.reply(to, &self.joined_frame(key, history, read_seq, reading));
         }
@@ -399,7 +428,7 @@ impl Rooms {
             read_by: room
                 .members
                 .iter()
-                .map(|(user, m)| (m.name.clone(), reading.mark(user, room.id)))
+                .map(|(user, m)| (m.name.clone(), reading.mark(user, room)))
                 .collect(),
         }
     }

@@ -2,7 +2,7 @@
 //! `hello` (sign-in and resume), the deadline for saying hello, the grace
 //! period a session outlives its connection by, and signing out.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use crate::protocol::{
 use crate::store::{Store, UserId};
 use crate::vocab::{ConnId, close};
 
+use super::FastMap;
 use super::limits::{self, Bucket, Limits, Refusal};
 use super::outgoing::{Outgoing, To};
 use super::reading::Reading;
@@ -65,12 +66,12 @@ pub(super) struct Sessions {
     /// Sessions whose connection was lost, oldest first, with when they
     /// end. Entries of sessions resumed meanwhile are skipped.
     away_deadlines: VecDeque<(Instant, NameKey)>,
-    conns: HashMap<ConnId, Connection>,
+    conns: FastMap<ConnId, Connection>,
     /// Connections that have not said hello yet, oldest first, with their
     /// deadlines. Entries of connections that have since signed in or gone
     /// are skipped when they come up.
     hello_deadlines: VecDeque<(Instant, ConnId)>,
-    online: HashMap<NameKey, Online>,
+    online: FastMap<NameKey, Online>,
 }
 
 /// What a request's connection is, for the dispatch.
@@ -94,9 +95,9 @@ impl Sessions {
             join_code,
             grace,
             away_deadlines: VecDeque::new(),
-            conns: HashMap::new(),
+            conns: FastMap::default(),
             hello_deadlines: VecDeque::new(),
-            online: HashMap::new(),
+            online: FastMap::default(),
         }
     }
 
@@ -165,18 +166,20 @@ impl Sessions {
         }
     }
 
-    /// Every signed-in user and their connection (None while it is lost
-    /// and the session waits for them).
-    pub fn users(&self) -> impl Iterator<Item = (&NameKey, Option<ConnId>)> + '_ {
+    /// `user`'s live connection, if they are signed in and it is not lost.
+    pub fn conn_of(&self, user: &NameKey) -> Option<ConnId> {
         self.online
-            .values()
-            .map(|o| (&o.key, o.away_until.is_none().then_some(o.conn)))
+            .get(user)
+            .filter(|o| o.away_until.is_none())
+            .map(|o| o.conn)
     }
 
     /// Every signed-in user with a live connection, and that connection.
     pub fn connected_users(&self) -> impl Iterator<Item = (&NameKey, ConnId)> + '_ {
-        self.users()
-            .filter_map(|(user, conn)| conn.map(|conn| (user, conn)))
+        self.online
+            .values()
+            .filter(|o| o.away_until.is_none())
+            .map(|o| (&o.key, o.conn))
     }
 
     /// When the first session waiting for its user ends.
