@@ -85,7 +85,9 @@ impl Routes {
 
 /// Per connection, the frames of a batch not yet pushed, in order; None: it
 /// has no route (it is gone), so its frames are dropped without asking again.
-type Pending = HashMap<ConnId, Option<(Outbox, Vec<Frame>)>>;
+/// Built anew for every batch, keyed by the server's own connection numbers:
+/// foldhash, not SipHash (no client picks these keys).
+type Pending = HashMap<ConnId, Option<(Outbox, Vec<Frame>)>, foldhash::fast::RandomState>;
 
 /// Carries out a batch of mail. Returns the connections found too far
 /// behind: their outboxes are closed and emptied, and the hub should end
@@ -97,7 +99,7 @@ fn deliver(
     metrics: &Metrics,
 ) -> Vec<ConnId> {
     let mut too_slow = Vec::new();
-    let mut pending = Pending::new();
+    let mut pending = Pending::default();
     for item in mail {
         match item {
             Mail::Frame(conn, frame) => match pending.entry(conn) {
