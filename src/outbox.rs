@@ -284,6 +284,12 @@ impl Outbox {
         self.lock().queue.len()
     }
 
+    /// Whether the outbox takes nothing more (the connection is ending, or
+    /// fell too far behind and had its queue dropped).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Bytes of the frames [`Outbox::queued`] counts.
     pub fn queued_bytes(&self) -> usize {
         self.lock().bytes

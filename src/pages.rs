@@ -107,8 +107,10 @@ fn run(
             if held.contains(&job.conn) {
                 return true;
             }
-            let Some(outbox) = routes.outbox(job.conn) else {
-                // Gone: the job and its slot are dropped.
+            let Some(outbox) = routes.outbox(job.conn).filter(|o| !o.is_closed()) else {
+                // Gone, or going (a closed outbox takes nothing, and its
+                // queue may have been dropped): the job and its slot are
+                // dropped, and no page is built for nobody.
                 return false;
             };
             if outbox.queued_bytes() > BACKLOG_BYTES {
@@ -248,6 +250,28 @@ mod tests {
         drop(jobs_tx);
         pages.stop();
         assert_eq!(slots.taken(), 0);
+    }
+
+    #[test]
+    fn no_page_is_built_for_a_connection_whose_outbox_was_closed() {
+        let (dir, _store) = temp_store();
+        let routes = Routes::default();
+        let closing = route(&routes, 4);
+        closing.close(true);
+        let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
+        let (pages, jobs_tx) = Pages::start(
+            &dir.path().join("t.db"),
+            routes.clone(),
+            hub_tx,
+            Metrics::default(),
+        )
+        .unwrap();
+        let slots = Slots::new(1);
+        jobs_tx.send(job(&slots, 4, "late")).unwrap();
+        drop(jobs_tx);
+        pages.stop();
+        assert_eq!(slots.taken(), 0);
+        assert!(hub_rx.try_recv().is_err(), "a page was built and charged");
     }
 
     #[test]
