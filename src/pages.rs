@@ -173,6 +173,14 @@ mod tests {
         outbox
     }
 
+    /// A page builder on the database in `dir`; the hub's end of its events.
+    fn start(dir: &tempfile::TempDir, routes: Routes) -> (Pages, Sender<PageJob>, Receiver<Event>) {
+        let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
+        let (pages, jobs_tx) =
+            Pages::start(&dir.path().join("t.db"), routes, hub_tx, Metrics::default()).unwrap();
+        (pages, jobs_tx, hub_rx)
+    }
+
     fn job(slots: &Slots, conn: u64, req: &str) -> PageJob {
         PageJob {
             conn: ConnId(conn),
@@ -214,14 +222,7 @@ mod tests {
         // Conn 1 has a large reply it has not read.
         let large = Frame::text(&"x".repeat(BACKLOG_BYTES + 1));
         slow.push(&[large]).unwrap();
-        let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
-        let (pages, jobs_tx) = Pages::start(
-            &dir.path().join("t.db"),
-            routes.clone(),
-            hub_tx,
-            Metrics::default(),
-        )
-        .unwrap();
+        let (pages, jobs_tx, hub_rx) = start(&dir, routes.clone());
         let slots = Slots::new(8);
         jobs_tx.send(job(&slots, 1, "first")).unwrap();
         jobs_tx.send(job(&slots, 1, "second")).unwrap();
@@ -258,14 +259,7 @@ mod tests {
         let routes = Routes::default();
         let closing = route(&routes, 4);
         closing.close(true);
-        let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
-        let (pages, jobs_tx) = Pages::start(
-            &dir.path().join("t.db"),
-            routes.clone(),
-            hub_tx,
-            Metrics::default(),
-        )
-        .unwrap();
+        let (pages, jobs_tx, hub_rx) = start(&dir, routes.clone());
         let slots = Slots::new(1);
         jobs_tx.send(job(&slots, 4, "late")).unwrap();
         drop(jobs_tx);
@@ -277,14 +271,7 @@ mod tests {
     #[test]
     fn a_job_for_a_connection_that_is_gone_is_dropped() {
         let (dir, _store) = temp_store();
-        let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
-        let (pages, jobs_tx) = Pages::start(
-            &dir.path().join("t.db"),
-            Routes::default(),
-            hub_tx,
-            Metrics::default(),
-        )
-        .unwrap();
+        let (pages, jobs_tx, hub_rx) = start(&dir, Routes::default());
         let slots = Slots::new(1);
         jobs_tx.send(job(&slots, 3, "lost")).unwrap();
         drop(jobs_tx);

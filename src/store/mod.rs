@@ -834,18 +834,7 @@ impl Store {
         let rows = stmt.query_map(params_from_iter(args), |row| {
             message_row(row, room.to_string()).map(PageMessage)
         })?;
-        let mut messages = Vec::new();
-        let mut bytes = 0usize;
-        for row in rows {
-            let message = row?;
-            bytes = bytes.saturating_add(message.0.text.len());
-            if bytes > max_bytes && !messages.is_empty() {
-                // Rows are read one by one: the rest is never read.
-                return Ok((messages, true));
-            }
-            messages.push(message);
-        }
-        Ok((messages, false))
+        collect_within(rows, max_bytes)
     }
 
     /// Caps the file at `pages` pages (at least its current size), so tests
@@ -873,6 +862,26 @@ impl Store {
                 |row| row.get(0),
             )
     }
+}
+
+/// Collects messages from `rows` until the next would take their text past
+/// `max_bytes` (the first is always kept); true when it stopped there. Rows
+/// are read one by one, so the rest are never read.
+fn collect_within(
+    rows: impl Iterator<Item = rusqlite::Result<PageMessage>>,
+    max_bytes: usize,
+) -> rusqlite::Result<(Vec<PageMessage>, bool)> {
+    let mut messages = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        let message = row?;
+        bytes = bytes.saturating_add(message.0.text.len());
+        if bytes > max_bytes && !messages.is_empty() {
+            return Ok((messages, true));
+        }
+        messages.push(message);
+    }
+    Ok((messages, false))
 }
 
 /// The display names in a `messages.mentions` column.

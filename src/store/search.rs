@@ -32,7 +32,7 @@ use std::time::Instant;
 
 use rusqlite::{Connection, params};
 
-use super::{MESSAGE_COLUMNS, RoomId, Store, message_row};
+use super::{MESSAGE_COLUMNS, RoomId, Store, collect_within, message_row};
 use crate::protocol::{PageMessage, Seq};
 
 /// The index and the triggers that kept it, in schema version 4 (version 5
@@ -306,22 +306,10 @@ impl Store {
             let room = row.get(8)?;
             message_row(row, room).map(PageMessage)
         })?;
-        let mut messages = Vec::new();
-        let mut bytes = 0usize;
-        for row in rows {
-            let message = row?;
-            bytes = bytes.saturating_add(message.0.text.len());
-            if bytes > RESULT_TEXT_BYTES && !messages.is_empty() {
-                // The hub builds results on its own thread: past this, the
-                // rest is left for the next page, unread.
-                return Ok(SearchRows {
-                    messages,
-                    has_more: true,
-                });
-            }
-            messages.push(message);
-        }
-        let has_more = messages.len() > limit as usize;
+        // The hub builds results on its own thread: past the bound, the rest
+        // is left for the next page, unread.
+        let (mut messages, cut) = collect_within(rows, RESULT_TEXT_BYTES)?;
+        let has_more = cut || messages.len() > limit as usize;
         messages.truncate(limit as usize);
         Ok(SearchRows { messages, has_more })
     }
