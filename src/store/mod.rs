@@ -653,7 +653,8 @@ impl Store {
         Ok(stored)
     }
 
-    /// Reads one page of a room's history, oldest first.
+    /// [`Store::page_and_total`] without the total, for tests.
+    #[cfg(test)]
     pub fn page(
         &self,
         room_id: RoomId,
@@ -661,12 +662,8 @@ impl Store {
         query: PageQuery,
         limit: u32,
     ) -> rusqlite::Result<PageRows> {
-        // One snapshot for all the reads below: on a reader connection the
-        // hub may commit between them.
-        let snapshot = self.conn.unchecked_transaction()?;
-        let page = self.page_in(room_id, room, query, limit)?;
-        snapshot.finish()?;
-        Ok(page)
+        self.page_and_total(room_id, room, query, limit)
+            .map(|(rows, _)| rows)
     }
 
     /// The newest page of a room, for a `join`, stopping early once its
@@ -702,9 +699,10 @@ impl Store {
         })
     }
 
-    /// [`Store::page`] and how many messages the room holds, read together:
-    /// for a reader, whose page may hold messages committed after its
-    /// request was handled.
+    /// Reads one page of a room's history, oldest first, and how many
+    /// messages the room holds, in one snapshot: on a reader connection
+    /// the hub may commit between the reads, and the page may hold messages
+    /// committed after its request was handled.
     pub fn page_and_total(
         &self,
         room_id: RoomId,
