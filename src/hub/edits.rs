@@ -14,6 +14,7 @@ use crate::store::Store;
 
 use super::limits::Limits;
 use super::outgoing::{Outgoing, To, encode};
+use super::reading::Reading;
 use super::rooms::Rooms;
 use super::sessions::Online;
 
@@ -55,10 +56,13 @@ pub(super) fn edit(
     }
 }
 
-/// Answers `delete_message`.
+/// Answers `delete_message`. The message stops counting as unread (and as
+/// a mention) for those who had not read it.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn delete(
     store: &mut Store,
     rooms: &Rooms,
+    reading: &mut Reading,
     limits: &mut Limits,
     out: &mut Outgoing,
     to: &To,
@@ -72,14 +76,17 @@ pub(super) fn delete(
         return;
     }
     match store.delete_message(seq, now_ms()) {
-        Ok(true) => {
+        Ok(Some(mentioned)) => {
+            if let Some(live) = rooms.get(&room.key) {
+                reading.message_deleted(live, seq, user.user_id, &mentioned);
+            }
             let frame = ServerFrame::MessageDeleted {
                 room: room.name,
                 seq,
             };
             tell_room(rooms, out, to, &room.key, &frame);
         }
-        Ok(false) => no_such_message(out, to, seq),
+        Ok(None) => no_such_message(out, to, seq),
         Err(e) => out.storage_failed(to, "deleting a message", &e),
     }
 }

@@ -529,6 +529,7 @@ impl Hub {
             CheckedFrame::DeleteMessage { seq } => edits::delete(
                 &mut self.store,
                 &self.rooms,
+                &mut self.reading,
                 &mut self.limits,
                 out,
                 &to,
@@ -996,6 +997,77 @@ mod tests {
             unread(h.frames(1)),
             [json!({"type": "unread", "room": "Design", "unread": 0, "mentions": 0})]
         );
+    }
+
+    #[test]
+    fn a_deleted_message_stops_counting_for_those_who_had_not_read_it() {
+        let mut h = Harness::new();
+        h.sign_in(1, "alice");
+        h.connect(2);
+        h.request(2, json!({"type": "hello", "username": "bob"}));
+        h.request(2, json!({"type": "create_room", "room": "Design"}));
+        h.request(2, json!({"type": "join", "room": "Design"}));
+        h.hub.rooms.list_due = None;
+        h.frames(1);
+        h.frames(2);
+        let mut seqs = Vec::new();
+        for (id, text) in [("d0", "@alice look"), ("d1", "plain"), ("d2", "plain")] {
+            h.request(2, send(id, text));
+            let ack = h.frames(2).into_iter().find(|f| f["type"] == "ack");
+            seqs.push(ack.expect("acked")["seq"].as_i64().unwrap());
+        }
+        // Pushed now, whenever alice was last pushed.
+        let pushed = |h: &mut Harness| -> Vec<Value> {
+            h.hub.reading.push_everyone_now();
+            h.end_batch();
+            h.frames(1)
+                .into_iter()
+                .filter(|f| f["type"] == "unread")
+                .collect()
+        };
+        let counts = |unread: u64, mentions: u64| {
+            [json!({"type": "unread", "room": "Design", "unread": unread, "mentions": mentions})]
+        };
+        assert_eq!(pushed(&mut h), counts(3, 1));
+        // A fourth comes; a room list shows it before her next push does.
+        h.request(2, send("d3", "plain"));
+        let ack = h.frames(2).into_iter().find(|f| f["type"] == "ack");
+        let fourth = ack.expect("acked")["seq"].as_i64().unwrap();
+        h.hub.send_room_list(None);
+        h.end_batch();
+        let list = h.frames(1);
+        let listed = list.iter().find(|f| f["type"] == "rooms").expect("a list");
+        let design = listed["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "Design");
+        assert_eq!(design.expect("listed")["unread"], 4, "{listed}");
+        // Taken back: the count is what was last pushed, but not what she
+        // was last shown, so it is pushed again.
+        h.request(2, json!({"type": "delete_message", "seq": fourth}));
+        assert_eq!(pushed(&mut h), counts(3, 1));
+        // The one naming her goes, and her mention with it.
+        h.request(2, json!({"type": "delete_message", "seq": seqs[0]}));
+        assert_eq!(pushed(&mut h), counts(2, 0));
+        // She reads d1; its deletion then changes nothing for her.
+        h.request(1, json!({"type": "read", "room": "Design", "seq": seqs[1]}));
+        assert_eq!(
+            h.frames(1)
+                .into_iter()
+                .filter(|f| f["type"] == "unread")
+                .collect::<Vec<_>>(),
+            counts(1, 0)
+        );
+        h.request(2, json!({"type": "delete_message", "seq": seqs[1]}));
+        assert!(pushed(&mut h).is_empty(), "counts moved for a read message");
+        h.request(2, json!({"type": "delete_message", "seq": seqs[2]}));
+        assert_eq!(pushed(&mut h), counts(0, 0));
+        // Bob's own messages were never unread for him, deleted or not.
+        h.request(2, json!({"type": "join", "room": "general"}));
+        let list = h.hub.reading.room_list(&h.hub.rooms, &NameKey::of("bob"));
+        let design = list.iter().find(|r| r.name == "Design").expect("listed");
+        assert_eq!((design.unread, design.mentions), (0, 0));
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! are signed in: a user's count in a room is what the store counted at a
 //! base point, plus the room's messages since, minus the user's own since.
 //! A commit only bumps the sender's own count and the mentioned users'
-//! mention counts; the pushes compare every user's counts with what they
-//! were last sent, at most once per [`PUSH_EVERY`] per user.
+//! mention counts, and a deletion the counts of those who had not read the
+//! message; the pushes compare every user's counts with what they were
+//! last sent, at most once per [`PUSH_EVERY`] per user.
 //!
 //! Pushes are the hub's most frequent work after the messages themselves
 //! (at 1,000 users in 50 busy rooms, about 39,000 `unread` frames a
@@ -61,6 +62,9 @@ struct Counts {
     base_total: u64,
     /// The user's own messages in the room since the base point.
     own: u64,
+    /// Messages from others after the mark deleted since the base point:
+    /// counted in `base_unread` or in the room's total, and unread no more.
+    deleted: u64,
     /// Unread messages that mention the user.
     mentions: u64,
     /// The counts last sent, None when never.
@@ -75,6 +79,7 @@ impl Counts {
             base_unread: unread,
             base_total: room.total,
             own: 0,
+            deleted: 0,
             mentions,
             sent: None,
         }
@@ -85,7 +90,7 @@ impl Counts {
         let since = room.total.saturating_sub(self.base_total);
         (
             (self.base_unread + since)
-                .saturating_sub(self.own)
+                .saturating_sub(self.own + self.deleted)
                 .min(MAX_UNREAD),
             self.mentions.min(MAX_UNREAD),
         )
@@ -105,7 +110,7 @@ struct Reader {
     rooms: Vec<Counts>,
     /// When the user may be pushed counts again.
     next_push: Instant,
-    /// [`Reading::commits`] when this user's counts were last compared
+    /// [`Reading::changes`] when this user's counts were last compared
     /// with what they were sent: nothing changed while it is the same.
     compared_at: u64,
 }
@@ -143,9 +148,9 @@ pub(super) struct Reading {
     unseen: FastMap<(NameKey, RoomId), Seq>,
     /// When `unseen` is due to be told.
     pub seen_due: Option<Instant>,
-    /// Messages committed since start-up: a push skips the users whose
-    /// counts were compared since the last one.
-    commits: u64,
+    /// Messages committed and deleted since start-up: a push skips the
+    /// users whose counts were compared since the last one.
+    changes: u64,
     /// The `unread` frame being pushed, a buffer kept for the next.
     frame: String,
 }
@@ -189,7 +194,7 @@ impl Reading {
                 seen_at: None,
                 rooms: counts,
                 next_push: Instant::now(),
-                compared_at: self.commits,
+                compared_at: self.changes,
             },
         );
         Ok(())
@@ -245,7 +250,53 @@ impl Reading {
                 reader.counts(room).mentions += 1;
             }
         }
-        self.commits += 1;
+        self.changed();
+    }
+
+    /// Message `seq` from `author` in `room` was deleted; it mentioned
+    /// `mentioned`. It no longer counts for those who had not read it. A
+    /// count at the store's cap stays there: the user is at least that far
+    /// behind, and one fewer would say less than they have to read.
+    pub fn message_deleted(&mut self, room: &Room, seq: Seq, author: UserId, mentioned: &[UserId]) {
+        for reader in self.readers.values_mut() {
+            if reader.user_id == author {
+                continue;
+            }
+            let was_mentioned = mentioned.contains(&reader.user_id);
+            let counts = reader.counts(room);
+            if seq <= counts.mark {
+                continue;
+            }
+            let before = (counts.deleted, counts.mentions);
+            if counts.base_unread < MAX_UNREAD {
+                counts.deleted += 1;
+            }
+            if was_mentioned && counts.mentions < MAX_UNREAD {
+                counts.mentions = counts.mentions.saturating_sub(1);
+            }
+            if (counts.deleted, counts.mentions) != before {
+                // Pushed even if the counts are back at what was last
+                // pushed: a room list may have carried them higher since
+                // (room lists do not count as pushes).
+                counts.sent = None;
+            }
+        }
+        self.changed();
+    }
+
+    /// Makes a push due now for every user, however recently pushed.
+    #[cfg(test)]
+    pub fn push_everyone_now(&mut self) {
+        let now = Instant::now();
+        self.push_due = Some(now);
+        for reader in self.readers.values_mut() {
+            reader.next_push = now;
+        }
+    }
+
+    /// Counts may have changed for anyone: pushes are due soon.
+    fn changed(&mut self) {
+        self.changes += 1;
         self.push_due
             .get_or_insert_with(|| Instant::now() + PUSH_DELAY);
     }
@@ -318,13 +369,13 @@ impl Reading {
         let Reading {
             readers,
             push_due,
-            commits,
+            changes,
             frame,
             ..
         } = self;
         *push_due = None;
         for (user, reader) in readers.iter_mut() {
-            if reader.compared_at == *commits {
+            if reader.compared_at == *changes {
                 continue;
             }
             if reader.next_push > now {
@@ -339,7 +390,7 @@ impl Reading {
             let Some(conn) = conn_of(user) else {
                 continue;
             };
-            reader.compared_at = *commits;
+            reader.compared_at = *changes;
             let here = rooms
                 .room_of(user)
                 .and_then(|key| rooms.get(key))

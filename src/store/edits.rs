@@ -76,9 +76,10 @@ impl Store {
 
     /// Erases the text of a message that is not deleted yet, the names it
     /// mentions and its words in the search index if it is indexed yet (a
-    /// trigger), in one transaction, keeping its place. False if there was
-    /// no such message.
-    pub fn delete_message(&mut self, seq: Seq, now: i64) -> rusqlite::Result<bool> {
+    /// trigger), in one transaction, keeping its place. Returns the users
+    /// whose mention it was (their unread mentions go down), or None if
+    /// there was no such message.
+    pub fn delete_message(&mut self, seq: Seq, now: i64) -> rusqlite::Result<Option<Vec<UserId>>> {
         let tx = self.conn.transaction()?;
         let found: Option<(RoomId, Option<String>)> = tx
             .prepare_cached(
@@ -87,7 +88,7 @@ impl Store {
             .query_row([seq], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
         let Some((room_id, mentioned)) = found else {
-            return Ok(false);
+            return Ok(None);
         };
         tx.prepare_cached(
             "UPDATE messages SET text = '', mentions = NULL, deleted_at = ?2 WHERE seq = ?1",
@@ -97,15 +98,23 @@ impl Store {
         // table's key, user first, one row per name.
         let mut forget = tx.prepare_cached(
             "DELETE FROM mentions WHERE room_id = ?2 AND seq = ?3
-                 AND user_id = (SELECT id FROM users WHERE name_key = ?1)",
+                 AND user_id = (SELECT id FROM users WHERE name_key = ?1)
+             RETURNING user_id",
         )?;
+        let mut forgotten = Vec::new();
         for name in super::mention_names(mentioned) {
-            forget.execute(params![NameKey::of(&name).as_str(), room_id, seq])?;
+            let key = NameKey::of(&name);
+            if let Some(user) = forget
+                .query_row(params![key.as_str(), room_id, seq], |row| row.get(0))
+                .optional()?
+            {
+                forgotten.push(user);
+            }
         }
         drop(forget);
         tx.commit()?;
         self.erased = true;
-        Ok(true)
+        Ok(Some(forgotten))
     }
 
     /// After an edit or delete, takes the old text out of the WAL: a
@@ -196,10 +205,13 @@ mod tests {
         };
         assert_eq!(mentions(&store), 1);
         assert!(store.edit_message(first, "first", 20).unwrap());
-        assert!(store.delete_message(second, 30).unwrap());
+        assert_eq!(
+            store.delete_message(second, 30).unwrap(),
+            Some(vec![bob.id])
+        );
         // A deleted message can be neither edited nor deleted again.
         assert!(!store.edit_message(second, "back", 40).unwrap());
-        assert!(!store.delete_message(second, 40).unwrap());
+        assert!(store.delete_message(second, 40).unwrap().is_none());
         assert!(!store.edit_message(Seq(999), "none", 40).unwrap());
         let page = store
             .page(GENERAL, "general", PageQuery::Newest, 50)
@@ -274,8 +286,8 @@ mod tests {
         ] {
             assert!(on_disk(&dir, needle), "{needle} was never written");
         }
-        assert!(store.delete_message(long_seq, 2).unwrap());
-        assert!(store.delete_message(secret_seq, 2).unwrap());
+        assert!(store.delete_message(long_seq, 2).unwrap().is_some());
+        assert!(store.delete_message(secret_seq, 2).unwrap().is_some());
         assert!(
             store
                 .edit_message(typo_seq, "receive the parcel", 2)
@@ -313,7 +325,7 @@ mod tests {
             .unwrap();
         assert!(on_disk(&dir, "5150marmoset") && on_disk(&dir, "parcelnarwhal"));
         assert!(store.search_behind(), "indexed with the insert");
-        assert!(store.delete_message(secret, 2).unwrap());
+        assert!(store.delete_message(secret, 2).unwrap().is_some());
         assert!(store.edit_message(typo, "pick up the parcel", 2).unwrap());
         assert!(!store.scrub_erased().unwrap());
         let indexed = store.index_for_search(u64::MAX).unwrap();
@@ -337,7 +349,7 @@ mod tests {
         let ann = store.login_user("ann", 1).unwrap();
         let seq = store_one(&mut store, ann.id, "tell nobody about zanzibarquokka");
         let snapshot = crate::store::Snapshot::open(&dir.path().join("t.db")).unwrap();
-        assert!(store.delete_message(seq, 2).unwrap());
+        assert!(store.delete_message(seq, 2).unwrap().is_some());
         let started = std::time::Instant::now();
         assert!(store.scrub_erased().unwrap(), "a reader holds the old page");
         assert!(started.elapsed() < crate::store::BUSY_TIMEOUT);
@@ -352,7 +364,7 @@ mod tests {
         store.leave_checkpoints_to_others().unwrap();
         let ann = store.login_user("ann", 1).unwrap();
         let seq = store_one(&mut store, ann.id, "replicated quokkazanzibar");
-        assert!(store.delete_message(seq, 2).unwrap());
+        assert!(store.delete_message(seq, 2).unwrap().is_some());
         assert!(!store.scrub_erased().unwrap());
         // The old page is still in the WAL, for the replicator to copy and
         // checkpoint.

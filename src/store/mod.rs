@@ -33,7 +33,8 @@ const APPLICATION_ID: i64 = 0x5052_4c52;
 /// Version 4: messages can be edited and deleted (`edits`), and are
 /// indexed for search (`search`). Version 5: they are indexed in batches
 /// after they are stored, up to a mark kept with the index (`search`).
-const SCHEMA_VERSION: i64 = 5;
+/// Version 6: unread counts leave deleted messages out ([`SCHEMA_V6`]).
+const SCHEMA_VERSION: i64 = 6;
 
 /// How long a statement waits for a lock another connection (an export, a
 /// backup, Litestream) holds.
@@ -93,12 +94,26 @@ CREATE INDEX messages_room_seq_user ON messages(room_id, seq, user_id);
 DROP INDEX messages_room_seq;
 ";
 
+/// Counting unread messages reads only an index, and a deleted message
+/// (a tombstone) is not unread: the index counted from carries
+/// `deleted_at` too. It replaces the version 3 index, whose columns it
+/// starts with.
+const SCHEMA_V6: &str = "
+CREATE INDEX messages_room_seq_user_deleted ON messages(room_id, seq, user_id, deleted_at);
+DROP INDEX messages_room_seq_user;
+";
+
 /// Every user's read mark in every live room: the room's newest message
 /// (for a database from before read marks, and for a new user).
 const MARK_ALL_READ: &str = "
 INSERT INTO read_marks (user_id, room_id, seq)
 SELECT u.id, r.id, COALESCE((SELECT max(m.seq) FROM messages m WHERE m.room_id = r.id), 0)
 FROM users u, rooms r WHERE r.deleted_at IS NULL";
+
+/// Counts the messages from others after a read mark that are not deleted
+/// (?1 room, ?2 mark, ?3 user, ?4 at most), from the index alone.
+const UNREAD_MESSAGES: &str = "SELECT count(*) FROM (SELECT 1 FROM messages
+    WHERE room_id = ?1 AND seq > ?2 AND user_id <> ?3 AND deleted_at IS NULL LIMIT ?4)";
 
 /// Unread messages (and mentions) are counted up to this many per room;
 /// more are reported as this many.
@@ -417,6 +432,9 @@ impl Store {
         if from < 5 {
             search::index_in_batches(&tx)?;
         }
+        if from < 6 {
+            tx.execute_batch(SCHEMA_V6)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()
     }
@@ -490,10 +508,11 @@ impl Store {
             .collect()
     }
 
-    /// What `user` has not read in `room` after `mark`: messages from others,
-    /// and how many of them mention the user, each counted up to
-    /// [`MAX_UNREAD`] (so a count reads at most that many index entries,
-    /// whatever a client asks).
+    /// What `user` has not read in `room` after `mark`: messages from others
+    /// that are not deleted, and how many of them mention the user (a
+    /// deleted message's mentions are deleted with it), each counted up to
+    /// [`MAX_UNREAD`] (so a count reads at most that many index entries
+    /// after the tombstones among them, whatever a client asks).
     pub fn unread(&self, user: UserId, room: RoomId, mark: Seq) -> rusqlite::Result<(u64, u64)> {
         let count = |sql: &str| -> rusqlite::Result<u64> {
             self.conn
@@ -504,10 +523,7 @@ impl Store {
                 .map(|n| n.max(0) as u64)
         };
         Ok((
-            count(
-                "SELECT count(*) FROM (SELECT 1 FROM messages
-                 WHERE room_id = ?1 AND seq > ?2 AND user_id <> ?3 LIMIT ?4)",
-            )?,
+            count(UNREAD_MESSAGES)?,
             count(
                 "SELECT count(*) FROM (SELECT 1 FROM mentions
                  WHERE user_id = ?3 AND room_id = ?1 AND seq > ?2 LIMIT ?4)",
@@ -1461,6 +1477,52 @@ pub(crate) mod tests {
         store.save_read_marks(&[mark(Seq(50))]).unwrap();
         store.save_read_marks(&[mark(Seq(10))]).unwrap();
         assert_eq!(store.read_marks(alice.id).unwrap(), [(GENERAL, Seq(50))]);
+    }
+
+    #[test]
+    fn unread_counts_leave_out_deleted_messages_and_read_only_an_index() {
+        let (_dir, mut store) = temp_store();
+        let alice = store.login_user("alice", 1).unwrap();
+        let bob = store.login_user("bob", 1).unwrap();
+        let mut batch: Vec<NewMessage> = (0..4)
+            .map(|i| message(GENERAL, bob.id, &format!("b{i}"), i))
+            .collect();
+        batch[1].mentions = vec![(alice.id, "alice".into())];
+        batch.push(message(GENERAL, alice.id, "a0", 9));
+        let seqs: Vec<Seq> = store
+            .insert_messages(&batch)
+            .unwrap()
+            .iter()
+            .map(|s| s.seq())
+            .collect();
+        assert_eq!(store.unread(alice.id, GENERAL, Seq(0)).unwrap(), (4, 1));
+        // The mentioning one goes, and its mention with it.
+        assert_eq!(
+            store.delete_message(seqs[1], 20).unwrap(),
+            Some(vec![alice.id])
+        );
+        assert_eq!(store.unread(alice.id, GENERAL, Seq(0)).unwrap(), (3, 0));
+        assert_eq!(store.delete_message(seqs[2], 20).unwrap(), Some(Vec::new()));
+        assert_eq!(store.unread(alice.id, GENERAL, Seq(0)).unwrap(), (2, 0));
+        // Her own deleted message was never unread for her, nor is it for
+        // bob now.
+        assert_eq!(store.unread(bob.id, GENERAL, Seq(0)).unwrap(), (1, 0));
+        store.delete_message(seqs[4], 20).unwrap();
+        assert_eq!(store.unread(bob.id, GENERAL, Seq(0)).unwrap(), (0, 0));
+        // Still counted from the index alone, without reading a row.
+        let plan: Vec<String> = store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {UNREAD_MESSAGES}"))
+            .unwrap()
+            .query_map(params![GENERAL, 0, alice.id, 10], |row| row.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("COVERING INDEX messages_room_seq_user_deleted")),
+            "{plan:?}"
+        );
     }
 
     #[test]

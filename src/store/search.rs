@@ -645,13 +645,13 @@ mod tests {
                 .edit_message(seqs[0], "indexed typo receive", 2)
                 .unwrap()
         );
-        assert!(store.delete_message(seqs[1], 2).unwrap());
+        assert!(store.delete_message(seqs[1], 2).unwrap().is_some());
         assert!(
             store
                 .edit_message(later[0], "waiting typo achieve", 2)
                 .unwrap()
         );
-        assert!(store.delete_message(later[1], 2).unwrap());
+        assert!(store.delete_message(later[1], 2).unwrap().is_some());
         // The indexed messages changed in the index at once; the others are
         // not in it yet.
         assert_eq!(found(&store, "receive", None), ["indexed typo receive"]);
@@ -681,7 +681,7 @@ mod tests {
                 .edit_message(later[0], "waiting typo fixed", 3)
                 .unwrap()
         );
-        assert!(store.delete_message(later[2], 3).unwrap());
+        assert!(store.delete_message(later[2], 3).unwrap().is_some());
         assert_eq!(found(&store, "waiting", None), ["waiting typo fixed"]);
         index_matches_messages(&store).unwrap();
     }

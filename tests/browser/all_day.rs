@@ -449,9 +449,16 @@ fn new_messages_line_marks_what_came_while_away() {
     assert_eq!(separators(&mut alice), ["Today"], "nothing new on arrival");
 
     switch_room(&mut alice, "design");
-    for i in 1..=3 {
-        bob.say(&format!("away-{i}"), &format!("while you were away {i}"));
+    let mut away = Vec::new();
+    for i in 1..=4 {
+        away.push(
+            bob.say(&format!("away-{i}"), &format!("while you were away {i}"))["seq"].clone(),
+        );
     }
+    wait_room_label_starts(&mut alice, "general", "general, 4 unread");
+    // Taken back before she saw it: no longer unread.
+    let deleted = bob.request(json!({"type": "delete_message", "seq": away[3]}));
+    assert_eq!(deleted["type"], "message_deleted", "{deleted}");
     wait_room_label_starts(&mut alice, "general", "general, 3 unread");
     switch_room(&mut alice, "general");
     assert_eq!(separators(&mut alice), ["Today", "New messages"]);
@@ -472,13 +479,21 @@ fn new_messages_line_marks_what_came_while_away() {
     alice.set_hidden(true);
     bob.join("design");
     bob.say("bg-1", "written while alice looked elsewhere");
+    let taken_back = bob.say("bg-2", "and this, @alice, better not")["seq"].clone();
     wait_message(
         &mut alice,
         "the message in the background",
-        "written while alice looked elsewhere",
+        "and this, @alice, better not",
         "true",
     );
     assert_eq!(separators(&mut alice), ["Today", "New messages"]);
+    alice.wait_for(
+        "the title counting both",
+        "document.title.startsWith('(2) #design')",
+    );
+    // Deleted while she looked elsewhere: the title counts one again.
+    let deleted = bob.request(json!({"type": "delete_message", "seq": taken_back}));
+    assert_eq!(deleted["type"], "message_deleted", "{deleted}");
     alice.wait_for(
         "the title counting it",
         "document.title.startsWith('(1) #design')",

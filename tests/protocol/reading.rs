@@ -126,6 +126,33 @@ fn read_marks_survive_a_restart_and_new_users_start_with_everything_read() {
 }
 
 #[test]
+fn deleted_messages_are_not_unread_live_or_after_a_restart() {
+    let mut server = TestServer::start();
+    let mut alice = server.login("alice");
+    let mut bob = server.login_in("bob", "general");
+    let naming = bob.say("b1", "@alice have a look")["seq"].clone();
+    let plain = bob.say("b2", "or not")["seq"].clone();
+    bob.say("b3", "still here");
+    wait_unread(&mut alice, "general", 3, 1);
+    // Bob takes back the one naming her: her counts go down with it.
+    let deleted = bob.request(json!({"type": "delete_message", "seq": naming}));
+    assert_eq!(deleted["type"], "message_deleted", "{deleted}");
+    wait_unread(&mut alice, "general", 2, 0);
+    bob.request(json!({"type": "delete_message", "seq": plain}));
+    wait_unread(&mut alice, "general", 1, 0);
+    // Counted again from the database, the tombstones stay out.
+    drop((alice, bob));
+    server.restart();
+    let welcome = server.connect().hello("alice");
+    let general = room(&welcome, "general");
+    assert_eq!(
+        (general["unread"].as_u64(), general["mentions"].as_u64()),
+        (Some(1), Some(0)),
+        "{welcome}"
+    );
+}
+
+#[test]
 fn mentions_name_existing_users_once_in_their_own_casing() {
     let server = TestServer::start();
     let _alice = server.login("Alice");
