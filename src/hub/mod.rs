@@ -693,6 +693,21 @@ mod tests {
             self.request(n, json!({"type": "join", "room": "general"}));
             self.frames(n);
         }
+
+        /// alice (connection 1) in general, bob (connection 2) in Design,
+        /// which he made; no room list due, every frame so far read.
+        fn alice_and_bob_in_design() -> Harness {
+            let mut h = Harness::new();
+            h.sign_in(1, "alice");
+            h.connect(2);
+            h.request(2, json!({"type": "hello", "username": "bob"}));
+            h.request(2, json!({"type": "create_room", "room": "Design"}));
+            h.request(2, json!({"type": "join", "room": "Design"}));
+            h.hub.rooms.list_due = None;
+            h.frames(1);
+            h.frames(2);
+            h
+        }
     }
 
     fn send(id: &str, text: &str) -> Value {
@@ -947,15 +962,7 @@ mod tests {
 
     #[test]
     fn unread_counts_are_pushed_once_per_room_however_many_messages() {
-        let mut h = Harness::new();
-        h.sign_in(1, "alice");
-        h.connect(2);
-        h.request(2, json!({"type": "hello", "username": "bob"}));
-        h.request(2, json!({"type": "create_room", "room": "Design"}));
-        h.request(2, json!({"type": "join", "room": "Design"}));
-        h.hub.rooms.list_due = None;
-        h.frames(1);
-        h.frames(2);
+        let mut h = Harness::alice_and_bob_in_design();
         for n in 0..3 {
             h.request(2, send(&format!("d{n}"), "in Design, @alice"));
         }
@@ -1001,21 +1008,17 @@ mod tests {
 
     #[test]
     fn a_deleted_message_stops_counting_for_those_who_had_not_read_it() {
-        let mut h = Harness::new();
-        h.sign_in(1, "alice");
-        h.connect(2);
-        h.request(2, json!({"type": "hello", "username": "bob"}));
-        h.request(2, json!({"type": "create_room", "room": "Design"}));
-        h.request(2, json!({"type": "join", "room": "Design"}));
-        h.hub.rooms.list_due = None;
-        h.frames(1);
-        h.frames(2);
-        let mut seqs = Vec::new();
-        for (id, text) in [("d0", "@alice look"), ("d1", "plain"), ("d2", "plain")] {
+        let mut h = Harness::alice_and_bob_in_design();
+        // Bob says something; its seq.
+        let say = |h: &mut Harness, id: &str, text: &str| -> i64 {
             h.request(2, send(id, text));
             let ack = h.frames(2).into_iter().find(|f| f["type"] == "ack");
-            seqs.push(ack.expect("acked")["seq"].as_i64().unwrap());
-        }
+            ack.expect("acked")["seq"].as_i64().unwrap()
+        };
+        let seqs: Vec<i64> = [("d0", "@alice look"), ("d1", "plain"), ("d2", "plain")]
+            .into_iter()
+            .map(|(id, text)| say(&mut h, id, text))
+            .collect();
         // Pushed now, whenever alice was last pushed.
         let pushed = |h: &mut Harness| -> Vec<Value> {
             h.hub.reading.push_everyone_now();
@@ -1030,9 +1033,7 @@ mod tests {
         };
         assert_eq!(pushed(&mut h), counts(3, 1));
         // A fourth comes; a room list shows it before her next push does.
-        h.request(2, send("d3", "plain"));
-        let ack = h.frames(2).into_iter().find(|f| f["type"] == "ack");
-        let fourth = ack.expect("acked")["seq"].as_i64().unwrap();
+        let fourth = say(&mut h, "d3", "plain");
         h.hub.send_room_list(None);
         h.end_batch();
         let list = h.frames(1);
