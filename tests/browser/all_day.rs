@@ -507,14 +507,18 @@ fn new_messages_line_marks_what_came_while_away() {
 }
 
 /// Records every notification the page makes (Chromium headless shows
-/// none), keeping the object so a test can click it.
+/// none), keeping the object so a test can click it, and whether the page
+/// closed it.
 const RECORD_NOTIFICATIONS: &str = "
     window.__notes = [];
     const Real = window.Notification;
     if (Real) {
         const Recording = function (title, options) {
             const n = new Real(title, options);
-            window.__notes.push({ title, body: options && options.body, n });
+            const note = { title, body: options && options.body, n, closed: false };
+            const close = n.close.bind(n);
+            n.close = () => { note.closed = true; close(); };
+            window.__notes.push(note);
             return n;
         };
         Object.defineProperty(Recording, 'permission', { get: () => Real.permission });
@@ -663,6 +667,26 @@ fn a_mention_is_highlighted_and_notified_and_the_notification_opens_its_room() {
     alice.screenshot("mention-highlighted");
     axe_both(&mut alice, "mention");
 
+    // Bob takes back the mention, and another at once: the notification
+    // showing the first closes, and the second (waiting, as general was
+    // told of something less than 10 s ago) is never told.
+    let wrong = bob.say("m-2b", "@alice wrong window, sorry");
+    wait_message(
+        &mut alice,
+        "the second mention",
+        "@alice wrong window, sorry",
+        "true",
+    );
+    let mentioned: i64 = str_of(&mention["seq"]).parse().expect("a seq");
+    for seq in [json!(mentioned), wrong["seq"].clone()] {
+        let deleted = bob.request(json!({"type": "delete_message", "seq": seq}));
+        assert_eq!(deleted["type"], "message_deleted", "{deleted}");
+    }
+    alice.wait_for(
+        "the notification showing it closed",
+        "window.__notes[0].closed === true",
+    );
+
     // A mention in another room: one notification, then the rest counted
     // into the next one (one per room per 10 s).
     let mut carol = server.login_in("carol", "design");
@@ -687,6 +711,12 @@ fn a_mention_is_highlighted_and_notified_and_the_notification_opens_its_room() {
         "window.__notes.length === 4",
     );
     let later = notifications(&mut alice).split_off(2);
+    assert!(
+        !notifications(&mut alice)
+            .iter()
+            .any(|(_, body)| body.contains("wrong window")),
+        "deleted text was told: {later:?}"
+    );
     assert!(
         later.contains(&(
             "2 new messages in #design (2 mentions)".to_string(),
