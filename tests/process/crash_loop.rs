@@ -167,10 +167,19 @@ fn write_burst(
                 Ok(Message::Text(text)) => {
                     let frame: Value = serde_json::from_str(&text).expect("server sends JSON");
                     match frame["type"].as_str() {
-                        Some("ack") => log.acks.push((
-                            frame["id"].as_str().expect("ack id").to_string(),
-                            frame["seq"].as_i64().expect("ack seq"),
-                        )),
+                        Some("ack") => {
+                            log.acks.push((
+                                frame["id"].as_str().expect("ack id").to_string(),
+                                frame["seq"].as_i64().expect("ack seq"),
+                            ));
+                            // The next chunk goes before the last acks of
+                            // this one come, so that sends are always in
+                            // flight when the kill lands (a fast disk acks
+                            // a chunk before the reads here time out).
+                            if sending && log.sent.len() - log.acks.len() < CHUNK {
+                                break;
+                            }
+                        }
                         Some("error") => log.errors.push(frame),
                         _ => {}
                     }
